@@ -1,0 +1,108 @@
+#!/usr/bin/env bash
+# Build the real upstream binaries of the local control plane from the Go
+# module proxy, into a cache outside the clone, one folder per version.
+# Only what is missing is built. Usage: build.sh [component ...]
+set -euo pipefail
+here=$(cd "$(dirname "$0")" && pwd)
+# shellcheck source=versions.env
+. "$here/versions.env"
+CACHE=${KUBEINFER_CACHE:-$HOME/.cache/kubeinfer}
+export CGO_ENABLED=0 GOFLAGS=-buildvcs=false GOTOOLCHAIN=local
+mkdir -p "$CACHE/src" "$CACHE/logs"
+
+log() { printf '[build %s] %s\n' "$(date +%H:%M:%S)" "$*" >&2; }
+
+have() { # have DIR FILE... : true when every file exists and is executable
+  local d=$1; shift
+  for f in "$@"; do [ -x "$d/$f" ] || return 1; done
+}
+
+build_kubernetes() {
+  local v=$KUBERNETES_VERSION out="$CACHE/kubernetes-$KUBERNETES_VERSION"
+  have "$out" kube-apiserver kube-controller-manager kube-scheduler kubectl && return 0
+  log "kubernetes $v"
+  local src="$CACHE/src/kubernetes-$v" staging minor
+  staging="v0.${v#v1.}"
+  minor=$(echo "$v" | cut -d. -f2)
+  rm -rf "$src"; mkdir -p "$src"; cd "$src"
+  go mod init local/kubebins >/dev/null 2>&1
+  # k8s.io/kubernetes requires its staging modules at v0.0.0 and maps them to
+  # ./staging; replaces only work in the main module, so pin each one here to
+  # the published release that matches the tag.
+  local gomod
+  gomod=$(go mod download -json "k8s.io/kubernetes@$v" | python3 -c 'import json,sys; print(json.load(sys.stdin)["GoMod"])')
+  python3 - "$gomod" "$staging" > replaces.txt <<'PY'
+import re, sys
+text = open(sys.argv[1]).read()
+for path in sorted(set(re.findall(r'^\s*(k8s\.io/[\w.-]+) v0\.0\.0\s*$', text, re.M))):
+    print(f"-replace={path}={path}@{sys.argv[2]}")
+m = re.search(r'^godebug\s+(.*)$', text, re.M)
+if m:
+    print(f"-godebug={m.group(1).strip()}")
+PY
+  xargs go mod edit < replaces.txt
+  go mod edit -require="k8s.io/kubernetes@$v"
+  local pkgs=(cmd/kube-apiserver cmd/kube-controller-manager cmd/kube-scheduler cmd/kubectl)
+  for p in "${pkgs[@]}"; do go mod edit -tool="k8s.io/kubernetes/$p"; done
+  go mod tidy >/dev/null 2>&1 || go get "k8s.io/kubernetes@$v"
+  local X=k8s.io/component-base/version Y=k8s.io/client-go/pkg/version
+  local ld="-s -w -X $X.gitVersion=$v -X $X.gitMajor=1 -X $X.gitMinor=$minor -X $X.gitTreeState=clean -X $Y.gitVersion=$v -X $Y.gitMajor=1 -X $Y.gitMinor=$minor -X $Y.gitTreeState=clean"
+  mkdir -p "$out.tmp"
+  go build -trimpath -ldflags "$ld" -o "$out.tmp/" "${pkgs[@]/#/k8s.io/kubernetes/}"
+  rm -rf "$out"; mv "$out.tmp" "$out"
+}
+
+build_etcd() {
+  local v=$ETCD_VERSION out="$CACHE/etcd-$ETCD_VERSION"
+  have "$out" etcd && return 0
+  log "etcd $v"
+  # go.etcd.io/etcd/server/v3 has replace directives of its own, so it is
+  # built from a wrapper module, not with go install.
+  local src="$CACHE/src/etcd-$v"
+  rm -rf "$src"; mkdir -p "$src"; cd "$src"
+  go mod init local/etcdbin >/dev/null 2>&1
+  go get -tool "go.etcd.io/etcd/server/v3@$v"
+  mkdir -p "$out.tmp"
+  go build -trimpath -ldflags "-s -w" -o "$out.tmp/etcd" go.etcd.io/etcd/server/v3
+  rm -rf "$out"; mv "$out.tmp" "$out"
+}
+
+gobin_install() { # gobin_install NAME VERSION BINARY... -- PACKAGE@VERSION... [-- LDFLAGS]
+  local name=$1 v=$2; shift 2
+  local bins=() pkgs=()
+  while [ "$1" != "--" ]; do bins+=("$1"); shift; done; shift
+  while [ $# -gt 0 ] && [ "$1" != "--" ]; do pkgs+=("$1"); shift; done
+  local ld="-s -w"; [ "${1:-}" = "--" ] && ld="$ld $2"
+  local out="$CACHE/$name-$v"
+  have "$out" "${bins[@]}" && return 0
+  log "$name $v"
+  rm -rf "$out.tmp"; mkdir -p "$out.tmp"
+  GOBIN="$out.tmp" go install -trimpath -ldflags "$ld" "${pkgs[@]}"
+  rm -rf "$out"; mv "$out.tmp" "$out"
+}
+
+build_kwok() {
+  gobin_install kwok "$KWOK_VERSION" kwok kwokctl -- \
+    "sigs.k8s.io/kwok/cmd/kwok@$KWOK_VERSION" "sigs.k8s.io/kwok/cmd/kwokctl@$KWOK_VERSION" \
+    -- "-X sigs.k8s.io/kwok/pkg/consts.Version=$KWOK_VERSION"
+}
+build_helm() {
+  gobin_install helm "$HELM_VERSION" helm -- "helm.sh/helm/v3/cmd/helm@$HELM_VERSION" \
+    -- "-X helm.sh/helm/v3/internal/version.version=$HELM_VERSION"
+}
+build_adapter() {
+  gobin_install prometheus-adapter "$PROMETHEUS_ADAPTER_VERSION" adapter -- \
+    "sigs.k8s.io/prometheus-adapter/cmd/adapter@$PROMETHEUS_ADAPTER_VERSION"
+}
+build_sim() {
+  gobin_install inference-sim "$INFERENCE_SIM_VERSION" llm-d-inference-sim -- \
+    "github.com/llm-d/llm-d-inference-sim/cmd/llm-d-inference-sim@$INFERENCE_SIM_VERSION"
+}
+
+all=(kubernetes etcd kwok helm adapter sim)
+want=("$@"); [ ${#want[@]} -eq 0 ] && want=("${all[@]}")
+start=$(date +%s)
+for c in "${want[@]}"; do
+  ( "build_$c" ) > "$CACHE/logs/build-$c.log" 2>&1 || { log "FAILED $c; see $CACHE/logs/build-$c.log"; tail -20 "$CACHE/logs/build-$c.log" >&2; exit 1; }
+done
+log "done in $(( $(date +%s) - start ))s"
