@@ -1,0 +1,84 @@
+# -*- coding: utf-8 -*-
+# Copyright: contributors to kubeinfer.llm
+# GNU General Public License v3.0+ (see https://www.gnu.org/licenses/gpl-3.0.txt)
+"""Connection options and the Kubernetes ApiClient built from them. Private to this collection: the interface may change without notice."""
+from __future__ import annotations
+
+import os
+from typing import Any
+
+from ansible.module_utils.basic import env_fallback
+
+from ansible_collections.kubeinfer.llm.plugins.module_utils._errors import KubeInferError
+
+try:
+    from kubernetes import client as k8s_client
+    from kubernetes import config as k8s_config
+    HAS_KUBERNETES = True
+    KUBERNETES_IMPORT_ERROR: Exception | None = None
+except ImportError as e:  # pragma: no cover - reported by the module
+    HAS_KUBERNETES = False
+    KUBERNETES_IMPORT_ERROR = e
+
+# The shared connection options, documented once in the kubeinfer.llm.k8s_auth doc fragment.
+CONNECTION_SPEC: dict[str, dict[str, Any]] = {
+    "kubeconfig": {"type": "path", "fallback": (env_fallback, ["K8S_AUTH_KUBECONFIG", "KUBECONFIG"])},
+    "context": {"type": "str", "fallback": (env_fallback, ["K8S_AUTH_CONTEXT"])},
+    "host": {"type": "str", "fallback": (env_fallback, ["K8S_AUTH_HOST"])},
+    "api_key": {"type": "str", "no_log": True, "fallback": (env_fallback, ["K8S_AUTH_API_KEY"])},
+    "validate_certs": {"type": "bool", "aliases": ["verify_ssl"], "fallback": (env_fallback, ["K8S_AUTH_VERIFY_SSL"])},
+    "ca_cert": {"type": "path", "aliases": ["ssl_ca_cert"], "fallback": (env_fallback, ["K8S_AUTH_SSL_CA_CERT"])},
+    "client_cert": {"type": "path", "aliases": ["cert_file"], "fallback": (env_fallback, ["K8S_AUTH_CERT_FILE"])},
+    "client_key": {"type": "path", "aliases": ["key_file"], "no_log": False, "fallback": (env_fallback, ["K8S_AUTH_KEY_FILE"])},
+    "proxy": {"type": "str", "fallback": (env_fallback, ["K8S_AUTH_PROXY"])},
+}
+
+CONNECTION_KEYS = tuple(CONNECTION_SPEC)
+
+
+def connection_spec(**extra: dict[str, Any]) -> dict[str, dict[str, Any]]:
+    """Return a module argument spec: the connection options plus the module's own."""
+    spec = {k: dict(v) for k, v in CONNECTION_SPEC.items()}
+    spec.update(extra)
+    return spec
+
+
+def build_api_client(params: dict[str, Any]) -> Any:
+    """Build a kubernetes ApiClient from the connection options.
+
+    Explicit options win over the kubeconfig; with no kubeconfig and no host the
+    in-cluster service account is used (AWX execution environments, bring-up pods).
+    """
+    if not HAS_KUBERNETES:
+        raise KubeInferError(f"the 'kubernetes' Python library is required: {KUBERNETES_IMPORT_ERROR}")
+    configuration = k8s_client.Configuration()
+    kubeconfig = params.get("kubeconfig")
+    host = params.get("host")
+    try:
+        if kubeconfig or not host:
+            if kubeconfig and not os.path.exists(kubeconfig):
+                raise KubeInferError(f"kubeconfig: file {kubeconfig} does not exist")
+            if kubeconfig or os.path.exists(os.path.expanduser("~/.kube/config")):
+                k8s_config.load_kube_config(config_file=kubeconfig, context=params.get("context"),
+                                            client_configuration=configuration, persist_config=False)
+            else:
+                k8s_config.load_incluster_config(client_configuration=configuration)
+    except KubeInferError:
+        raise
+    except Exception as e:  # the kubernetes library raises several unrelated types here
+        raise KubeInferError(f"kubeconfig: could not load the cluster configuration: {e}") from e
+    if host:
+        configuration.host = host
+    if params.get("api_key"):
+        configuration.api_key = {"authorization": "Bearer " + params["api_key"]}
+    if params.get("validate_certs") is not None:
+        configuration.verify_ssl = params["validate_certs"]
+    if params.get("ca_cert"):
+        configuration.ssl_ca_cert = params["ca_cert"]
+    if params.get("client_cert"):
+        configuration.cert_file = params["client_cert"]
+    if params.get("client_key"):
+        configuration.key_file = params["client_key"]
+    if params.get("proxy"):
+        configuration.proxy = params["proxy"]
+    return k8s_client.ApiClient(configuration)

@@ -1,0 +1,152 @@
+# -*- coding: utf-8 -*-
+# Copyright: contributors to kubeinfer.llm
+# GNU General Public License v3.0+ (see https://www.gnu.org/licenses/gpl-3.0.txt)
+"""The helm CLI runner: argv lists, values through temp files, masked failures. Private to this collection: the interface may change without notice."""
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from typing import Any, Callable
+
+from ansible_collections.kubeinfer.llm.plugins.module_utils._errors import KubeInferError
+
+# module.run_command-compatible: (argv, environ_update=...) -> (rc, stdout, stderr)
+RunCommand = Callable[..., "tuple[int, str, str]"]
+
+HELM_SPEC: dict[str, dict[str, Any]] = {
+    "helm_binary": {"type": "path", "default": None},
+}
+
+
+class Helm:
+    """Runs helm with the same cluster connection as the Python client."""
+
+    def __init__(self, run_command: RunCommand, binary: str, connection: dict[str, Any]) -> None:
+        self.run_command = run_command
+        self.binary = binary
+        self.env: dict[str, str] = {}
+        self.global_args: list[str] = []
+        if connection.get("kubeconfig"):
+            self.global_args += ["--kubeconfig", connection["kubeconfig"]]
+        if connection.get("context"):
+            self.global_args += ["--kube-context", connection["context"]]
+        if connection.get("host"):
+            self.global_args += ["--kube-apiserver", connection["host"]]
+        if connection.get("ca_cert"):
+            self.global_args += ["--kube-ca-file", connection["ca_cert"]]
+        if connection.get("validate_certs") is False:
+            self.global_args += ["--kube-insecure-skip-tls-verify"]
+        if connection.get("api_key"):
+            # Passed through the environment, never on the command line.
+            self.env["HELM_KUBETOKEN"] = connection["api_key"]
+        self._secrets = [v for v in self.env.values() if v]
+        self.commands: list[list[str]] = []
+
+    def mask(self, text: str) -> str:
+        for secret in self._secrets:
+            text = text.replace(secret, "********")
+        return text
+
+    def run(self, args: list[str], values: dict[str, Any] | None = None, check_rc: bool = True) -> tuple[int, str, str]:
+        """Run ``helm <args> <global args>``; ``values`` go through a private temp file."""
+        argv = [self.binary] + args + self.global_args
+        path = None
+        try:
+            if values is not None:
+                fd, path = tempfile.mkstemp(prefix="kubeinfer-values-", suffix=".json")
+                with os.fdopen(fd, "w") as f:
+                    json.dump(values, f)
+                argv += ["--values", path]
+            self.commands.append(argv)
+            rc, out, err = self.run_command(argv, environ_update=self.env)
+        finally:
+            if path:
+                os.unlink(path)
+        if rc != 0 and check_rc:
+            shown = [a if a != path else "<values-file>" for a in argv]
+            raise KubeInferError(
+                f"helm {args[0]} failed (rc={rc}): {self.mask(err.strip() or out.strip())}",
+                rc=rc, stdout=self.mask(out), stderr=self.mask(err), command=self.mask(" ".join(shown)),
+            )
+        return rc, out, err
+
+    # -- read ------------------------------------------------------------------------
+    def release(self, name: str, namespace: str) -> dict[str, Any] | None:
+        """The release as ``helm list`` shows it (chart, app_version, status, revision), or None."""
+        _, out, _ = self.run(["list", "--namespace", namespace, "--all", "--filter", f"^{name}$", "--output", "json"])
+        releases = json.loads(out or "[]")
+        return releases[0] if releases else None
+
+    def values(self, name: str, namespace: str) -> dict[str, Any]:
+        """The user-supplied values of the deployed revision."""
+        _, out, _ = self.run(["get", "values", name, "--namespace", namespace, "--output", "json"])
+        return json.loads(out or "{}") or {}
+
+    def show_chart(self, chart: str, version: str | None = None, repo: str | None = None) -> dict[str, Any]:
+        """Chart.yaml of a chart reference, as a dict (helm prints YAML; JSON-compatible keys only)."""
+        args = ["show", "chart", chart] + (["--version", version] if version else []) + (["--repo", repo] if repo else [])
+        _, out, _ = self.run(args)
+        meta: dict[str, Any] = {}
+        for line in out.splitlines():  # the top-level scalar keys are all we need
+            if line and not line.startswith((" ", "-", "#")) and ":" in line:
+                key, _, value = line.partition(":")
+                meta[key.strip()] = value.strip().strip("'\"")
+        return meta
+
+    # -- write -----------------------------------------------------------------------
+    def upgrade_install(self, name: str, chart: str, namespace: str, values: dict[str, Any],
+                        version: str | None = None, repo: str | None = None, create_namespace: bool = False,
+                        wait: bool = False, timeout: int = 300, atomic: bool = False,
+                        dry_run: bool = False) -> str:
+        args = ["upgrade", "--install", name, chart, "--namespace", namespace, "--reset-values"]
+        if version:
+            args += ["--version", version]
+        if repo:
+            args += ["--repo", repo]
+        if create_namespace:
+            args.append("--create-namespace")
+        if wait or atomic:  # --atomic implies waiting
+            args += ["--wait", "--timeout", f"{timeout}s"]
+        if atomic:
+            args.append("--atomic")
+        if dry_run:
+            args.append("--dry-run=server")
+        _, out, _ = self.run(args, values=values)
+        return out
+
+    def rollback(self, name: str, namespace: str, revision: int | None = None) -> None:
+        self.run(["rollback", name] + ([str(revision)] if revision else []) + ["--namespace", namespace, "--wait"])
+
+    def uninstall(self, name: str, namespace: str, wait: bool = True, timeout: int = 300) -> None:
+        self.run(["uninstall", name, "--namespace", namespace] + (["--wait", "--timeout", f"{timeout}s"] if wait else []))
+
+    def template(self, name: str, chart: str, namespace: str, values: dict[str, Any],
+                 version: str | None = None, repo: str | None = None, kube_version: str | None = None) -> str:
+        args = ["template", name, chart, "--namespace", namespace]
+        if version:
+            args += ["--version", version]
+        if repo:
+            args += ["--repo", repo]
+        if kube_version:
+            args += ["--kube-version", kube_version]
+        _, out, _ = self.run(args, values=values)
+        return out
+
+
+def find_helm(explicit: str | None, get_bin_path: Callable[..., Any]) -> str:
+    """The helm binary: the explicit path, else HELM_BINARY, else helm on PATH."""
+    candidate = explicit or os.environ.get("HELM_BINARY")
+    if candidate:
+        if not os.access(candidate, os.X_OK):
+            raise KubeInferError(f"helm_binary: {candidate} is not an executable file")
+        return candidate
+    found = get_bin_path("helm")
+    if not found:
+        raise KubeInferError("helm_binary: helm was not found on PATH; install helm 3 or set helm_binary")
+    return str(found)
+
+
+def values_differ(deployed: dict[str, Any], desired: dict[str, Any]) -> bool:
+    """Compare values as helm stores them (JSON round-trip, so 1 and 1.0 or tuples vs lists match)."""
+    return bool(json.loads(json.dumps(deployed, sort_keys=True)) != json.loads(json.dumps(desired, sort_keys=True)))

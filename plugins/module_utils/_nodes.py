@@ -1,0 +1,160 @@
+# -*- coding: utf-8 -*-
+# Copyright: contributors to kubeinfer.llm
+# GNU General Public License v3.0+ (see https://www.gnu.org/licenses/gpl-3.0.txt)
+"""Labels and taints on many nodes: one list call, one patch per node that changes. Private to this collection: the interface may change without notice."""
+from __future__ import annotations
+
+import re
+from typing import Any
+
+from ansible_collections.kubeinfer.llm.plugins.module_utils._errors import KubeInferError
+from ansible_collections.kubeinfer.llm.plugins.module_utils._resources import ApiError, Kube
+
+EFFECTS = ("NoSchedule", "PreferNoSchedule", "NoExecute")
+_NAME = re.compile(r"^([A-Za-z0-9]([-A-Za-z0-9_.]*[A-Za-z0-9])?)?$")
+_DNS_SUBDOMAIN = re.compile(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*$")
+
+
+def label_key_error(key: str) -> str | None:
+    """Why ``key`` is not a valid label or taint key, or None."""
+    prefix, _, name = key.rpartition("/")
+    if not name or len(name) > 63 or not _NAME.match(name):
+        return "the name part must be 1-63 characters of [A-Za-z0-9-_.], starting and ending alphanumeric"
+    if "/" in key and (not prefix or len(prefix) > 253 or not _DNS_SUBDOMAIN.match(prefix)):
+        return "the prefix must be a DNS subdomain of at most 253 characters"
+    return None
+
+
+def label_value_error(value: str) -> str | None:
+    """Why ``value`` is not a valid label or taint value, or None."""
+    if len(value) > 63 or not _NAME.match(value):
+        return "it must be at most 63 characters of [A-Za-z0-9-_.], starting and ending alphanumeric"
+    return None
+
+
+def validate(labels: dict[str, Any], taints: list[dict[str, Any]]) -> None:
+    """Check every input before any write; the message names the offending parameter."""
+    for key, value in labels.items():
+        err = label_key_error(key)
+        if err:
+            raise KubeInferError(f"labels: invalid label key {key!r}: {err}")
+        if value is not None:
+            err = label_value_error(str(value))
+            if err:
+                raise KubeInferError(f"labels: invalid value {value!r} for label {key!r}: {err}")
+    for i, taint in enumerate(taints):
+        err = label_key_error(taint["key"])
+        if err:
+            raise KubeInferError(f"taints[{i}].key: invalid taint key {taint['key']!r}: {err}")
+        if taint.get("value"):
+            err = label_value_error(str(taint["value"]))
+            if err:
+                raise KubeInferError(f"taints[{i}].value: invalid taint value {taint['value']!r}: {err}")
+        if taint["effect"] not in EFFECTS:
+            raise KubeInferError(f"taints[{i}].effect: {taint['effect']!r} is not one of {', '.join(EFFECTS)}")
+
+
+def desired_labels(current: dict[str, str], labels: dict[str, Any], state: str) -> dict[str, str]:
+    """The node's labels after the change: null values and state=absent remove."""
+    out = dict(current)
+    for key, value in labels.items():
+        if state == "absent" or value is None:
+            out.pop(key, None)
+        else:
+            out[key] = str(value)
+    return out
+
+
+def desired_taints(current: list[dict[str, Any]], taints: list[dict[str, Any]], state: str) -> list[dict[str, Any]]:
+    """The node's taints after the change; a taint is identified by key and effect."""
+    out = [dict(t) for t in current]
+    for taint in taints:
+        ident = (taint["key"], taint["effect"])
+        out = [t for t in out if (t["key"], t.get("effect")) != ident]
+        if state == "present" and taint.get("state", "present") == "present":
+            new = {"key": taint["key"], "effect": taint["effect"]}
+            if taint.get("value"):
+                new["value"] = str(taint["value"])
+            # keep the position of an existing taint so that a no-op stays a no-op
+            pos = next((i for i, t in enumerate(current) if (t["key"], t.get("effect")) == ident), len(out))
+            out.insert(min(pos, len(out)), new)
+    return out
+
+
+def _comparable(taints: list[dict[str, Any]]) -> list[tuple[str, str, str]]:
+    return sorted((t["key"], t.get("value") or "", t.get("effect", "")) for t in taints)
+
+
+def reconcile(kube: Kube, names: list[str] | None, label_selector: str | None, labels: dict[str, Any],
+              taints: list[dict[str, Any]], state: str, require_match: bool, check_mode: bool,
+              want_diff: bool) -> dict[str, Any]:
+    """Apply labels and taints to the selected nodes and report per node what changed."""
+    validate(labels, taints)
+    if not names and not label_selector:
+        raise KubeInferError("names: give names, label_selector or both to select nodes")
+    nodes = kube.list("v1", "Node", label_selector=label_selector)
+    if names:
+        wanted = set(names)
+        nodes = [n for n in nodes if n["metadata"]["name"] in wanted]
+        missing = sorted(wanted - {n["metadata"]["name"] for n in nodes})
+        if missing and require_match:
+            where = f" matching label_selector {label_selector!r}" if label_selector else ""
+            raise KubeInferError(f"names: no node{where} is named {', '.join(missing)}", matched=[], changed=False)
+    if not nodes and require_match:
+        raise KubeInferError(f"label_selector: no node matches {label_selector!r}", matched=[], changed=False)
+
+    results: list[dict[str, Any]] = []
+    diffs: list[dict[str, Any]] = []
+    try:
+        for node in sorted(nodes, key=lambda n: n["metadata"]["name"]):
+            results.append(_reconcile_one(kube, node, labels, taints, state, check_mode, want_diff, diffs))
+    except ApiError as e:
+        raise KubeInferError(e.msg, nodes=results, changed=any(r["changed"] for r in results)) from e
+    changed = [r for r in results if r["changed"]]
+    out: dict[str, Any] = {
+        "changed": bool(changed),
+        "matched": [r["name"] for r in results],
+        "changed_nodes": [r["name"] for r in changed],
+        "nodes": results,
+        "api_requests": dict(kube.requests),
+    }
+    if want_diff:
+        out["diff"] = diffs
+    return out
+
+
+def _reconcile_one(kube: Kube, node: dict[str, Any], labels: dict[str, Any], taints: list[dict[str, Any]],
+                   state: str, check_mode: bool, want_diff: bool, diffs: list[dict[str, Any]]) -> dict[str, Any]:
+    meta = node["metadata"]
+    name = meta["name"]
+    cur_labels = meta.get("labels") or {}
+    cur_taints = node.get("spec", {}).get("taints") or []
+    new_labels = desired_labels(cur_labels, labels, state)
+    new_taints = desired_taints(cur_taints, taints, state)
+    label_patch: dict[str, Any] = {k: new_labels.get(k) for k in set(cur_labels) | set(new_labels)
+                                   if cur_labels.get(k) != new_labels.get(k)}
+    taints_changed = _comparable(cur_taints) != _comparable(new_taints)
+    result: dict[str, Any] = {
+        "name": name,
+        "changed": bool(label_patch or taints_changed),
+        "labels_set": sorted(k for k, v in label_patch.items() if v is not None),
+        "labels_removed": sorted(k for k, v in label_patch.items() if v is None),
+        "taints": new_taints,
+    }
+    if not result["changed"]:
+        return result
+    if not check_mode:
+        # resourceVersion makes the patch fail instead of overwriting a concurrent change.
+        patch: dict[str, Any] = {"metadata": {"resourceVersion": meta["resourceVersion"]}}
+        if label_patch:
+            patch["metadata"]["labels"] = label_patch
+        if taints_changed:
+            patch["spec"] = {"taints": new_taints or None}
+        kube.patch("v1", "Node", name, patch)
+    if want_diff:
+        diffs.append({
+            "before_header": f"node/{name}", "after_header": f"node/{name}",
+            "before": {"labels": cur_labels, "taints": cur_taints},
+            "after": {"labels": new_labels, "taints": new_taints},
+        })
+    return result

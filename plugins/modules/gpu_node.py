@@ -1,0 +1,194 @@
+#!/usr/bin/python
+# -*- coding: utf-8 -*-
+# Copyright: contributors to kubeinfer.llm
+# GNU General Public License v3.0+ (see https://www.gnu.org/licenses/gpl-3.0.txt)
+from __future__ import annotations
+
+DOCUMENTATION = r"""
+module: gpu_node
+short_description: Label and taint GPU nodes in one pass
+version_added: 0.1.0
+description:
+  - Sets or removes labels and taints on the nodes selected by O(names), O(label_selector) or both.
+  - Costs one list call, then one patch for each node that actually changes; a node already in the
+    desired state is not written to. RV(api_requests) reports the counts.
+  - Every input is validated before the first write, so bad input leaves the cluster unchanged.
+  - Patches carry the node's C(resourceVersion), so a concurrent change makes the patch fail rather than be overwritten.
+author:
+  - kubeinfer.llm maintainers
+extends_documentation_fragment:
+  - kubeinfer.llm.k8s_auth
+  - kubeinfer.llm.k8s_auth.ATTRIBUTES
+attributes:
+  check_mode:
+    description: Computes the change from the listed nodes and writes nothing.
+    support: full
+  diff_mode:
+    description: Returns the labels and taints before and after, one diff per changed node.
+    support: full
+  idempotent:
+    description: A second run with the same input makes no API write.
+    support: full
+options:
+  names:
+    description:
+      - Node names to select. With O(label_selector), a node must match both.
+    type: list
+    elements: str
+  label_selector:
+    description:
+      - A label selector, for example V(nvidia.com/gpu.present=true).
+    type: str
+  require_match:
+    description:
+      - Fail, before any write, when the selection matches no node or a name in O(names) does not exist.
+    type: bool
+    default: true
+  labels:
+    description:
+      - Labels to set. A null value removes the label.
+      - With O(state=absent), every listed label is removed whatever its value.
+    type: dict
+    default: {}
+  taints:
+    description:
+      - Taints to add or remove. A taint is identified by its O(taints[].key) and O(taints[].effect).
+    type: list
+    elements: dict
+    default: []
+    suboptions:
+      key:
+        description: The taint key.
+        type: str
+        required: true
+      value:
+        description: The taint value.
+        type: str
+      effect:
+        description: The taint effect.
+        type: str
+        required: true
+        choices: [NoSchedule, PreferNoSchedule, NoExecute]
+      state:
+        description: Whether this taint should be on the nodes.
+        type: str
+        choices: [present, absent]
+        default: present
+  state:
+    description:
+      - V(present) applies O(labels) and O(taints) as given.
+      - V(absent) removes every listed label and taint from the selected nodes.
+    type: str
+    choices: [present, absent]
+    default: present
+"""
+
+EXAMPLES = r"""
+- name: Label and taint the GPU nodes so that only inference lands on them
+  kubeinfer.llm.gpu_node:
+    label_selector: nvidia.com/gpu.present=true
+    labels:
+      kubeinfer.io/role: inference
+    taints:
+      - key: nvidia.com/gpu
+        value: present
+        effect: NoSchedule
+
+- name: Remove the taint and a label from two named nodes
+  kubeinfer.llm.gpu_node:
+    names: [gpu-0, gpu-1]
+    labels:
+      kubeinfer.io/role: null
+    taints:
+      - key: nvidia.com/gpu
+        effect: NoSchedule
+        state: absent
+"""
+
+RETURN = r"""
+matched:
+  description: Names of the selected nodes.
+  type: list
+  elements: str
+  returned: always
+  sample: [gpu-0, gpu-1]
+changed_nodes:
+  description: Names of the nodes that were (or, in check mode, would be) patched.
+  type: list
+  elements: str
+  returned: always
+  sample: [gpu-1]
+nodes:
+  description: Per node, what changed.
+  type: list
+  elements: dict
+  returned: always
+  contains:
+    name:
+      description: The node name.
+      type: str
+      sample: gpu-0
+    changed:
+      description: Whether this node was patched.
+      type: bool
+      sample: true
+    labels_set:
+      description: Label keys added or changed.
+      type: list
+      elements: str
+      sample: [kubeinfer.io/role]
+    labels_removed:
+      description: Label keys removed.
+      type: list
+      elements: str
+      sample: []
+    taints:
+      description: The node's taints after the change.
+      type: list
+      elements: dict
+      sample: [{key: nvidia.com/gpu, value: present, effect: NoSchedule}]
+api_requests:
+  description: API requests made, by verb. A run with nothing to change shows only C(list).
+  type: dict
+  returned: always
+  sample: {list: 1, patch: 2}
+"""
+
+from ansible.module_utils.basic import AnsibleModule
+
+from ansible_collections.kubeinfer.llm.plugins.module_utils._client import build_api_client, connection_spec
+from ansible_collections.kubeinfer.llm.plugins.module_utils._errors import KubeInferError
+from ansible_collections.kubeinfer.llm.plugins.module_utils._nodes import EFFECTS, reconcile
+from ansible_collections.kubeinfer.llm.plugins.module_utils._resources import Kube
+
+
+def main() -> None:
+    module = AnsibleModule(
+        argument_spec=connection_spec(
+            names={"type": "list", "elements": "str"},
+            label_selector={"type": "str"},
+            require_match={"type": "bool", "default": True},
+            labels={"type": "dict", "default": {}},
+            taints={"type": "list", "elements": "dict", "default": [], "options": {
+                "key": {"type": "str", "required": True, "no_log": False},
+                "value": {"type": "str"},
+                "effect": {"type": "str", "required": True, "choices": list(EFFECTS)},
+                "state": {"type": "str", "choices": ["present", "absent"], "default": "present"},
+            }},
+            state={"type": "str", "choices": ["present", "absent"], "default": "present"},
+        ),
+        required_one_of=[("names", "label_selector")],
+        supports_check_mode=True,
+    )
+    p = module.params
+    try:
+        kube = Kube(build_api_client(p))
+        result = reconcile(kube, p["names"], p["label_selector"], p["labels"], p["taints"], p["state"],
+                           p["require_match"], module.check_mode, module._diff)
+    except KubeInferError as e:
+        module.fail_json(msg=e.msg, **e.result)
+    module.exit_json(**result)
+
+
+if __name__ == "__main__":
+    main()
