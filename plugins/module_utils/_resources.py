@@ -1,7 +1,7 @@
 # -*- coding: utf-8 -*-
 # Copyright: contributors to kubeinfer.llm
 # GNU General Public License v3.0+ (see https://www.gnu.org/licenses/gpl-3.0.txt)
-"""Get, server-side apply, patch and delete with dry-run, plus noise-free, secret-free diffs. Private to this collection: the interface may change without notice."""
+"""Get, server-side apply, patch and delete with dry-run, and diffs free of noise and secrets. Private to this collection: the interface may change."""
 from __future__ import annotations
 
 import copy
