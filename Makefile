@@ -1,0 +1,79 @@
+# kubeinfer.llm: the two commands a new machine needs are `make demo` and `make test`.
+SHELL := /bin/bash
+.DEFAULT_GOAL := help
+
+CACHE        ?= $(HOME)/.cache/kubeinfer
+VENV         ?= $(CACHE)/venv
+PY           := $(VENV)/bin/python
+REPO         := $(CURDIR)
+COLLECTIONS  := $(CACHE)/collections
+COLL_LINK    := $(COLLECTIONS)/ansible_collections/kubeinfer/llm
+CLUSTER      := tools/localcluster/cluster.sh
+include tools/localcluster/versions.env
+BIN_PATH     := $(CACHE)/kubernetes-$(KUBERNETES_VERSION):$(CACHE)/helm-$(HELM_VERSION):$(CACHE)/kwok-$(KWOK_VERSION)
+
+# Everything Ansible, pytest and Molecule need to find the collection, the cluster and helm.
+export KUBEINFER_CACHE := $(CACHE)
+export ANSIBLE_COLLECTIONS_PATH := $(COLLECTIONS)
+export HELM_BINARY := $(CACHE)/helm-$(HELM_VERSION)/helm
+export PATH := $(VENV)/bin:$(BIN_PATH):$(PATH)
+
+.PHONY: help venv binaries collection cluster-up cluster-down kubeconfig demo test sanity unit integration molecule lint build clean
+
+help:
+	@echo "make demo    - build what is missing, start the local cluster, run playbooks/site.yml"
+	@echo "make test    - sanity, unit, integration and Molecule tests on the local cluster"
+	@echo "make cluster-up | cluster-down | kubeconfig"
+
+venv: $(VENV)/.stamp
+$(VENV)/.stamp: requirements.txt
+	test -x $(PY) || python3 -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip
+	$(PY) -m pip install -q -r requirements.txt
+	touch $@
+
+binaries:
+	tools/localcluster/build.sh
+
+collection:
+	@mkdir -p $(dir $(COLL_LINK))
+	@ln -sfn $(REPO) $(COLL_LINK)
+
+cluster-up: binaries
+	$(CLUSTER) up
+
+cluster-down:
+	$(CLUSTER) down
+
+kubeconfig:
+	@$(CLUSTER) kubeconfig
+
+demo: venv binaries collection cluster-up
+	K8S_AUTH_KUBECONFIG=$$($(CLUSTER) kubeconfig) ansible-playbook -i localhost, -c local playbooks/site.yml
+
+test: venv binaries collection sanity unit integration molecule
+
+# ansible-test wants the collection under ansible_collections/<ns>/<name>; it runs on a copy.
+sanity: venv collection
+	rm -rf .build/ansible_collections/kubeinfer/llm && mkdir -p .build/ansible_collections/kubeinfer/llm
+	git ls-files -co --exclude-standard | grep -v '^\.build/' | rsync -a --files-from=- . .build/ansible_collections/kubeinfer/llm/
+	cd .build/ansible_collections/kubeinfer/llm && ansible-test sanity --python $$($(PY) -c 'import sys;print("%d.%d"%sys.version_info[:2])') --color no
+
+lint: venv
+	ruff check plugins tests tools
+	mypy plugins/module_utils
+
+unit: venv collection lint
+	pytest -q tests/unit
+
+integration: venv collection cluster-up
+	pytest -q tests/integration
+
+molecule: venv collection binaries
+	molecule test -s default
+
+build: venv
+	ansible-galaxy collection build --force --output-path .build/
+
+clean:
+	rm -rf .build
