@@ -1,0 +1,38 @@
+"""A recording stand-in for kubernetes.client.ApiClient, for pure unit tests of the REST layer."""
+from __future__ import annotations
+
+import json
+from typing import Any
+
+
+class FakeResponse:
+    def __init__(self, data: Any) -> None:
+        self.data = json.dumps(data).encode() if data is not None else b""
+
+
+class FakeApiException(Exception):
+    def __init__(self, status: int, message: str) -> None:
+        super().__init__(message)
+        self.status = status
+        self.reason = message
+        self.body = json.dumps({"message": message})
+
+
+class FakeApiClient:
+    """Answers from a dict of (method, path) -> body or exception; records every call."""
+
+    def __init__(self, answers: dict[tuple[str, str], Any] | None = None) -> None:
+        self.answers = answers or {}
+        self.calls: list[dict[str, Any]] = []
+
+    def call_api(self, path: str, method: str, query_params=None, header_params=None, body=None, **_: Any) -> FakeResponse:
+        self.calls.append({"path": path, "method": method, "query": dict(query_params or []),
+                           "headers": header_params, "body": body})
+        answer = self.answers.get((method, path))
+        if isinstance(answer, Exception):
+            raise answer
+        if callable(answer):
+            answer = answer(body)
+        if answer is None and method == "GET":
+            raise FakeApiException(404, f"{path} not found")
+        return FakeResponse(answer if answer is not None else body)

@@ -1,0 +1,108 @@
+from __future__ import annotations
+
+import pytest
+
+from ansible_collections.kubeinfer.llm.plugins.module_utils import _nodes
+from ansible_collections.kubeinfer.llm.plugins.module_utils._errors import KubeInferError
+from ansible_collections.kubeinfer.llm.plugins.module_utils._resources import Kube
+
+from .fake_api import FakeApiClient
+
+TAINT = {"key": "nvidia.com/gpu", "value": "present", "effect": "NoSchedule", "state": "present"}
+
+
+def node(name: str, labels: dict | None = None, taints: list | None = None) -> dict:
+    return {"metadata": {"name": name, "labels": labels or {}, "resourceVersion": "7"}, "spec": {"taints": taints or []}}
+
+
+def cluster(*nodes: dict) -> FakeApiClient:
+    return FakeApiClient({("GET", "/api/v1/nodes"): {"items": list(nodes)}})
+
+
+def run(api: FakeApiClient, **kw) -> dict:
+    args = {"names": None, "label_selector": "gpu=true", "labels": {"role": "inference"}, "taints": [TAINT],
+            "state": "present", "require_match": True, "check_mode": False, "want_diff": False}
+    args.update(kw)
+    return _nodes.reconcile(Kube(api), **args)
+
+
+def test_one_list_and_one_patch_per_changed_node() -> None:
+    done = node("gpu-0", {"role": "inference"}, [{"key": "nvidia.com/gpu", "value": "present", "effect": "NoSchedule"}])
+    api = cluster(done, node("gpu-1"), node("gpu-2"))
+    result = run(api)
+    assert result["api_requests"] == {"list": 1, "patch": 2}
+    assert result["changed_nodes"] == ["gpu-1", "gpu-2"]
+    patch = api.calls[1]
+    assert patch["method"] == "PATCH" and patch["path"] == "/api/v1/nodes/gpu-1"
+    assert patch["headers"]["Content-Type"] == "application/merge-patch+json"
+    assert patch["body"] == {"metadata": {"resourceVersion": "7", "labels": {"role": "inference"}},
+                             "spec": {"taints": [{"key": "nvidia.com/gpu", "effect": "NoSchedule", "value": "present"}]}}
+    assert api.calls[0]["query"] == {"labelSelector": "gpu=true"}
+
+
+def test_nothing_to_change_makes_no_write() -> None:
+    api = cluster(node("gpu-0", {"role": "inference"}, [{"key": "nvidia.com/gpu", "value": "present", "effect": "NoSchedule"}]))
+    result = run(api)
+    assert not result["changed"]
+    assert [c["method"] for c in api.calls] == ["GET"]
+
+
+def test_check_mode_writes_nothing_but_reports() -> None:
+    api = cluster(node("gpu-0"))
+    result = run(api, check_mode=True, want_diff=True)
+    assert result["changed"] and result["changed_nodes"] == ["gpu-0"]
+    assert [c["method"] for c in api.calls] == ["GET"]
+    assert result["diff"][0]["after"]["labels"] == {"role": "inference"}
+
+
+def test_null_label_and_absent_taint_remove() -> None:
+    api = cluster(node("gpu-0", {"role": "x", "keep": "1"}, [dict(TAINT, state=None), {"key": "other", "effect": "NoExecute"}]))
+    result = run(api, labels={"role": None}, taints=[dict(TAINT, state="absent")])
+    body = api.calls[1]["body"]
+    assert body["metadata"]["labels"] == {"role": None}
+    assert body["spec"]["taints"] == [{"key": "other", "effect": "NoExecute"}]
+    assert result["nodes"][0]["labels_removed"] == ["role"]
+
+
+def test_state_absent_removes_everything_listed() -> None:
+    api = cluster(node("gpu-0", {"role": "inference"}, [{"key": "nvidia.com/gpu", "value": "present", "effect": "NoSchedule"}]))
+    run(api, state="absent")
+    assert api.calls[1]["body"]["spec"] == {"taints": None}
+    assert api.calls[1]["body"]["metadata"]["labels"] == {"role": None}
+
+
+def test_names_filter_and_missing_name_fails_before_write() -> None:
+    api = cluster(node("gpu-0"), node("gpu-1"))
+    with pytest.raises(KubeInferError, match="names: .*gpu-9"):
+        run(api, names=["gpu-0", "gpu-9"], label_selector=None)
+    assert [c["method"] for c in api.calls] == ["GET"]
+    result = run(cluster(node("gpu-0"), node("gpu-1")), names=["gpu-1"], label_selector=None)
+    assert result["matched"] == ["gpu-1"]
+
+
+def test_selector_matching_nothing_fails_when_required() -> None:
+    with pytest.raises(KubeInferError, match="label_selector"):
+        run(cluster())
+    assert run(cluster(), require_match=False)["matched"] == []
+
+
+@pytest.mark.parametrize("kw,param", [
+    ({"labels": {"bad key!": "x"}}, "labels: invalid label key"),
+    ({"labels": {"ok": "-bad"}}, "labels: invalid value"),
+    ({"labels": {"Bad_Prefix.io/x": "1"}}, "labels: invalid label key"),
+    ({"taints": [dict(TAINT, effect="Sometimes")]}, r"taints\[0\].effect"),
+    ({"taints": [dict(TAINT, key="a/b/c")]}, r"taints\[0\].key"),
+    ({"taints": [dict(TAINT, value="x" * 64)]}, r"taints\[0\].value"),
+])
+def test_bad_input_fails_before_any_request(kw: dict, param: str) -> None:
+    api = cluster(node("gpu-0"))
+    with pytest.raises(KubeInferError, match=param):
+        run(api, **kw)
+    assert api.calls == []
+
+
+def test_label_key_rules() -> None:
+    assert _nodes.label_key_error("nvidia.com/gpu.present") is None
+    assert _nodes.label_key_error("simple") is None
+    assert _nodes.label_key_error("x" * 64) is not None
+    assert _nodes.label_value_error("") is None
