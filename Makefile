@@ -54,10 +54,8 @@ demo: venv binaries collection cluster-up
 test: venv binaries collection sanity unit integration molecule
 
 # ansible-test wants the collection under ansible_collections/<ns>/<name>; it runs on a copy.
-sanity: venv collection
-	rm -rf .build/ansible_collections/kubeinfer/llm && mkdir -p .build/ansible_collections/kubeinfer/llm
-	git ls-files -co --exclude-standard | grep -v '^\.build/' | rsync -a --files-from=- . .build/ansible_collections/kubeinfer/llm/
-	cd .build/ansible_collections/kubeinfer/llm && ansible-test sanity --python $$($(PY) -c 'import sys;print("%d.%d"%sys.version_info[:2])') --color no
+sanity: venv
+	tools/sanity/run.sh
 
 lint: venv
 	ruff check plugins tests tools

@@ -48,8 +48,8 @@ class Helm:
             text = text.replace(secret, "********")
         return text
 
-    def run(self, args: list[str], values: dict[str, Any] | None = None, check_rc: bool = True) -> tuple[int, str, str]:
-        """Run ``helm <args> <global args>``; ``values`` go through a private temp file."""
+    def run(self, args: list[str], values: dict[str, Any] | None = None) -> str:
+        """Run ``helm <args> <global args>`` and return stdout; ``values`` go through a private temp file."""
         argv = [self.binary] + args + self.global_args
         path = None
         try:
@@ -63,34 +63,34 @@ class Helm:
         finally:
             if path:
                 os.unlink(path)
-        if rc != 0 and check_rc:
+        if rc != 0:
             shown = [a if a != path else "<values-file>" for a in argv]
             raise KubeInferError(
                 f"helm {args[0]} failed (rc={rc}): {self.mask(err.strip() or out.strip())}",
                 rc=rc, stdout=self.mask(out), stderr=self.mask(err), command=self.mask(" ".join(shown)),
             )
-        return rc, out, err
+        return out
 
     # -- read ------------------------------------------------------------------------
     def release(self, name: str, namespace: str) -> dict[str, Any] | None:
         """The release as ``helm list`` shows it (chart, app_version, status, revision), or None."""
-        _, out, _ = self.run(["list", "--namespace", namespace, "--all", "--filter", f"^{name}$", "--output", "json"])
+        out = self.run(["list", "--namespace", namespace, "--all", "--filter", f"^{name}$", "--output", "json"])
         releases = json.loads(out or "[]")
         return releases[0] if releases else None
 
     def values(self, name: str, namespace: str) -> dict[str, Any]:
         """The user-supplied values of the deployed revision."""
-        _, out, _ = self.run(["get", "values", name, "--namespace", namespace, "--output", "json"])
+        out = self.run(["get", "values", name, "--namespace", namespace, "--output", "json"])
         return json.loads(out or "{}") or {}
 
     def show_chart(self, chart: str, version: str | None = None, repo: str | None = None) -> dict[str, Any]:
         """Chart.yaml of a chart reference, as a dict (helm prints YAML; JSON-compatible keys only)."""
         args = ["show", "chart", chart] + (["--version", version] if version else []) + (["--repo", repo] if repo else [])
-        _, out, _ = self.run(args)
+        out = self.run(args)
         meta: dict[str, Any] = {}
         for line in out.splitlines():  # the top-level scalar keys are all we need
             if line and not line.startswith((" ", "-", "#")) and ":" in line:
-                key, _, value = line.partition(":")
+                key, sep, value = line.partition(":")
                 meta[key.strip()] = value.strip().strip("'\"")
         return meta
 
@@ -112,8 +112,7 @@ class Helm:
             args.append("--atomic")
         if dry_run:
             args.append("--dry-run=server")
-        _, out, _ = self.run(args, values=values)
-        return out
+        return self.run(args, values=values)
 
     def rollback(self, name: str, namespace: str, revision: int | None = None) -> None:
         self.run(["rollback", name] + ([str(revision)] if revision else []) + ["--namespace", namespace, "--wait"])
@@ -130,8 +129,7 @@ class Helm:
             args += ["--repo", repo]
         if kube_version:
             args += ["--kube-version", kube_version]
-        _, out, _ = self.run(args, values=values)
-        return out
+        return self.run(args, values=values)
 
 
 def find_helm(explicit: str | None, get_bin_path: Callable[..., Any]) -> str:

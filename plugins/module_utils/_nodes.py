@@ -17,10 +17,10 @@ _DNS_SUBDOMAIN = re.compile(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9
 
 def label_key_error(key: str) -> str | None:
     """Why ``key`` is not a valid label or taint key, or None."""
-    prefix, _, name = key.rpartition("/")
+    prefix, sep, name = key.rpartition("/")
     if not name or len(name) > 63 or not _NAME.match(name):
         return "the name part must be 1-63 characters of [A-Za-z0-9-_.], starting and ending alphanumeric"
-    if "/" in key and (not prefix or len(prefix) > 253 or not _DNS_SUBDOMAIN.match(prefix)):
+    if sep and (not prefix or len(prefix) > 253 or not _DNS_SUBDOMAIN.match(prefix)):
         return "the prefix must be a DNS subdomain of at most 253 characters"
     return None
 

@@ -15,7 +15,7 @@ description:
   - Every input is validated before the first write, so bad input leaves the cluster unchanged.
   - Patches carry the node's C(resourceVersion), so a concurrent change makes the patch fail rather than be overwritten.
 author:
-  - kubeinfer.llm maintainers
+  - Kubeinfer maintainers (@kubeinfer)
 extends_documentation_fragment:
   - kubeinfer.llm.k8s_auth
   - kubeinfer.llm.k8s_auth.ATTRIBUTES
