@@ -1,0 +1,613 @@
+"""Tests of the vLLM Helm chart under charts/vllm, run with the real helm binary.
+
+helm comes from the local build cache (override with HELM_BIN); the llm-d-inference-sim
+binary (override with SIM_BIN) checks that the sim engine's argv parses. Rendered
+manifests are validated with kubernetes-validate --strict for the local cluster's
+Kubernetes minor version (tools/localcluster/versions.env).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import re
+import subprocess
+from pathlib import Path
+from typing import Any
+
+import kubernetes_validate
+import pytest
+import yaml
+
+REPO = Path(__file__).resolve().parents[3]
+CHART = REPO / "charts" / "vllm"
+VALUES_DIR = Path(__file__).resolve().parent / "values"
+VALUES_FILES = sorted(VALUES_DIR.glob("*.yaml"))
+CACHE = Path(os.environ.get("KUBEINFER_CACHE", str(Path.home() / ".cache" / "kubeinfer")))
+
+
+def _versions() -> dict[str, str]:
+    out: dict[str, str] = {}
+    for line in (REPO / "tools" / "localcluster" / "versions.env").read_text().splitlines():
+        if "=" in line and not line.lstrip().startswith("#"):
+            key, _, value = line.partition("=")
+            out[key.strip()] = value.strip()
+    return out
+
+
+VERSIONS = _versions()
+# HELM_BIN wins; HELM_BINARY is what the Makefile exports.
+HELM = os.environ.get("HELM_BIN") or os.environ.get("HELM_BINARY") or str(CACHE / f"helm-{VERSIONS['HELM_VERSION']}" / "helm")
+SIM = os.environ.get("SIM_BIN", str(CACHE / f"inference-sim-{VERSIONS['INFERENCE_SIM_VERSION']}" / "llm-d-inference-sim"))
+KUBE_VERSION = VERSIONS["KUBERNETES_VERSION"]  # e.g. v1.36.3, the local cluster's version
+# kubernetes-validate ships schemas per minor version (x.y.0).
+VALIDATE_VERSION = ".".join(KUBE_VERSION.lstrip("v").split(".")[:2]) + ".0"
+
+# Kinds from CRDs (prometheus-operator) that kubernetes-validate has no schema for.
+# They are checked structurally below instead, and the test proves the schema is absent.
+CRD_KINDS = {("monitoring.coreos.com/v1", "ServiceMonitor"), ("monitoring.coreos.com/v1", "PodMonitor")}
+
+# Flags llm-d-inference-sim v0.10.2 accepts that the chart may emit (checked against `--help`).
+SIM_FLAGS = {
+    "--model",
+    "--served-model-name",
+    "--port",
+    "--mode",
+    "--max-num-seqs",
+    "--max-model-len",
+    "--time-to-first-token",
+    "--inter-token-latency",
+    "--fake-metrics",
+    "--force-dummy-tokenizer",
+}
+TOKEN_ENV = {"HF_TOKEN", "HUGGING_FACE_HUB_TOKEN", "VLLM_API_KEY"}
+SENTINEL = "hf_SENTINELtokenDoNotLeak0123456789"
+
+
+def _require(path: str, what: str) -> str:
+    if not (os.path.isfile(path) and os.access(path, os.X_OK)):
+        pytest.fail(f"{what} not found at {path}; build it with tools/localcluster/build.sh or set the env override")
+    return path
+
+
+def helm(*args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([_require(HELM, "helm"), *args], capture_output=True, text=True, timeout=120, check=False)
+
+
+def template_result(values_file: Path | None = None, *sets: str, extra_values: dict[str, Any] | None = None,
+                    tmp: Path | None = None) -> subprocess.CompletedProcess[str]:
+    argv = ["template", "rel", str(CHART), "--namespace", "llm", "--kube-version", KUBE_VERSION]
+    if values_file is not None:
+        argv += ["-f", str(values_file)]
+    if extra_values is not None:
+        assert tmp is not None
+        extra = tmp / "extra-values.yaml"
+        extra.write_text(yaml.safe_dump(extra_values))
+        argv += ["-f", str(extra)]
+    for s in sets:
+        argv += ["--set", s]
+    return helm(*argv)
+
+
+def render(values_file: Path | None = None, *sets: str, extra_values: dict[str, Any] | None = None,
+           tmp: Path | None = None) -> list[dict[str, Any]]:
+    res = template_result(values_file, *sets, extra_values=extra_values, tmp=tmp)
+    assert res.returncode == 0, res.stderr
+    return [d for d in yaml.safe_load_all(res.stdout) if d]
+
+
+def load_values(values_file: Path) -> dict[str, Any]:
+    return yaml.safe_load(values_file.read_text()) or {}
+
+
+def effective(values_file: Path) -> dict[str, Any]:
+    """Chart defaults merged with the values file (maps merge, everything else replaces)."""
+
+    def merge(base: Any, over: Any) -> Any:
+        if isinstance(base, dict) and isinstance(over, dict):
+            return {k: merge(base.get(k), over[k]) if k in base else over[k] for k in over} | {
+                k: v for k, v in base.items() if k not in over
+            }
+        return over
+
+    return merge(yaml.safe_load((CHART / "values.yaml").read_text()), load_values(values_file))
+
+
+def only(docs: list[dict[str, Any]], kind: str) -> dict[str, Any]:
+    found = [d for d in docs if d["kind"] == kind and "helm.sh/hook" not in d["metadata"].get("annotations", {})]
+    assert len(found) == 1, f"expected one {kind}, got {len(found)}"
+    return found[0]
+
+
+def container(docs: list[dict[str, Any]]) -> dict[str, Any]:
+    containers = only(docs, "Deployment")["spec"]["template"]["spec"]["containers"]
+    assert len(containers) == 1
+    return containers[0]
+
+
+def env_of(c: dict[str, Any]) -> dict[str, dict[str, Any]]:
+    return {e["name"]: e for e in c.get("env", [])}
+
+
+def flag_value(args: list[str], flag: str) -> str:
+    assert flag in args, f"{flag} missing from {args}"
+    return args[args.index(flag) + 1]
+
+
+ids = [p.stem for p in VALUES_FILES]
+
+
+def test_matrix_is_complete() -> None:
+    assert {p.stem for p in VALUES_FILES} >= {"single-gpu", "tp4-pvc", "sim", "apikey-servicemonitor", "offline-hostpath"}
+
+
+# --- hygiene --------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("values_file", VALUES_FILES, ids=ids)
+def test_helm_lint_strict(values_file: Path) -> None:
+    res = helm("lint", "--strict", str(CHART), "-f", str(values_file), "--kube-version", KUBE_VERSION)
+    assert res.returncode == 0, res.stdout + res.stderr
+    assert "0 chart(s) failed" in res.stdout
+
+
+def test_lint_fails_without_model() -> None:
+    res = helm("lint", "--strict", str(CHART))
+    assert res.returncode != 0
+    assert "model" in (res.stdout + res.stderr)
+
+
+@pytest.mark.parametrize("values_file", VALUES_FILES, ids=ids)
+def test_rendered_manifests_pass_kubernetes_validate_strict(values_file: Path) -> None:
+    docs = render(values_file)
+    validated = set()
+    for doc in docs:
+        key = (doc["apiVersion"], doc["kind"])
+        if key in CRD_KINDS:
+            # No schema ships for prometheus-operator CRDs: prove it, then check the shape by hand.
+            with pytest.raises(kubernetes_validate.SchemaNotFoundError):
+                kubernetes_validate.validate(doc, VALIDATE_VERSION, strict=True)
+            endpoints = doc["spec"].get("endpoints") or doc["spec"].get("podMetricsEndpoints")
+            assert endpoints == [{"port": "http", "path": "/metrics", "interval": endpoints[0]["interval"]}]
+            continue
+        try:
+            kubernetes_validate.validate(doc, VALIDATE_VERSION, strict=True)
+        except kubernetes_validate.ValidationError as e:
+            pytest.fail(f"{doc['kind']}/{doc['metadata']['name']} invalid for {VALIDATE_VERSION}: {e}")
+        validated.add(doc["kind"])
+    assert {"Deployment", "Service", "Pod"} <= validated
+
+
+def test_kubernetes_validate_catches_a_bad_manifest() -> None:
+    """The validation above can fail: an unknown field in a rendered Deployment is rejected."""
+    dep = only(render(VALUES_FILES[0]), "Deployment")
+    dep["spec"]["template"]["spec"]["containers"][0]["gpus"] = 1
+    with pytest.raises(kubernetes_validate.ValidationError):
+        kubernetes_validate.validate(dep, VALIDATE_VERSION, strict=True)
+
+
+def test_chart_metadata() -> None:
+    chart = yaml.safe_load((CHART / "Chart.yaml").read_text())
+    values = yaml.safe_load((CHART / "values.yaml").read_text())
+    assert chart["apiVersion"] == "v2"
+    assert chart["version"] == "0.1.0"
+    assert chart["kubeVersion"] == ">=1.28.0-0"
+    assert chart["appVersion"] == values["image"]["vllm"]["tag"]
+    assert values["image"]["sim"]["tag"] == VERSIONS["INFERENCE_SIM_VERSION"]
+    assert values["engine"] == "vllm"
+
+
+def test_kube_version_constraint_enforced() -> None:
+    res = helm("template", "rel", str(CHART), "-f", str(VALUES_FILES[0]), "--kube-version", "v1.27.9")
+    assert res.returncode != 0
+    assert "kubeVersion" in res.stderr or "incompatible" in res.stderr
+
+
+def _walk_schema(node: dict[str, Any], path: str) -> list[str]:
+    problems = []
+    if node.get("type") == "object" or "properties" in node:
+        if "properties" in node:
+            if node.get("additionalProperties") is not False:
+                problems.append(f"{path}: additionalProperties is not false")
+        elif not isinstance(node.get("additionalProperties"), dict):
+            problems.append(f"{path}: free-form map without a value schema")
+        for name, sub in node.get("properties", {}).items():
+            if not sub.get("description"):
+                problems.append(f"{path}.{name}: no description")
+            problems += _walk_schema(sub, f"{path}.{name}")
+        if isinstance(node.get("additionalProperties"), dict):
+            problems += _walk_schema(node["additionalProperties"], f"{path}.*")
+    if node.get("type") == "array":
+        problems += _walk_schema(node["items"], f"{path}[]")
+    return problems
+
+
+def test_schema_describes_every_key_and_closes_every_object() -> None:
+    schema = json.loads((CHART / "values.schema.json").read_text())
+    assert _walk_schema(schema, "") == []
+    values = yaml.safe_load((CHART / "values.yaml").read_text())
+
+    def keys(d: dict[str, Any], s: dict[str, Any], path: str) -> None:
+        for k, v in d.items():
+            assert k in s["properties"], f"{path}.{k} missing from the schema"
+            sub = s["properties"][k]
+            if isinstance(v, dict) and "properties" in sub:
+                keys(v, sub, f"{path}.{k}")
+
+    keys(values, schema, "")
+    assert schema["properties"]["vllm"]["properties"]["dtype"]["enum"] == ["auto", "half", "float16", "bfloat16", "float", "float32"]
+    assert "model" in schema["required"]
+
+
+@pytest.mark.parametrize(
+    "bad",
+    [
+        {"unknownTopLevel": 1},
+        {"vllm": {"maxModelLenn": 4096}},
+        {"modelCache": {"pvc": {"sizee": "1Gi"}}},
+        {"hfToken": {"value": SENTINEL}},
+        {"hfToken": {"token": SENTINEL}},
+        {"apiKey": {"value": SENTINEL}},
+        {"engine": "tgi"},
+        {"vllm": {"dtype": "int8"}},
+        {"vllm": {"gpuMemoryUtilization": 1.5}},
+        {"vllm": {"extraArgs": ["--api-key", SENTINEL]}},
+        {"vllm": {"extraArgs": [f"--hf-token={SENTINEL}"]}},
+        {"vllm": {"extraArgs": ["--tensor-parallel-size=2"]}},
+        {"extraEnv": [{"name": "HF_TOKEN", "value": SENTINEL}]},
+        {"gpusPerReplica": 0},
+        {"resources": {"limits": {"nvidia.com/gpu": 8}}},
+        {"sim": {"extraArgs": ["--dtype", "half"]}},
+        {"sim": {"timeToFirstToken": "fast"}},
+        {"metrics": {"serviceMonitor": {"enabled": True, "selector": {}}}},
+    ],
+    ids=lambda b: json.dumps(b)[:60],
+)
+def test_schema_rejects(bad: dict[str, Any], tmp_path: Path) -> None:
+    res = template_result(VALUES_FILES[0], extra_values=bad, tmp=tmp_path)
+    assert res.returncode != 0, f"helm template accepted {bad}"
+    assert "schema" in res.stderr.lower()
+    assert SENTINEL not in res.stdout
+
+
+def test_model_name_required(tmp_path: Path) -> None:
+    res = helm("template", "rel", str(CHART), "--kube-version", KUBE_VERSION)
+    assert res.returncode != 0
+    assert "schema" in res.stderr.lower()
+
+
+def test_tensor_parallel_cannot_exceed_gpus() -> None:
+    res = template_result(VALUES_FILES[0], "vllm.tensorParallelSize=2")
+    assert res.returncode != 0
+    assert "cannot exceed gpusPerReplica" in res.stderr
+
+
+def test_hostpath_needs_a_path() -> None:
+    res = template_result(VALUES_FILES[0], "modelCache.type=hostPath")
+    assert res.returncode != 0
+    assert "modelCache.hostPath.path" in res.stderr
+
+
+# --- workload ------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("values_file", VALUES_FILES, ids=ids)
+def test_gpu_requests_equal_limits(values_file: Path) -> None:
+    gpus = effective(values_file)["gpusPerReplica"]
+    res = container(render(values_file))["resources"]
+    assert res["requests"]["nvidia.com/gpu"] == res["limits"]["nvidia.com/gpu"] == str(gpus)
+
+
+@pytest.mark.parametrize("gpus", [1, 2, 8])
+def test_gpu_count_follows_gpus_per_replica(gpus: int) -> None:
+    docs = render(VALUES_FILES[0], f"gpusPerReplica={gpus}")
+    c = container(docs)
+    assert c["resources"]["limits"]["nvidia.com/gpu"] == str(gpus)
+    assert flag_value(c["args"], "--tensor-parallel-size") == str(gpus)
+    mounts = {m["name"]: m["mountPath"] for m in c["volumeMounts"]}
+    volumes = {v["name"]: v for v in only(docs, "Deployment")["spec"]["template"]["spec"]["volumes"]}
+    if gpus > 1:
+        assert mounts["dshm"] == "/dev/shm"
+        assert volumes["dshm"]["emptyDir"] == {"medium": "Memory", "sizeLimit": "16Gi"}
+    else:
+        assert "dshm" not in mounts and "dshm" not in volumes
+
+
+@pytest.mark.parametrize("values_file", VALUES_FILES, ids=ids)
+def test_shm_only_with_more_than_one_gpu(values_file: Path) -> None:
+    values = effective(values_file)
+    pod = only(render(values_file), "Deployment")["spec"]["template"]["spec"]
+    shm = [v for v in pod["volumes"] if v.get("emptyDir", {}).get("medium") == "Memory"]
+    mounted = [m for m in pod["containers"][0]["volumeMounts"] if m["mountPath"] == "/dev/shm"]
+    if values["gpusPerReplica"] > 1:
+        assert len(shm) == 1 and shm[0]["emptyDir"]["sizeLimit"] == values["shm"]["sizeLimit"]
+        assert len(mounted) == 1 and mounted[0]["name"] == shm[0]["name"]
+    else:
+        assert shm == [] and mounted == []
+
+
+@pytest.mark.parametrize("values_file", VALUES_FILES, ids=ids)
+def test_tolerations_and_affinity(values_file: Path) -> None:
+    sched = effective(values_file)["scheduling"]
+    pod = only(render(values_file), "Deployment")["spec"]["template"]["spec"]
+    tolerations = pod.get("tolerations", [])
+    gpu_tol = {"key": "nvidia.com/gpu", "operator": "Exists", "effect": "NoSchedule"}
+    assert (gpu_tol in tolerations) == sched["gpuToleration"]
+    for extra in sched["tolerations"]:
+        assert extra in tolerations
+    assert len(tolerations) == int(sched["gpuToleration"]) + len(sched["tolerations"])
+    if sched["gpuProducts"]:
+        terms = pod["affinity"]["nodeAffinity"]["requiredDuringSchedulingIgnoredDuringExecution"]["nodeSelectorTerms"]
+        assert terms == [{"matchExpressions": [{"key": "nvidia.com/gpu.product", "operator": "In", "values": sched["gpuProducts"]}]}]
+    else:
+        assert "affinity" not in pod
+    assert pod.get("nodeSelector", {}) == sched["nodeSelector"]
+
+
+def test_default_values_tolerate_gpu_taint() -> None:
+    values = yaml.safe_load((CHART / "values.yaml").read_text())
+    assert values["scheduling"]["gpuToleration"] is True
+
+
+@pytest.mark.parametrize("values_file", VALUES_FILES, ids=ids)
+def test_no_token_value_anywhere(values_file: Path) -> None:
+    values = effective(values_file)
+    docs = render(values_file)
+    assert not any(d["kind"] == "Secret" for d in docs), "the chart must never create a Secret"
+    env = env_of(container(docs))
+    for name in TOKEN_ENV & env.keys():
+        assert "value" not in env[name], f"{name} has a literal value"
+        assert set(env[name]["valueFrom"]) == {"secretKeyRef"}
+    if values["hfToken"]["secretName"]:
+        for name in ("HF_TOKEN", "HUGGING_FACE_HUB_TOKEN"):
+            ref = env[name]["valueFrom"]["secretKeyRef"]
+            assert ref == {"name": values["hfToken"]["secretName"], "key": values["hfToken"]["secretKey"],
+                           "optional": values["hfToken"]["optional"]}
+    else:
+        assert not {"HF_TOKEN", "HUGGING_FACE_HUB_TOKEN"} & env.keys()
+
+
+def test_token_secret_optional_flag() -> None:
+    env = env_of(container(render(VALUES_FILES[0], "hfToken.secretName=tok", "hfToken.secretKey=k", "hfToken.optional=true")))
+    assert env["HF_TOKEN"]["valueFrom"]["secretKeyRef"] == {"name": "tok", "key": "k", "optional": True}
+
+
+@pytest.mark.parametrize(("budget", "period"), [(600, 10), (1805, 15), (1, 10), (30, 5), (7201, 60)])
+def test_startup_probe_covers_budget(budget: int, period: int) -> None:
+    docs = render(VALUES_FILES[0], f"probes.startup.budgetSeconds={budget}", f"probes.startup.periodSeconds={period}")
+    probe = container(docs)["startupProbe"]
+    assert probe["httpGet"] == {"path": "/health", "port": "http"}
+    assert probe["periodSeconds"] == period
+    assert probe["failureThreshold"] == math.ceil(budget / period)
+    assert probe["failureThreshold"] * period >= budget > (probe["failureThreshold"] - 1) * period
+    annotations = only(docs, "Deployment")["spec"]["template"]["metadata"]["annotations"]
+    assert annotations["kubeinfer.io/startup-budget-seconds"] == str(budget)
+
+
+@pytest.mark.parametrize("values_file", VALUES_FILES, ids=ids)
+def test_probes_and_rollout(values_file: Path) -> None:
+    values = effective(values_file)
+    docs = render(values_file)
+    c = container(docs)
+    budget = values["probes"]["startup"]["budgetSeconds"]
+    assert c["startupProbe"]["failureThreshold"] * c["startupProbe"]["periodSeconds"] >= budget
+    for probe in ("readinessProbe", "livenessProbe"):
+        assert c[probe]["httpGet"] == {"path": "/health", "port": "http"}
+    strategy = only(docs, "Deployment")["spec"]["strategy"]
+    assert strategy == {"type": "RollingUpdate", "rollingUpdate": {"maxUnavailable": 0, "maxSurge": 1}}
+
+
+@pytest.mark.parametrize("values_file", VALUES_FILES, ids=ids)
+def test_model_cache(values_file: Path) -> None:
+    cache = effective(values_file)["modelCache"]
+    docs = render(values_file)
+    c = container(docs)
+    env = env_of(c)
+    assert env["HF_HOME"]["value"] == cache["mountPath"]
+    assert ("HF_HUB_OFFLINE" in env) == cache["offline"]
+    if cache["offline"]:
+        assert env["HF_HUB_OFFLINE"]["value"] == "1"
+    assert {"name": "model-cache", "mountPath": cache["mountPath"]} in c["volumeMounts"]
+    volume = next(v for v in only(docs, "Deployment")["spec"]["template"]["spec"]["volumes"] if v["name"] == "model-cache")
+    pvcs = [d for d in docs if d["kind"] == "PersistentVolumeClaim"]
+    if cache["type"] == "pvc":
+        assert volume["persistentVolumeClaim"]["claimName"] == "rel-vllm-model-cache"
+        assert len(pvcs) == 1 and pvcs[0]["metadata"]["name"] == "rel-vllm-model-cache"
+        assert pvcs[0]["spec"]["resources"]["requests"]["storage"] == cache["pvc"]["size"]
+        assert pvcs[0]["spec"]["accessModes"] == cache["pvc"]["accessModes"]
+    elif cache["type"] == "hostPath":
+        assert volume["hostPath"] == cache["hostPath"]
+        assert pvcs == []
+    else:
+        assert volume["emptyDir"] == {}
+        assert pvcs == []
+
+
+def test_existing_claim_is_used_not_created() -> None:
+    docs = render(VALUES_FILES[0], "modelCache.type=pvc", "modelCache.pvc.existingClaim=shared-hf")
+    volume = next(v for v in only(docs, "Deployment")["spec"]["template"]["spec"]["volumes"] if v["name"] == "model-cache")
+    assert volume["persistentVolumeClaim"]["claimName"] == "shared-hf"
+    assert not [d for d in docs if d["kind"] == "PersistentVolumeClaim"]
+
+
+def test_created_claim_can_be_kept() -> None:
+    docs = render(VALUES_FILES[0], "modelCache.type=pvc", "modelCache.pvc.keep=true")
+    assert only(docs, "PersistentVolumeClaim")["metadata"]["annotations"] == {"helm.sh/resource-policy": "keep"}
+
+
+# --- engines -------------------------------------------------------------------------------------
+
+
+def test_vllm_args_from_typed_values() -> None:
+    tp4 = VALUES_DIR / "tp4-pvc.yaml"
+    values = effective(tp4)
+    c = container(render(tp4))
+    assert c["image"] == "vllm/vllm-openai:v0.11.0"
+    assert c["command"] == ["vllm", "serve"]
+    args = c["args"]
+    assert args[0] == values["model"]["name"]
+    assert flag_value(args, "--revision") == "main"
+    assert flag_value(args, "--served-model-name") == "llama-70b"
+    assert flag_value(args, "--port") == "8000"
+    assert flag_value(args, "--tensor-parallel-size") == "4"
+    assert flag_value(args, "--dtype") == "bfloat16"
+    assert flag_value(args, "--gpu-memory-utilization") == "0.92"
+    assert flag_value(args, "--max-model-len") == "8192"
+    assert flag_value(args, "--max-num-seqs") == "128"
+    assert "--no-enable-prefix-caching" in args and "--enable-prefix-caching" not in args
+    assert args[-2:] == values["vllm"]["extraArgs"]
+    assert all(isinstance(a, str) for a in args)
+
+
+def test_vllm_defaults_leave_unset_options_out() -> None:
+    args = container(render(VALUES_DIR / "single-gpu.yaml"))["args"]
+    assert args[0] == "facebook/opt-125m"
+    assert flag_value(args, "--served-model-name") == "facebook/opt-125m"
+    assert flag_value(args, "--tensor-parallel-size") == "1"
+    assert flag_value(args, "--dtype") == "auto"
+    assert "--enable-prefix-caching" in args
+    for flag in ("--max-model-len", "--max-num-seqs", "--revision", "--api-key"):
+        assert flag not in args
+
+
+def _flags(args: list[str]) -> set[str]:
+    return {a.split("=", 1)[0] for a in args if a.startswith("--")}
+
+
+def test_sim_engine_uses_only_sim_flags() -> None:
+    sim = VALUES_DIR / "sim.yaml"
+    c = container(render(sim))
+    assert c["image"] == f"ghcr.io/llm-d/llm-d-inference-sim:{VERSIONS['INFERENCE_SIM_VERSION']}"
+    assert "command" not in c, "the sim image's own entrypoint runs the binary"
+    args = c["args"]
+    assert _flags(args) <= SIM_FLAGS, _flags(args) - SIM_FLAGS
+    assert flag_value(args, "--model") == "Qwen/Qwen2.5-1.5B-Instruct"
+    assert flag_value(args, "--served-model-name") == "qwen-sim"
+    assert flag_value(args, "--max-num-seqs") == "4"
+    assert flag_value(args, "--time-to-first-token") == "200ms"
+    assert flag_value(args, "--fake-metrics") == '{"waiting-requests":3}'
+    assert "--force-dummy-tokenizer" in args
+    # vLLM-only flags the simulator would reject.
+    for flag in ("--dtype", "--gpu-memory-utilization", "--tensor-parallel-size", "--host", "--revision"):
+        assert flag not in args
+
+
+def test_sim_engine_ignores_vllm_options() -> None:
+    args = container(render(VALUES_DIR / "sim.yaml", "vllm.dtype=half", "vllm.maxModelLen=4096", "model.revision=abc",
+                            "vllm.extraArgs[0]=--trust-remote-code"))["args"]
+    assert _flags(args) <= SIM_FLAGS
+
+
+def _sim_parse(sim: str, args: list[str]) -> tuple[int, str]:
+    res = subprocess.run([sim, *args, "--help"], capture_output=True, text=True, timeout=60, check=False)
+    return res.returncode, res.stdout + res.stderr
+
+
+def test_sim_flags_are_accepted_by_the_simulator() -> None:
+    """Parse the rendered argv with the real llm-d-inference-sim. pflag reads the arguments in
+    order, so an unknown flag fails before `--help` (appended last) is reached, and no server
+    starts. The simulator logs "failed to read configuration" and still exits 0 on a bad flag,
+    so the output, not only the exit code, is checked."""
+    sim = _require(SIM, "llm-d-inference-sim")
+    args = container(render(VALUES_DIR / "sim.yaml"))["args"]
+    rc, out = _sim_parse(sim, args)
+    assert rc == 0, out
+    assert "failed to read configuration" not in out and "unknown flag" not in out, out
+    for flag in SIM_FLAGS:
+        assert re.search(rf"(^|\s){re.escape(flag)}[\s=]", out, re.M), f"{flag} not in the simulator's --help"
+    _, bad = _sim_parse(sim, [*args, "--dtype", "half"])
+    assert "unknown flag: --dtype" in bad, "the simulator accepted a vLLM-only flag; the check above proves nothing"
+
+
+# --- service, metrics, labels --------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("values_file", VALUES_FILES, ids=ids)
+def test_labels_and_service(values_file: Path) -> None:
+    values = effective(values_file)
+    docs = render(values_file)
+    dep = only(docs, "Deployment")
+    svc = only(docs, "Service")
+    pod_labels = dep["spec"]["template"]["metadata"]["labels"]
+    served = values["model"]["servedModelName"] or values["model"]["name"]
+    expected_model = re.sub(r"[^A-Za-z0-9._-]", "-", served)[:63].strip("-_.")
+    assert pod_labels["app.kubernetes.io/instance"] == "rel"
+    assert pod_labels["app.kubernetes.io/name"] == "vllm"
+    assert pod_labels["kubeinfer.io/model"] == expected_model
+    assert pod_labels["kubeinfer.io/engine"] == values["engine"]
+    for k, v in values["podLabels"].items():
+        assert pod_labels[k] == v
+    selector = dep["spec"]["selector"]["matchLabels"]
+    assert selector == {"app.kubernetes.io/name": "vllm", "app.kubernetes.io/instance": "rel"}
+    assert svc["spec"]["selector"] == selector
+    assert svc["spec"]["ports"] == [{"name": "http", "port": 8000, "targetPort": "http", "protocol": "TCP"}]
+    assert container(docs)["ports"] == [{"name": "http", "containerPort": 8000, "protocol": "TCP"}]
+    for k, v in values["podAnnotations"].items():
+        assert dep["spec"]["template"]["metadata"]["annotations"][k] == v
+
+
+@pytest.mark.parametrize(
+    ("served", "label"),
+    [
+        ("meta-llama/Llama-3.1-8B-Instruct", "meta-llama-Llama-3.1-8B-Instruct"),
+        ("/models/x", "models-x"),
+        ("a" * 70 + "/b", "a" * 63),
+        ("Qwen/Qwen2.5:7b_", "Qwen-Qwen2.5-7b"),
+    ],
+)
+def test_model_label_is_a_valid_label_value(served: str, label: str) -> None:
+    pod = only(render(VALUES_FILES[0], f"model.servedModelName={served}"), "Deployment")["spec"]["template"]["metadata"]
+    assert pod["labels"]["kubeinfer.io/model"] == label
+
+
+@pytest.mark.parametrize("values_file", VALUES_FILES, ids=ids)
+def test_metrics_annotations_and_monitors(values_file: Path) -> None:
+    metrics = effective(values_file)["metrics"]
+    docs = render(values_file)
+    annotations = only(docs, "Deployment")["spec"]["template"]["metadata"]["annotations"]
+    scrape = {"prometheus.io/scrape": "true", "prometheus.io/path": "/metrics", "prometheus.io/port": "8000"}
+    if metrics["podAnnotations"]:
+        assert scrape.items() <= annotations.items()
+    else:
+        assert not scrape.keys() & annotations.keys()
+    for kind, key in (("ServiceMonitor", "serviceMonitor"), ("PodMonitor", "podMonitor")):
+        found = [d for d in docs if d["kind"] == kind]
+        if metrics[key]["enabled"]:
+            assert len(found) == 1
+            mon = found[0]
+            assert mon["apiVersion"] == "monitoring.coreos.com/v1"
+            assert mon["spec"]["selector"]["matchLabels"] == {"app.kubernetes.io/name": "vllm", "app.kubernetes.io/instance": "rel"}
+            for k, v in metrics[key]["labels"].items():
+                assert mon["metadata"]["labels"][k] == v
+        else:
+            assert found == []
+
+
+def test_api_key_from_secret() -> None:
+    docs = render(VALUES_DIR / "apikey-servicemonitor.yaml")
+    c = container(docs)
+    assert env_of(c)["VLLM_API_KEY"]["valueFrom"] == {"secretKeyRef": {"name": "vllm-api-key", "key": "key"}}
+    assert not any(a.startswith("--api-key") for a in c["args"]), "the key must not land in argv"
+    hook = next(d for d in docs if d["kind"] == "Pod")
+    assert env_of(hook["spec"]["containers"][0])["VLLM_API_KEY"]["valueFrom"]["secretKeyRef"]["name"] == "vllm-api-key"
+
+
+@pytest.mark.parametrize("values_file", VALUES_FILES, ids=ids)
+def test_helm_test_pod(values_file: Path) -> None:
+    docs = render(values_file)
+    hooks = [d for d in docs if d["metadata"].get("annotations", {}).get("helm.sh/hook") == "test"]
+    assert len(hooks) == 1
+    pod = hooks[0]
+    assert pod["kind"] == "Pod" and pod["spec"]["restartPolicy"] == "Never"
+    script = " ".join(pod["spec"]["containers"][0]["command"])
+    assert "http://rel-vllm:8000" in script and "/health" in script and "/v1/models" in script
+    # The ReplicaSet would adopt a pod carrying the selector labels.
+    selector = only(docs, "Deployment")["spec"]["selector"]["matchLabels"]
+    assert not selector.items() <= pod["metadata"]["labels"].items()
+
+
+def test_fullname_override_and_release_name() -> None:
+    docs = render(VALUES_FILES[0], "fullnameOverride=llama-8b")
+    assert only(docs, "Deployment")["metadata"]["name"] == "llama-8b"
+    assert only(docs, "Service")["metadata"]["name"] == "llama-8b"
