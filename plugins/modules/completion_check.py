@@ -24,7 +24,7 @@ description:
     JSON, or a model mismatch. A failure still returns what was checked so far.
   - Never changes anything, so it always reports RV(ignore:changed=false).
 author:
-  - kubeinfer.llm maintainers
+  - Kubeinfer maintainers (@kubeinfer)
 extends_documentation_fragment:
   - kubeinfer.llm.k8s_auth
   - kubeinfer.llm.k8s_auth.ATTRIBUTES
@@ -226,7 +226,7 @@ def main() -> None:
             model={"type": "str"},
             api={"type": "str", "choices": ["completions", "chat"], "default": "completions"},
             prompt={"type": "str", "default": "Hello, my name is"},
-            max_tokens={"type": "int", "default": 16},
+            max_tokens={"type": "int", "default": 16, "no_log": False},
             timeout={"type": "int", "default": 60},
             overall_timeout={"type": "int", "default": 180},
             vllm_api_key={"type": "str", "no_log": True, "aliases": ["openai_api_key"]},
