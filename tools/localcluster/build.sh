@@ -52,19 +52,25 @@ PY
   rm -rf "$out"; mv "$out.tmp" "$out"
 }
 
-build_etcd() {
-  local v=$ETCD_VERSION out="$CACHE/etcd-$ETCD_VERSION"
-  have "$out" etcd && return 0
-  log "etcd $v"
-  # go.etcd.io/etcd/server/v3 has replace directives of its own, so it is
-  # built from a wrapper module, not with go install.
-  local src="$CACHE/src/etcd-$v"
+wrapper_build() { # wrapper_build NAME VERSION MODULE PACKAGE BINARY
+  # A module with replace directives (etcd) or whose version list the proxy
+  # refuses (go install then fails its deprecation check) is built from a
+  # throwaway wrapper module that requires it at the pinned version.
+  local name=$1 v=$2 mod=$3 pkg=$4 bin=$5 out="$CACHE/$1-$2"
+  have "$out" "$bin" && return 0
+  log "$name $v"
+  local src="$CACHE/src/$name-$v"
   rm -rf "$src"; mkdir -p "$src"; cd "$src"
-  go mod init local/etcdbin >/dev/null 2>&1
-  go get -tool "go.etcd.io/etcd/server/v3@$v"
-  mkdir -p "$out.tmp"
-  go build -trimpath -ldflags "-s -w" -o "$out.tmp/etcd" go.etcd.io/etcd/server/v3
+  go mod init "local/$name" >/dev/null 2>&1
+  GOFLAGS="$GOFLAGS -mod=mod" go get -tool "$pkg@$v"
+  go mod edit -require="$mod@$v"
+  rm -rf "$out.tmp"; mkdir -p "$out.tmp"
+  go build -trimpath -ldflags "-s -w" -o "$out.tmp/$bin" "$pkg"
   rm -rf "$out"; mv "$out.tmp" "$out"
+}
+
+build_etcd() {
+  wrapper_build etcd "$ETCD_VERSION" go.etcd.io/etcd/server/v3 go.etcd.io/etcd/server/v3 etcd
 }
 
 gobin_install() { # gobin_install NAME VERSION BINARY... -- PACKAGE@VERSION... [-- LDFLAGS]
@@ -91,18 +97,24 @@ build_helm() {
     -- "-X helm.sh/helm/v3/internal/version.version=$HELM_VERSION"
 }
 build_adapter() {
-  gobin_install prometheus-adapter "$PROMETHEUS_ADAPTER_VERSION" adapter -- \
-    "sigs.k8s.io/prometheus-adapter/cmd/adapter@$PROMETHEUS_ADAPTER_VERSION"
+  wrapper_build prometheus-adapter "$PROMETHEUS_ADAPTER_VERSION" sigs.k8s.io/prometheus-adapter \
+    sigs.k8s.io/prometheus-adapter/cmd/adapter adapter
 }
 build_sim() {
-  gobin_install inference-sim "$INFERENCE_SIM_VERSION" llm-d-inference-sim -- \
-    "github.com/llm-d/llm-d-inference-sim/cmd/llm-d-inference-sim@$INFERENCE_SIM_VERSION"
+  wrapper_build inference-sim "$INFERENCE_SIM_VERSION" github.com/llm-d/llm-d-inference-sim \
+    github.com/llm-d/llm-d-inference-sim/cmd/llm-d-inference-sim llm-d-inference-sim
 }
 
 all=(kubernetes etcd kwok helm adapter sim)
+if [ "${1:-}" = "--one" ]; then
+  # A separate process per component, so that `set -e` really stops at the first failure.
+  "build_$2"
+  exit 0
+fi
 want=("$@"); [ ${#want[@]} -eq 0 ] && want=("${all[@]}")
 start=$(date +%s)
 for c in "${want[@]}"; do
-  ( "build_$c" ) > "$CACHE/logs/build-$c.log" 2>&1 || { log "FAILED $c; see $CACHE/logs/build-$c.log"; tail -20 "$CACHE/logs/build-$c.log" >&2; exit 1; }
+  "$0" --one "$c" > "$CACHE/logs/build-$c.log" 2>&1 || {
+    log "FAILED $c; see $CACHE/logs/build-$c.log"; tail -20 "$CACHE/logs/build-$c.log" >&2; exit 1; }
 done
 log "done in $(( $(date +%s) - start ))s"
