@@ -1,0 +1,245 @@
+# -*- coding: utf-8 -*-
+# Copyright: contributors to kubeinfer.llm
+# GNU General Public License v3.0+ (see https://www.gnu.org/licenses/gpl-3.0.txt)
+"""Verification of a GPU Operator install: ClusterPolicy, operands, allocatable GPUs, an nvidia-smi pod. Private to this collection: may change."""
+from __future__ import annotations
+
+import json
+import time
+from typing import Any, Callable, Mapping
+
+from ansible_collections.kubeinfer.llm.plugins.module_utils._errors import KubeInferError
+from ansible_collections.kubeinfer.llm.plugins.module_utils._gpu_operator_values import (
+    CLUSTER_POLICY_NAME,
+    CLUSTER_POLICY_READY_STATE,
+    GPU_RESOURCE,
+)
+from ansible_collections.kubeinfer.llm.plugins.module_utils._nvidia_smi import parse_nvidia_smi
+from ansible_collections.kubeinfer.llm.plugins.module_utils._resources import ApiError, Kube
+from ansible_collections.kubeinfer.llm.plugins.module_utils._waiter import pod_finished, unschedulable_reason, wait_for
+
+DEFAULT_TEST_POD_IMAGE = "nvcr.io/nvidia/cuda:12.4.1-base-ubuntu22.04"
+TEST_POD_CONTAINER = "nvidia-smi"
+TEST_POD_PREFIX = "gpu-operator-smoke-"
+MANAGED_BY_LABEL = "app.kubernetes.io/managed-by"
+MANAGED_BY = "kubeinfer.llm"
+COMPONENT_LABEL = "app.kubernetes.io/component"
+COMPONENT = "gpu-smoke-test"
+
+
+def _count(value: Any) -> int:
+    try:
+        return int(str(value).strip())
+    except (TypeError, ValueError):
+        return 0
+
+
+# -- observations (pure) ------------------------------------------------------------------
+def cluster_policy_view(obj: Mapping[str, Any] | None, name: str = CLUSTER_POLICY_NAME) -> dict[str, Any]:
+    status = (obj or {}).get("status") or {}
+    return {"name": name, "exists": obj is not None, "state": status.get("state"),
+            "conditions": status.get("conditions") or []}
+
+
+def daemonset_view(obj: Mapping[str, Any]) -> dict[str, Any]:
+    status = obj.get("status") or {}
+    desired = _count(status.get("desiredNumberScheduled"))
+    ready = _count(status.get("numberReady"))
+    available = _count(status.get("numberAvailable"))
+    updated = _count(status.get("updatedNumberScheduled"))
+    observed = _count(status.get("observedGeneration")) >= _count((obj.get("metadata") or {}).get("generation"))
+    return {"name": (obj.get("metadata") or {}).get("name"), "desired": desired, "current": _count(status.get("currentNumberScheduled")),
+            "ready": ready, "available": available, "updated": updated,
+            "is_ready": observed and ready >= desired and available >= desired}
+
+
+def node_view(obj: Mapping[str, Any]) -> dict[str, Any]:
+    meta, status = obj.get("metadata") or {}, obj.get("status") or {}
+    labels = meta.get("labels") or {}
+    return {"name": meta.get("name"),
+            "allocatable_gpu": _count((status.get("allocatable") or {}).get(GPU_RESOURCE)),
+            "capacity_gpu": _count((status.get("capacity") or {}).get(GPU_RESOURCE)),
+            "product": labels.get("nvidia.com/gpu.product"),
+            "unschedulable": bool((obj.get("spec") or {}).get("unschedulable"))}
+
+
+def problems_of(policy: Mapping[str, Any], daemonsets: list[dict[str, Any]], nodes: list[dict[str, Any]],
+                node_selector: str | None) -> list[str]:
+    """Every reason the operator is not ready yet, each naming its object."""
+    problems = []
+    if not policy["exists"]:
+        problems.append(f"ClusterPolicy {policy['name']} does not exist (is the GPU Operator installed?)")
+    elif not policy["state"]:
+        problems.append(f"ClusterPolicy {policy['name']} has no status.state yet (the operator has not reconciled it)")
+    elif policy["state"] != CLUSTER_POLICY_READY_STATE:
+        problems.append(f"ClusterPolicy {policy['state']}")
+    for ds in daemonsets:
+        if not ds["is_ready"]:
+            problems.append(f"DaemonSet {ds['name']} has {ds['ready']}/{ds['desired']} pods ready and {ds['available']} available")
+    if not nodes:
+        problems.append(f"no node matches node_selector {node_selector!r}" if node_selector else "the cluster has no nodes")
+    for node in nodes:
+        if node["allocatable_gpu"] < 1:
+            problems.append(f"node {node['name']} has 0 allocatable {GPU_RESOURCE}")
+    return problems
+
+
+def observe(kube: Kube, namespace: str, node_selector: str | None) -> dict[str, Any]:
+    """One read of the ClusterPolicy, the operand DaemonSets and the GPU nodes."""
+    policy = cluster_policy_view(kube.get("nvidia.com/v1", "ClusterPolicy", CLUSTER_POLICY_NAME))
+    daemonsets = [daemonset_view(d) for d in kube.list("apps/v1", "DaemonSet", namespace)]
+    nodes = [node_view(n) for n in kube.list("v1", "Node", label_selector=node_selector or None)]
+    return {"cluster_policy": policy, "daemonsets": sorted(daemonsets, key=lambda d: str(d["name"])),
+            "nodes": sorted(nodes, key=lambda n: str(n["name"])),
+            "problems": problems_of(policy, daemonsets, nodes, node_selector)}
+
+
+# -- the test pod ---------------------------------------------------------------------------
+def smoke_pod(namespace: str, image: str, labels: Mapping[str, Any] | None = None) -> dict[str, Any]:
+    """A pod that takes one GPU on a tainted GPU node, runs nvidia-smi once and stops."""
+    all_labels = {str(k): str(v) for k, v in (labels or {}).items()}
+    all_labels.update({MANAGED_BY_LABEL: MANAGED_BY, COMPONENT_LABEL: COMPONENT})
+    return {
+        "apiVersion": "v1",
+        "kind": "Pod",
+        "metadata": {"generateName": TEST_POD_PREFIX, "namespace": namespace, "labels": all_labels},
+        "spec": {
+            "restartPolicy": "Never",
+            "automountServiceAccountToken": False,
+            "terminationGracePeriodSeconds": 0,
+            "tolerations": [{"key": GPU_RESOURCE, "operator": "Exists", "effect": "NoSchedule"}],
+            "containers": [{
+                "name": TEST_POD_CONTAINER,
+                "image": image,
+                "command": ["nvidia-smi"],
+                "resources": {"limits": {GPU_RESOURCE: 1}, "requests": {GPU_RESOURCE: 1}},
+            }],
+        },
+    }
+
+
+def failure_reason(pod: Mapping[str, Any]) -> str:
+    """Why a Failed pod failed: the container's termination reason, message and exit code."""
+    status = pod.get("status") or {}
+    for cs in status.get("containerStatuses") or []:
+        term = (cs.get("state") or {}).get("terminated") or (cs.get("lastState") or {}).get("terminated")
+        if term:
+            parts = [term.get("reason") or "Error", f"exit code {term.get('exitCode')}"]
+            if term.get("message"):
+                parts.append(str(term["message"]).strip())
+            return ", ".join(parts)
+    return status.get("reason") or status.get("message") or "no container status"
+
+
+def _pod_progress(kube: Kube, namespace: str, name: str, holder: dict[str, Any]) -> Callable[[], tuple[bool, str]]:
+    def predicate() -> tuple[bool, str]:
+        pod = kube.get("v1", "Pod", name, namespace)
+        holder["pod"] = pod
+        done, reason = pod_finished(pod)
+        if not done and pod is not None:
+            unschedulable = unschedulable_reason([pod])
+            if unschedulable:
+                reason = unschedulable
+            else:
+                for cs in (pod.get("status") or {}).get("containerStatuses") or []:
+                    waiting = (cs.get("state") or {}).get("waiting") or {}
+                    if waiting.get("reason"):
+                        reason = f"{reason}, container {waiting['reason']}: {waiting.get('message', '')}".rstrip(": ")
+        return done, reason
+    return predicate
+
+
+def read_log(kube: Kube, namespace: str, name: str, container: str = TEST_POD_CONTAINER) -> str:
+    """The container's log through the API server (the body is plain text)."""
+    text = kube.request("GET", f"/api/v1/namespaces/{namespace}/pods/{name}/log", query=[("container", container)], verb="get")
+    if text is None:
+        return ""
+    return text if isinstance(text, str) else json.dumps(text)
+
+
+def run_smoke_pod(kube: Kube, namespace: str, image: str, labels: Mapping[str, Any] | None, timeout: float,
+                  interval: float = 1.0, sleep: Callable[[float], None] = time.sleep) -> dict[str, Any]:
+    """Create the test pod, wait for it to finish, read and parse its log, delete it (also on failure).
+
+    Returns ``{"test_pod": {...}, "nvidia_smi": {...} | None, "problem": str | None}``.
+    """
+    created = kube.create(smoke_pod(namespace, image, labels))
+    name = created["metadata"]["name"]
+    view: dict[str, Any] = {"name": name, "namespace": namespace, "image": image, "skipped": False,
+                            "phase": None, "node": None, "reason": None, "deleted": False}
+    out: dict[str, Any] = {"test_pod": view, "nvidia_smi": None, "problem": None}
+    holder: dict[str, Any] = {"pod": created}
+    try:
+        try:
+            wait_for(_pod_progress(kube, namespace, name, holder), timeout, f"test pod {namespace}/{name}",
+                     interval=interval, sleep=sleep)
+        except KubeInferError as e:
+            out["problem"] = f"test pod did not finish: {e.msg}"
+        pod = holder.get("pod") or {}
+        view["phase"] = (pod.get("status") or {}).get("phase")
+        view["node"] = (pod.get("spec") or {}).get("nodeName")
+        if view["phase"] == "Failed":
+            view["reason"] = failure_reason(pod)
+            try:
+                log = read_log(kube, namespace, name)
+            except ApiError:
+                log = ""
+            out["problem"] = f"test pod Failed: {view['reason']}" + (f"; output: {log.strip()[:500]}" if log.strip() else "")
+        elif view["phase"] == "Succeeded":
+            log = read_log(kube, namespace, name)
+            view["output"] = log
+            try:
+                out["nvidia_smi"] = parse_nvidia_smi(log)
+            except KubeInferError as e:
+                out["problem"] = f"test pod output is not usable nvidia-smi output: {e.msg}"
+    finally:
+        try:
+            view["deleted"] = kube.delete("v1", "Pod", name, namespace)
+        except ApiError as e:
+            view["delete_error"] = e.msg
+    return out
+
+
+# -- the whole check ---------------------------------------------------------------------------
+def verify(kube: Kube, params: Mapping[str, Any], check_mode: bool,
+           clock: Callable[[], float] = time.monotonic, sleep: Callable[[float], None] = time.sleep,
+           interval: float = 5.0) -> dict[str, Any]:
+    """What gpu_operator_info returns; raises KubeInferError naming the causes when fail_on_not_ready."""
+    namespace = params["namespace"]
+    node_selector = params.get("node_selector")
+    wait_timeout = float(params.get("wait_timeout") or 0)
+    if wait_timeout < 0:
+        raise KubeInferError(f"wait_timeout: must be 0 or more seconds, got {wait_timeout:g}")
+    pod_timeout = float(params.get("test_pod_timeout") or 300)
+    if pod_timeout <= 0:
+        raise KubeInferError(f"test_pod_timeout: must be a positive number of seconds, got {pod_timeout:g}")
+    labels = params.get("test_pod_labels") or {}
+    if not isinstance(labels, Mapping):
+        raise KubeInferError("test_pod_labels: must be a mapping of label keys to values")
+
+    state = observe(kube, namespace, node_selector)
+    if wait_timeout and state["problems"]:
+        deadline = clock() + wait_timeout
+        while state["problems"] and clock() < deadline:
+            sleep(min(interval, max(deadline - clock(), 0.0)))
+            state = observe(kube, namespace, node_selector)
+
+    result: dict[str, Any] = {"changed": False, **state, "nvidia_smi": None, "test_pod": None}
+    problems: list[str] = list(state["problems"])
+    if params.get("run_test_pod"):
+        if check_mode:
+            result["test_pod"] = {"skipped": True, "reason": "check mode: the test pod was not created"}
+        elif problems:
+            result["test_pod"] = {"skipped": True, "reason": "the GPU Operator is not ready (see problems), so the test pod was not run"}
+        else:
+            pod_ns = params.get("test_pod_namespace") or namespace
+            run = run_smoke_pod(kube, pod_ns, params.get("test_pod_image") or DEFAULT_TEST_POD_IMAGE, labels, pod_timeout, sleep=sleep)
+            result["test_pod"], result["nvidia_smi"] = run["test_pod"], run["nvidia_smi"]
+            if run["problem"]:
+                problems.append(run["problem"])
+    result["problems"] = problems
+    result["ready"] = not problems
+    result["api_requests"] = dict(kube.requests)
+    if problems and params.get("fail_on_not_ready"):
+        raise KubeInferError("GPU Operator not ready: " + "; ".join(problems), **result)
+    return result

@@ -1,0 +1,281 @@
+"""The GPU Operator release logic: chart sources, validation, and when helm upgrade runs (with a fake helm and API)."""
+from __future__ import annotations
+
+import json
+import tarfile
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from ansible_collections.kubeinfer.llm.plugins.module_utils._errors import KubeInferError
+from ansible_collections.kubeinfer.llm.plugins.module_utils._gpu_operator import (
+    chart_matches,
+    chart_source,
+    parse_driver_enabled,
+    reconcile,
+    validate,
+    value_changes,
+)
+from ansible_collections.kubeinfer.llm.plugins.module_utils._helm import Helm
+from ansible_collections.kubeinfer.llm.plugins.module_utils._resources import Kube
+
+from .fake_api import FakeApiClient
+
+REPO = Path(__file__).resolve().parents[4]
+STANDIN = REPO / "tests" / "gpu-operator-standin"
+NODES_PATH = "/api/v1/nodes"
+NS_PATH = "/api/v1/namespaces/gpu-operator"
+CM_PATH = "/api/v1/namespaces/gpu-operator/configmaps/time-slicing-config"
+
+
+def params(**overrides: Any) -> dict[str, Any]:
+    base: dict[str, Any] = {
+        "release_name": "gpu-operator", "namespace": "gpu-operator", "create_namespace": True, "chart_ref": None,
+        "chart_repo_url": "https://helm.ngc.nvidia.com/nvidia", "chart_version": "v26.7.0", "driver_enabled": "auto",
+        "node_selector": "feature.node.kubernetes.io/pci-10de.present=true", "toolkit_enabled": True,
+        "device_plugin_enabled": True, "dcgm_exporter_enabled": True, "dcgm_service_monitor": False,
+        "mig_strategy": "single", "time_slicing_replicas": None, "values": {}, "wait": True, "timeout": 600,
+        "atomic": False, "helm_binary": None, "state": "present",
+    }
+    base.update(overrides)
+    return base
+
+
+class FakeHelm:
+    """A run_command stand-in that keeps one release and answers helm list / get values / upgrade / uninstall."""
+
+    def __init__(self, release: dict[str, Any] | None = None, values: dict[str, Any] | None = None) -> None:
+        self.release = release
+        self.values = values or {}
+        self.upgrades: list[dict[str, Any]] = []
+
+    def __call__(self, argv: list[str], environ_update: dict[str, str] | None = None) -> tuple[int, str, str]:
+        verb = argv[1]
+        if verb == "list":
+            return 0, json.dumps([self.release] if self.release else []), ""
+        if verb == "get":
+            return 0, json.dumps(self.values), ""
+        if verb == "upgrade":
+            with open(argv[argv.index("--values") + 1]) as f:
+                self.values = json.load(f)
+            self.upgrades.append({"argv": argv, "values": self.values})
+            revision = int(self.release["revision"]) + 1 if self.release else 1
+            self.release = {"name": argv[3], "namespace": "gpu-operator", "revision": str(revision), "status": "deployed",
+                            "chart": "gpu-operator-v26.7.0", "app_version": "v26.7.0"}
+            return 0, "", ""
+        if verb == "uninstall":
+            self.release = None
+            return 0, "", ""
+        return 1, "", f"unexpected helm call {argv}"
+
+
+def run(api: FakeApiClient, fake: FakeHelm, check: bool = False, diff: bool = False, **overrides: Any) -> dict[str, Any]:
+    kube = Kube(api)
+    helm = Helm(fake, "/bin/helm", {"kubeconfig": "/k"})
+    return reconcile(kube, helm, params(**overrides), check, diff)
+
+
+def gpu_node(name: str, **labels: str) -> dict[str, Any]:
+    return {"metadata": {"name": name, "labels": labels}, "status": {"allocatable": {}}}
+
+
+# -- chart sources ----------------------------------------------------------------------
+def test_default_source_is_nvidia_repo_at_the_pinned_version() -> None:
+    src = chart_source(None)
+    assert src == {"type": "repo", "chart": "gpu-operator", "repo": "https://helm.ngc.nvidia.com/nvidia",
+                   "version": "v26.7.0", "name": "gpu-operator"}
+
+
+def test_oci_mirror_and_archive_url_sources() -> None:
+    oci = chart_source("oci://registry.example.com/nvidia/gpu-operator", version := "v26.7.0", version)
+    assert oci["type"] == "oci" and oci["chart"] == "oci://registry.example.com/nvidia/gpu-operator" and oci["version"] == "v26.7.0"
+    mirror = chart_source("https://charts.example.com/nvidia")
+    assert mirror["type"] == "repo" and mirror["repo"] == "https://charts.example.com/nvidia" and mirror["chart"] == "gpu-operator"
+    url = chart_source("https://charts.example.com/gpu-operator-v26.7.0.tgz")
+    assert url["type"] == "url" and url["name"] == "gpu-operator" and url["version"] is None
+    with pytest.raises(KubeInferError, match="^chart_ref: .*without a tag"):
+        chart_source("oci://registry.example.com/nvidia/gpu-operator:v26.7.0")
+
+
+def test_local_directory_and_archive_use_their_own_version(tmp_path: Path) -> None:
+    local = chart_source(str(STANDIN))
+    assert local["type"] == "local" and local["chart"] == str(STANDIN) and local["name"] == "gpu-operator"
+    assert local["version"] is None, "helm ignores --version for a local chart"
+    archive = tmp_path / "gpu-operator-v26.7.0.tgz"
+    with tarfile.open(archive, "w:gz") as tar:
+        tar.add(STANDIN, arcname="gpu-operator")
+    assert chart_source(str(archive))["expected_version"] == "v26.7.0"
+    with pytest.raises(KubeInferError, match="^chart_version: the local chart .* is version v26.7.0, not v25.10.0"):
+        chart_source(str(archive), chart_version="v25.10.0")
+
+
+def test_missing_or_bogus_local_chart_names_chart_ref(tmp_path: Path) -> None:
+    with pytest.raises(KubeInferError, match="^chart_ref: local chart /nonexistent/gpu-operator does not exist"):
+        chart_source("/nonexistent/gpu-operator")
+    with pytest.raises(KubeInferError, match="^chart_ref: .* without a Chart.yaml"):
+        chart_source(str(tmp_path))
+    junk = tmp_path / "junk.tgz"
+    junk.write_text("not a tarball")
+    with pytest.raises(KubeInferError, match="^chart_ref: .* neither a chart directory nor a chart archive"):
+        chart_source(str(junk))
+
+
+def test_chart_match_ignores_the_v_prefix() -> None:
+    src = chart_source(None, chart_version="26.7.0")
+    assert chart_matches("gpu-operator-v26.7.0", src)
+    assert not chart_matches("gpu-operator-v25.10.0", src)
+    assert not chart_matches("other-v26.7.0", src)
+
+
+# -- validation -----------------------------------------------------------------------------
+@pytest.mark.parametrize(("overrides", "message"), [
+    ({"time_slicing_replicas": 1}, "^time_slicing_replicas must be an integer of at least 2"),
+    ({"mig_strategy": "bogus"}, "^mig_strategy must be one of"),
+    ({"chart_ref": "/no/such/chart"}, "^chart_ref: local chart /no/such/chart does not exist"),
+    ({"release_name": "Bad_Name"}, "^release_name: "),
+    ({"namespace": "Bad_NS"}, "^namespace: "),
+    ({"timeout": 0}, "^timeout: "),
+    ({"chart_version": ""}, "^chart_version: "),
+    ({"dcgm_service_monitor": True, "dcgm_exporter_enabled": False}, "^service_monitor needs dcgm_exporter_enabled"),
+])
+def test_bad_inputs_fail_before_any_request(overrides: dict[str, Any], message: str) -> None:
+    api, fake = FakeApiClient(), FakeHelm()
+    with pytest.raises(KubeInferError, match=message):
+        run(api, fake, **overrides)
+    assert api.calls == [] and fake.upgrades == []
+
+
+def test_driver_enabled_strings() -> None:
+    assert parse_driver_enabled("auto") == "auto"
+    assert parse_driver_enabled("True") is True and parse_driver_enabled("false") is False
+    with pytest.raises(KubeInferError, match="^driver_enabled: "):
+        parse_driver_enabled("maybe")
+
+
+def test_validate_state_absent_skips_chart_checks() -> None:
+    assert validate(params(state="absent", chart_ref="/no/such/chart")) == {}
+
+
+# -- reconcile --------------------------------------------------------------------------------
+def test_fresh_install_resolves_auto_from_nodes_and_upgrades_once() -> None:
+    api = FakeApiClient({("GET", NODES_PATH): {"items": [gpu_node("gpu-0", **{"nvidia.com/gpu.present": "true"})]}})
+    fake = FakeHelm()
+    result = run(api, fake)
+    assert result["changed"] is True
+    assert result["driver_enabled"] is False and "gpu-0" in result["driver_reason"]
+    assert len(fake.upgrades) == 1
+    argv = fake.upgrades[0]["argv"]
+    assert argv[1:5] == ["upgrade", "--install", "gpu-operator", "gpu-operator"]
+    assert argv[argv.index("--repo") + 1] == "https://helm.ngc.nvidia.com/nvidia"
+    assert argv[argv.index("--version") + 1] == "v26.7.0"
+    assert fake.upgrades[0]["values"]["driver"] == {"enabled": False}
+    assert api.calls[0]["query"]["labelSelector"] == "feature.node.kubernetes.io/pci-10de.present=true"
+    assert result["release"]["revision"] == 1 and result["release"]["chart_version"] == "v26.7.0"
+    assert any("upgrade --install" in c and "<values-file>" in c for c in result["helm_commands"])
+    assert result["changes"] == ["release: (none) -> gpu-operator-v26.7.0"]
+
+
+def test_rerun_with_same_values_runs_no_upgrade_and_no_api_request() -> None:
+    api = FakeApiClient({("GET", NODES_PATH): {"items": []}})
+    fake = FakeHelm()
+    run(api, fake)
+    api.calls.clear()
+    again = run(api, fake)
+    assert again["changed"] is False and again["changes"] == []
+    assert len(fake.upgrades) == 1
+    assert not any(" upgrade " in c for c in again["helm_commands"])
+    # auto keeps the installed release's driver.enabled, so the nodes are not even listed
+    assert again["api_requests"] == {} and api.calls == []
+    assert again["driver_reason"].startswith("auto: kept driver.enabled=true")
+
+
+def test_changed_value_upgrades_and_reports_the_change() -> None:
+    api = FakeApiClient({("GET", NODES_PATH): {"items": []}})
+    fake = FakeHelm()
+    run(api, fake)
+    result = run(api, fake, mig_strategy="mixed", diff=True)
+    assert result["changed"] is True and len(fake.upgrades) == 2
+    assert result["changes"] == ["values.mig.strategy: single -> mixed"]
+    assert result["diff"]["before"]["values"]["mig"] == {"strategy": "single"}
+    assert result["diff"]["after"]["values"]["mig"] == {"strategy": "mixed"}
+    assert result["release"]["revision"] == 2
+
+
+def test_other_chart_version_upgrades() -> None:
+    fake = FakeHelm({"name": "gpu-operator", "chart": "gpu-operator-v25.10.0", "status": "deployed", "revision": "3"},
+                    values={"driver": {"enabled": True}})
+    result = run(FakeApiClient(), fake, driver_enabled="true")
+    assert "chart: gpu-operator-v25.10.0 -> gpu-operator-v26.7.0" in result["changes"]
+    assert len(fake.upgrades) == 1
+
+
+def test_check_mode_runs_no_upgrade_but_reports_the_values() -> None:
+    fake = FakeHelm({"name": "gpu-operator", "chart": "gpu-operator-v26.7.0", "status": "deployed", "revision": "1"},
+                    values={"driver": {"enabled": True}})
+    result = run(FakeApiClient(), fake, check=True, diff=True, dcgm_exporter_enabled=False)
+    assert result["changed"] is True and result["release_would_change"] is True
+    assert fake.upgrades == []
+    assert not any(" upgrade " in c for c in result["helm_commands"])
+    assert result["values"]["dcgmExporter"]["enabled"] is False
+    assert result["diff"]["before"]["values"] == {"driver": {"enabled": True}}
+    assert result["release"]["revision"] == 1
+
+
+def test_pending_release_fails_without_upgrade() -> None:
+    fake = FakeHelm({"name": "gpu-operator", "chart": "gpu-operator-v26.7.0", "status": "pending-upgrade", "revision": "2"})
+    with pytest.raises(KubeInferError, match="is in status pending-upgrade") as err:
+        run(FakeApiClient(), fake)
+    assert fake.upgrades == [] and err.value.result["helm_commands"]
+
+
+def test_time_slicing_configmap_is_applied_before_the_release() -> None:
+    order: list[str] = []
+
+    def applied(body: Any) -> Any:
+        order.append("configmap")
+        return body
+
+    api = FakeApiClient({("GET", NODES_PATH): {"items": []}, ("GET", NS_PATH): {"metadata": {"name": "gpu-operator"}},
+                         ("PATCH", CM_PATH): applied})
+    fake = FakeHelm()
+    original = fake.__call__
+
+    def recording(argv: list[str], environ_update: dict[str, str] | None = None) -> tuple[int, str, str]:
+        if argv[1] == "upgrade":
+            order.append("helm upgrade")
+        return original(argv, environ_update)
+
+    kube, helm = Kube(api), Helm(recording, "/bin/helm", {})
+    result = reconcile(kube, helm, params(time_slicing_replicas=4), False, False)
+    assert order == ["configmap", "helm upgrade"]
+    cm = next(c["body"] for c in api.calls if c["path"] == CM_PATH and c["method"] == "PATCH")
+    assert cm["metadata"]["namespace"] == "gpu-operator" and "replicas: 4" in cm["data"]["any"]
+    assert fake.values["devicePlugin"]["config"] == {"create": False, "name": "time-slicing-config", "default": "any"}
+    assert result["configmaps"] == [{"name": "time-slicing-config", "changed": True}]
+
+
+def test_time_slicing_in_check_mode_with_missing_namespace_writes_nothing() -> None:
+    api = FakeApiClient({("GET", NODES_PATH): {"items": []}})
+    fake = FakeHelm()
+    result = reconcile(Kube(api), Helm(fake, "/bin/helm", {}), params(time_slicing_replicas=2), True, False)
+    assert result["changed"] is True and result["namespace_created"] is True
+    assert [c["method"] for c in api.calls] == ["GET", "GET"], "only the node list and the namespace read"
+    assert fake.upgrades == []
+
+
+def test_absent_uninstalls_and_deletes_only_our_configmap() -> None:
+    api = FakeApiClient({("GET", CM_PATH): {"metadata": {"name": "time-slicing-config", "labels": {"app.kubernetes.io/managed-by": "kubeinfer.llm"}}},
+                         ("DELETE", CM_PATH): {}})
+    fake = FakeHelm({"name": "gpu-operator", "chart": "gpu-operator-v26.7.0", "status": "deployed", "revision": "1"})
+    result = run(api, fake, state="absent")
+    assert result["changed"] is True and fake.release is None
+    assert any(c["method"] == "DELETE" and c["path"] == CM_PATH for c in api.calls)
+    again = run(FakeApiClient(), fake, state="absent")
+    assert again["changed"] is False and not any("uninstall" in c for c in again["helm_commands"])
+
+
+def test_value_changes_lists_dotted_paths() -> None:
+    assert value_changes({"a": {"b": 1, "c": 2}}, {"a": {"b": 1, "d": 3}}) == [
+        "values.a.c: 2 -> (unset)", "values.a.d: (unset) -> 3"]
+    assert value_changes({"x": True}, {"x": True}) == []
