@@ -31,7 +31,7 @@ def _versions() -> dict[str, str]:
     out: dict[str, str] = {}
     for line in (REPO / "tools" / "localcluster" / "versions.env").read_text().splitlines():
         if "=" in line and not line.lstrip().startswith("#"):
-            key, _, value = line.partition("=")
+            key, value = line.split("=", 1)
             out[key.strip()] = value.strip()
     return out
 
@@ -516,7 +516,7 @@ def test_sim_flags_are_accepted_by_the_simulator() -> None:
     assert "failed to read configuration" not in out and "unknown flag" not in out, out
     for flag in SIM_FLAGS:
         assert re.search(rf"(^|\s){re.escape(flag)}[\s=]", out, re.M), f"{flag} not in the simulator's --help"
-    _, bad = _sim_parse(sim, [*args, "--dtype", "half"])
+    bad = _sim_parse(sim, [*args, "--dtype", "half"])[1]
     assert "unknown flag: --dtype" in bad, "the simulator accepted a vLLM-only flag; the check above proves nothing"
 
 

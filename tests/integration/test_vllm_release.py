@@ -1,0 +1,258 @@
+"""vllm_release and the vllm role against the local control plane (real API server, scheduler, controllers and helm).
+
+Every test brings its own GPU pool: two kwok nodes with 8 ``nvidia.com/gpu`` each and A100 80GB labels, carrying a
+label and a NoSchedule taint unique to the test. The release selects and tolerates exactly that pool, so GPUs used
+by other tests on the shared cluster change nothing here, and nothing else lands on the pool. Nodes and
+namespaces are deleted afterwards.
+
+Needs the cluster from ``tools/localcluster/cluster.sh up``; without one the tests fail, never skip.
+Run: ``pytest tests/integration/test_vllm_release.py`` with the venv python.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import time
+import uuid
+from collections import Counter
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from kubernetes import client, config
+from kubernetes.client.rest import ApiException
+
+REPO = Path(__file__).resolve().parents[2]
+CLUSTER_SH = REPO / "tools" / "localcluster" / "cluster.sh"
+BIN = Path(sys.executable).parent
+POOL_LABEL = "kubeinfer.io/it-vllm-pool"
+GPUS_PER_NODE = 8
+
+
+def helm_binary() -> str:
+    if os.environ.get("HELM_BINARY"):
+        return os.environ["HELM_BINARY"]
+    versions = dict(line.split("=", 1) for line in (REPO / "tools" / "localcluster" / "versions.env").read_text().splitlines()
+                    if "=" in line and not line.startswith("#"))
+    return str(Path.home() / ".cache" / "kubeinfer" / f"helm-{versions['HELM_VERSION'].strip()}" / "helm")
+
+
+@pytest.fixture(scope="module")
+def kubeconfig() -> str:
+    proc = subprocess.run([str(CLUSTER_SH), "kubeconfig"], capture_output=True, text=True, timeout=60, check=False)
+    path = proc.stdout.strip()
+    if proc.returncode != 0 or not Path(path).is_file():
+        pytest.fail(f"no local cluster ({proc.stderr.strip()}); run tools/localcluster/cluster.sh up", pytrace=False)
+    return path
+
+
+@pytest.fixture(scope="module")
+def api(kubeconfig: str) -> client.ApiClient:
+    return config.new_client_from_config(config_file=kubeconfig)
+
+
+@pytest.fixture(scope="module")
+def collections_path(tmp_path_factory: pytest.TempPathFactory) -> str:
+    base = tmp_path_factory.mktemp("collections")
+    (base / "ansible_collections" / "kubeinfer").mkdir(parents=True)
+    (base / "ansible_collections" / "kubeinfer" / "llm").symlink_to(REPO)
+    return str(base)
+
+
+@pytest.fixture
+def pool(api: client.ApiClient) -> Iterator[str]:
+    """Two private GPU nodes, 8 GPUs each; yields the pool id (value of POOL_LABEL and of the taint)."""
+    core = client.CoreV1Api(api)
+    pool_id = uuid.uuid4().hex[:8]
+    names = [f"it-vllm-{pool_id}-{i}" for i in range(2)]
+    for name in names:
+        core.create_node({
+            "apiVersion": "v1", "kind": "Node",
+            "metadata": {"name": name, "annotations": {"kwok.x-k8s.io/node": "fake"}, "labels": {
+                "kubernetes.io/hostname": name, "type": "kwok", POOL_LABEL: pool_id,
+                "nvidia.com/gpu.present": "true", "nvidia.com/gpu.product": "NVIDIA-A100-SXM4-80GB",
+                "nvidia.com/gpu.memory": "81920", "nvidia.com/gpu.count": str(GPUS_PER_NODE)}},
+            "spec": {"taints": [{"key": POOL_LABEL, "value": pool_id, "effect": "NoSchedule"}]},
+            "status": {"capacity": {"cpu": "64", "memory": "512Gi", "pods": "110", "nvidia.com/gpu": str(GPUS_PER_NODE)},
+                       "allocatable": {"cpu": "64", "memory": "512Gi", "pods": "110", "nvidia.com/gpu": str(GPUS_PER_NODE)}},
+        })
+    deadline = time.monotonic() + 60
+    while not all(any(c.type == "Ready" and c.status == "True" for c in (core.read_node(n).status.conditions or [])) for n in names):
+        assert time.monotonic() < deadline, "kwok did not make the pool nodes Ready"
+        time.sleep(0.5)
+    yield pool_id
+    for name in names:
+        try:
+            core.delete_node(name)
+        except ApiException as e:
+            if e.status != 404:
+                raise
+
+
+@pytest.fixture
+def namespace(api: client.ApiClient) -> Iterator[str]:
+    name = f"it-vllm-{uuid.uuid4().hex[:8]}"
+    yield name  # the module creates it
+    try:
+        client.CoreV1Api(api).delete_namespace(name)
+    except ApiException as e:
+        if e.status != 404:
+            raise
+
+
+def pool_args(pool_id: str) -> dict[str, Any]:
+    return {"node_selector": {POOL_LABEL: pool_id},
+            "tolerations": [{"key": POOL_LABEL, "operator": "Equal", "value": pool_id, "effect": "NoSchedule"}]}
+
+
+class Runner:
+    """Runs one task (the module or the role) with ansible-playbook and returns (process, registered result)."""
+
+    def __init__(self, tmp_path: Path, kubeconfig: str, collections_path: str) -> None:
+        self.tmp_path, self.kubeconfig, self.collections_path = tmp_path, kubeconfig, collections_path
+        self.runs = 0
+
+    def _play(self, tasks: list[dict[str, Any]], *extra: str) -> subprocess.CompletedProcess[str]:
+        self.runs += 1
+        play = [{"name": "vllm_release", "hosts": "localhost", "connection": "local", "gather_facts": False, "tasks": tasks}]
+        playbook = self.tmp_path / f"play{self.runs}.yml"
+        playbook.write_text(json.dumps(play))
+        env = dict(os.environ, ANSIBLE_COLLECTIONS_PATH=self.collections_path, K8S_AUTH_KUBECONFIG=self.kubeconfig,
+                   HELM_BINARY=helm_binary(), ANSIBLE_NOCOLOR="1", ANSIBLE_FORCE_COLOR="0",
+                   ANSIBLE_LOCAL_TEMP=str(self.tmp_path / "ansible-tmp"), PATH=f"{BIN}{os.pathsep}{os.environ.get('PATH', '')}")
+        argv = [str(BIN / "ansible-playbook"), "-i", "localhost,", "-e", f"ansible_python_interpreter={sys.executable}",
+                *extra, str(playbook)]
+        return subprocess.run(argv, env=env, capture_output=True, text=True, timeout=600, check=False)
+
+    def _dump(self, var: str) -> tuple[dict[str, Any], Path]:
+        out = self.tmp_path / f"result{self.runs + 1}.json"
+        task = {"name": "Save the result", "ansible.builtin.copy": {"content": "{{ " + var + " | to_json }}", "dest": str(out), "mode": "0600"},
+                "check_mode": False, "changed_when": False}
+        return task, out
+
+    def module(self, args: dict[str, Any], *extra: str) -> tuple[subprocess.CompletedProcess[str], dict[str, Any]]:
+        dump, out = self._dump("r")
+        tasks = [{"name": "Release", "kubeinfer.llm.vllm_release": args, "register": "r", "ignore_errors": True}, dump]
+        proc = self._play(tasks, *extra)
+        assert out.exists(), proc.stdout[-4000:] + proc.stderr[-4000:]
+        return proc, json.loads(out.read_text())
+
+    def role(self, role_vars: dict[str, Any], *extra: str) -> tuple[subprocess.CompletedProcess[str], dict[str, Any]]:
+        dump, out = self._dump("__vllm_result")
+        tasks = [{"name": "Apply the role", "ansible.builtin.include_role": {"name": "kubeinfer.llm.vllm"}, "vars": role_vars}, dump]
+        proc = self._play(tasks, *extra)
+        return proc, json.loads(out.read_text()) if out.exists() else {}
+
+
+@pytest.fixture
+def run(tmp_path: Path, kubeconfig: str, collections_path: str) -> Runner:
+    return Runner(tmp_path, kubeconfig, collections_path)
+
+
+def recap(proc: subprocess.CompletedProcess[str]) -> dict[str, int]:
+    line = next(x for x in proc.stdout.splitlines()[::-1] if x.startswith("localhost") and "ok=" in x)
+    return {k: int(v) for k, v in (item.split("=") for item in line.split(":", 1)[1].split())}
+
+
+def helm_history(kubeconfig: str, name: str, namespace: str) -> list[dict[str, Any]]:
+    proc = subprocess.run([helm_binary(), "history", name, "--namespace", namespace, "--output", "json", "--kubeconfig", kubeconfig],
+                          capture_output=True, text=True, timeout=60, check=False)
+    if proc.returncode != 0:
+        assert "not found" in proc.stderr, proc.stderr
+        return []
+    return json.loads(proc.stdout)
+
+
+def release_pods(api: client.ApiClient, namespace: str, name: str) -> list[client.V1Pod]:
+    pods = client.CoreV1Api(api).list_namespaced_pod(namespace, label_selector=f"app.kubernetes.io/instance={name}").items
+    return [p for p in pods if p.metadata.deletion_timestamp is None]
+
+
+def test_role_installs_a_sim_release_on_gpu_nodes_then_reruns_and_checks_without_writing(
+        run: Runner, api: client.ApiClient, kubeconfig: str, pool: str, namespace: str) -> None:
+    role_vars = {"vllm_release_name": "sim", "vllm_namespace": namespace, "vllm_model": "facebook/opt-125m", "vllm_engine": "sim",
+                 "vllm_replicas": 2, "vllm_gpus_per_replica": 2, "vllm_node_selector": pool_args(pool)["node_selector"],
+                 "vllm_tolerations": pool_args(pool)["tolerations"]}
+    first, result = run.role(role_vars)
+    assert first.returncode == 0, first.stdout[-6000:] + first.stderr[-3000:]
+    assert result["changed"] and "upgrade" in result["helm_commands"]
+    assert result["startup_budget_seconds"] == 91 and result["load_throughput_gib_s"] == 0.5  # ceil((60 + 0.233/0.5) * 1.5)
+    assert result["sizing"]["gpu_memory_mib_source"].startswith("nvidia.com/gpu.memory label")
+    assert result["validation"]["kube_version"].startswith("v1.36") and "Deployment/sim" in result["validation"]["validated"]
+    assert result["endpoint"] == {"service": "sim", "namespace": namespace, "host": f"sim.{namespace}.svc.cluster.local",
+                                  "port": 8000, "url": f"http://sim.{namespace}.svc.cluster.local:8000"}
+    assert "pods on GPU nodes" in first.stdout
+
+    deployment = client.AppsV1Api(api).read_namespaced_deployment("sim", namespace)
+    container = deployment.spec.template.spec.containers[0]
+    assert container.resources.requests["nvidia.com/gpu"] == container.resources.limits["nvidia.com/gpu"] == "2"
+    assert deployment.status.ready_replicas == 2
+    pool_nodes = {n.metadata.name for n in client.CoreV1Api(api).list_node(label_selector=f"{POOL_LABEL}={pool}").items}
+    pods = release_pods(api, namespace, "sim")
+    assert len(pods) == 2 and {p.spec.node_name for p in pods} <= pool_nodes
+    assert result["placement"] == {p.metadata.name: p.spec.node_name for p in pods}
+    assert helm_history(kubeconfig, "sim", namespace)[-1]["revision"] == 1
+    version = deployment.metadata.resource_version
+
+    second, again = run.role(role_vars)
+    assert second.returncode == 0, second.stdout[-6000:]
+    assert recap(second)["changed"] == 0
+    assert not again["changed"] and "upgrade" not in again["helm_commands"]
+    assert not set(again["api_requests"]) & {"apply", "patch", "create", "delete"}
+    assert len(helm_history(kubeconfig, "sim", namespace)) == 1
+    assert client.AppsV1Api(api).read_namespaced_deployment("sim", namespace).metadata.resource_version == version
+
+    checked, diff = run.role(dict(role_vars, vllm_replicas=3), "--check", "--diff")
+    assert checked.returncode == 0, checked.stdout[-6000:]
+    assert diff["changed"] and diff["changed_values"] == ["replicaCount"] and "upgrade" not in diff["helm_commands"]
+    assert diff["diff"]["before"]["replicaCount"] == 2 and diff["diff"]["after"]["replicaCount"] == 3
+    assert len(helm_history(kubeconfig, "sim", namespace)) == 1
+    assert client.AppsV1Api(api).read_namespaced_deployment("sim", namespace).spec.replicas == 2
+
+
+def test_scheduler_places_four_replicas_of_four_gpus_and_reports_why_the_fifth_stays_pending(
+        run: Runner, api: client.ApiClient, kubeconfig: str, pool: str, namespace: str) -> None:
+    args = dict(name="packed", namespace=namespace, create_namespace=True, model="facebook/opt-125m", engine="sim",
+                gpus_per_replica=4, **pool_args(pool))
+    proc, four = run.module(dict(args, replicas=4))
+    assert not four.get("failed"), four.get("msg") or proc.stdout[-4000:]
+    assert four["capacity"]["replica_slots"] == 4 and four["capacity"]["fits"]
+    assert sorted(Counter(four["placement"].values()).values()) == [2, 2], "two 4-GPU replicas on each 8-GPU node"
+
+    # The preflight sees that a fifth replica does not fit and writes nothing.
+    proc, refused = run.module(dict(args, replicas=5))
+    assert refused["failed"] and "Not enough GPU capacity: 5 replicas x 4 GPUs" in refused["msg"]
+    assert "room for 4" in refused["msg"] and "upgrade" not in refused["helm_commands"]
+    assert len(helm_history(kubeconfig, "packed", namespace)) == 1
+
+    # Left to the scheduler, the fifth replica stays Pending; the wait fails with the scheduler's own reason,
+    # and atomic rolls the release back to four replicas.
+    proc, pending = run.module(dict(args, replicas=5, preflight_capacity=False, timeout=20, atomic=True))
+    assert pending["failed"], proc.stdout[-4000:]
+    assert "timed out after 20s waiting for Deployment" in pending["msg"]
+    assert "the scheduler says: pod packed-" in pending["msg"] and "Insufficient nvidia.com/gpu" in pending["msg"]
+    assert "Insufficient nvidia.com/gpu" in pending["unschedulable_reason"]
+    assert list(pending["placement"].values()).count(None) == 1 and len(pending["placement"]) == 5
+    assert pending["rolled_back"] == "rolled back to revision 1"
+    history = helm_history(kubeconfig, "packed", namespace)
+    assert [h["revision"] for h in history] == [1, 2, 3] and history[-1]["status"] == "deployed"
+    assert client.AppsV1Api(api).read_namespaced_deployment("packed", namespace).spec.replicas == 4
+
+
+def test_too_large_model_fails_in_preflight_with_numbers_and_installs_nothing(
+        run: Runner, api: client.ApiClient, kubeconfig: str, pool: str, namespace: str) -> None:
+    proc, result = run.module(dict(name="huge", namespace=namespace, create_namespace=True, model="meta-llama/Llama-3.1-405B-Instruct",
+                                   engine="sim", gpus_per_replica=8, **pool_args(pool)))
+    assert result["failed"], proc.stdout[-4000:]
+    msg = result["msg"]
+    assert msg.startswith("The model does not fit: 405B parameters in auto need") and "at tensor_parallel=8" in msg
+    assert "GiB per GPU is usable (81920 MiB x gpu_memory_utilization 0.9)" in msg
+    assert result["sizing"]["per_gpu_weights_gib"] > 80 and result["sizing"]["fits"] is False
+    assert helm_history(kubeconfig, "huge", namespace) == []
+    with pytest.raises(ApiException) as info:
+        client.CoreV1Api(api).read_namespace(namespace)
+    assert info.value.status == 404, "not even the namespace may be created"

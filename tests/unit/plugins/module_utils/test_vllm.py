@@ -1,0 +1,471 @@
+"""Pure logic of vllm_release: values, sizing inputs, GPU packing, manifest validation, change detection, and the run order."""
+from __future__ import annotations
+
+import copy
+from collections import Counter
+from typing import Any
+
+import pytest
+
+from ansible_collections.kubeinfer.llm.plugins.module_utils import _vllm
+from ansible_collections.kubeinfer.llm.plugins.module_utils._errors import KubeInferError
+
+
+def params(**over: Any) -> dict[str, Any]:
+    base: dict[str, Any] = {
+        "name": "llama", "namespace": "serve", "state": "present", "model": "meta-llama/Llama-3.1-8B-Instruct",
+        "revision": None, "served_model_name": None, "replicas": 1, "gpus_per_replica": 1, "tensor_parallel_size": None,
+        "dtype": "auto", "quantization": None, "max_model_len": None, "gpu_memory_utilization": 0.9, "extra_args": [],
+        "hf_token_secret": None, "model_cache": None, "gpu_products": [], "node_selector": {}, "tolerations": [],
+        "resources": None, "engine": "vllm", "image": None, "pod_labels": {}, "values": {}, "chart_ref": "/c/charts/vllm",
+        "chart_version": None, "wait": True, "timeout": None, "atomic": False, "preflight_capacity": True,
+        "params_billion": None, "gpu_memory_mib": None, "load_throughput_gib_s": None, "startup_budget_seconds": None,
+        "create_namespace": False,
+    }
+    base.update(over)
+    return base
+
+
+def node(name: str, gpus: int = 8, memory: str | None = "81920", product: str = "NVIDIA-A100-SXM4-80GB",
+         taints: list[dict[str, Any]] | None = None, ready: bool = True, labels: dict[str, str] | None = None) -> dict[str, Any]:
+    node_labels = {"nvidia.com/gpu.product": product, **(labels or {})}
+    if memory is not None:
+        node_labels["nvidia.com/gpu.memory"] = memory
+    return {
+        "metadata": {"name": name, "labels": node_labels},
+        "spec": {"taints": taints or []},
+        "status": {"allocatable": {"cpu": "64", "nvidia.com/gpu": str(gpus)} if gpus else {"cpu": "16"},
+                   "conditions": [{"type": "Ready", "status": "True" if ready else "False"}]},
+    }
+
+
+def pod(name: str, node_name: str | None, gpus: int, namespace: str = "other", labels: dict[str, str] | None = None,
+        phase: str = "Running") -> dict[str, Any]:
+    return {
+        "metadata": {"name": name, "namespace": namespace, "labels": labels or {}},
+        "spec": {"nodeName": node_name, "containers": [{"name": "c", "resources": {"limits": {"nvidia.com/gpu": str(gpus)}}}]},
+        "status": {"phase": phase},
+    }
+
+
+# -- inputs and values --------------------------------------------------------------
+@pytest.mark.parametrize("over, fragment", [
+    ({"name": "Bad_Name"}, "name: 'Bad_Name'"),
+    ({"name": "x" * 54}, "at most 53"),
+    ({"namespace": "a.b"}, "namespace: 'a.b'"),
+    ({"model": None}, "model: required"),
+    ({"chart_ref": None}, "chart_ref: required"),
+    ({"gpus_per_replica": 2, "tensor_parallel_size": 4}, "tensor_parallel_size: must be between 1 and gpus_per_replica (2)"),
+    ({"gpu_memory_utilization": 1.5}, "gpu_memory_utilization"),
+    ({"engine": "sim", "extra_args": ["--foo"]}, "only for engine=vllm"),
+    ({"model_cache": {"type": "hostPath", "host_path": None}}, "model_cache.host_path"),
+    ({"hf_token_secret": {"name": "t", "key": "a b"}}, "hf_token_secret.key"),
+    ({"params_billion": 0.0}, "params_billion: must be > 0"),
+])
+def test_validate_params_names_the_option(over: dict[str, Any], fragment: str) -> None:
+    with pytest.raises(KubeInferError) as info:
+        _vllm.validate_params(params(**over))
+    assert fragment in info.value.msg
+
+
+def test_validate_params_absent_needs_no_model() -> None:
+    _vllm.validate_params(params(state="absent", model=None, chart_ref=None))
+
+
+def test_build_values_minimal_sets_the_required_keys_only() -> None:
+    values = _vllm.build_values(params(), 135)
+    assert values == {
+        "fullnameOverride": "llama", "engine": "vllm", "model": {"name": "meta-llama/Llama-3.1-8B-Instruct"},
+        "replicaCount": 1, "gpusPerReplica": 1, "probes": {"startup": {"budgetSeconds": 135}},
+        "vllm": {"tensorParallelSize": 1, "dtype": "auto", "gpuMemoryUtilization": 0.9},
+    }
+
+
+def test_build_values_full() -> None:
+    p = params(revision="abc", served_model_name="llama", replicas=3, gpus_per_replica=4, tensor_parallel_size=2,
+               dtype="bfloat16", quantization="fp8", max_model_len=8192, extra_args=["--max-num-batched-tokens", "8192"],
+               hf_token_secret={"name": "hf-token", "key": "HF_TOKEN", "optional": False},
+               model_cache={"type": "pvc", "size": "200Gi", "storage_class": "fast", "existing_claim": None, "host_path": None,
+                            "offline": True},
+               gpu_products=["NVIDIA-H100-80GB-HBM3"], node_selector={"pool": "gpu"},
+               tolerations=[{"key": "dedicated", "operator": "Exists", "effect": "NoSchedule"}],
+               resources={"requests": {"cpu": "8"}}, image={"repository": "my/vllm", "tag": None}, pod_labels={"team": "ml"},
+               values={"service": {"port": 9000}, "vllm": {"maxNumSeqs": 64}})
+    values = _vllm.build_values(p, 500)
+    assert values["model"] == {"name": "meta-llama/Llama-3.1-8B-Instruct", "revision": "abc", "servedModelName": "llama"}
+    assert values["replicaCount"] == 3 and values["gpusPerReplica"] == 4
+    assert values["vllm"] == {"tensorParallelSize": 2, "dtype": "bfloat16", "gpuMemoryUtilization": 0.9, "maxModelLen": 8192,
+                              "extraArgs": ["--quantization", "fp8", "--max-num-batched-tokens", "8192"], "maxNumSeqs": 64}
+    assert values["hfToken"] == {"secretName": "hf-token", "secretKey": "HF_TOKEN", "optional": False}
+    assert values["modelCache"] == {"type": "pvc", "offline": True, "pvc": {"size": "200Gi", "storageClassName": "fast"}}
+    assert values["scheduling"] == {"gpuProducts": ["NVIDIA-H100-80GB-HBM3"], "nodeSelector": {"pool": "gpu"},
+                                    "tolerations": [{"key": "dedicated", "operator": "Exists", "effect": "NoSchedule"}]}
+    assert values["image"] == {"vllm": {"repository": "my/vllm"}}
+    assert values["podLabels"] == {"team": "ml"}
+    assert values["service"] == {"port": 9000}
+    assert _vllm.endpoint("llama", "serve", values)["url"] == "http://llama.serve.svc.cluster.local:9000"
+
+
+def test_build_values_sim_has_no_vllm_section() -> None:
+    values = _vllm.build_values(params(engine="sim", model="facebook/opt-125m", max_model_len=2048, image={"tag": "v1"}), 91)
+    assert "vllm" not in values
+    assert values["sim"] == {"maxModelLen": 2048}
+    assert values["image"] == {"sim": {"tag": "v1"}}
+
+
+def test_free_values_win_and_do_not_change_the_options() -> None:
+    p = params(values={"replicaCount": 7, "model": {"servedModelName": "x"}})
+    before = copy.deepcopy(p)
+    values = _vllm.build_values(p, 100)
+    assert values["replicaCount"] == 7
+    assert values["model"] == {"name": "meta-llama/Llama-3.1-8B-Instruct", "servedModelName": "x"}
+    assert p == before
+
+
+@pytest.mark.parametrize("name, values, expected", [
+    ("r", {"fullnameOverride": "given"}, "given"),
+    ("my-vllm", {}, "my-vllm"),
+    ("r", {}, "r-vllm"),
+    ("r", {"nameOverride": "srv"}, "r-srv"),
+])
+def test_fullname_follows_the_chart_helper(name: str, values: dict[str, Any], expected: str) -> None:
+    assert _vllm.fullname(name, values) == expected
+
+
+def test_pod_selector() -> None:
+    assert _vllm.pod_selector("r", {}) == "app.kubernetes.io/name=vllm,app.kubernetes.io/instance=r"
+
+
+# -- sizing -------------------------------------------------------------------------
+def test_sizing_reads_params_from_name_and_memory_from_the_smallest_node() -> None:
+    estimate, budget = _vllm.sizing(params(), [node("a", memory="81920"), node("b", memory="40960"), node("c", memory=None)])
+    assert estimate["params_billion"] == 8.0 and estimate["params_billion_source"] == "model name"
+    assert estimate["gpu_memory_mib"] == 40960 and "smallest of 2 nodes" in estimate["gpu_memory_mib_source"]
+    assert estimate["fits"] is True
+    assert budget["seconds"] == 135 and budget["load_throughput_gib_s"] == 0.5
+
+
+def test_sizing_overrides() -> None:
+    estimate, budget = _vllm.sizing(params(model="my-model", params_billion=1.0, gpu_memory_mib=24576, load_throughput_gib_s=2.0), [])
+    assert estimate["params_billion"] == 1.0 and estimate["gpu_memory_mib"] == 24576
+    assert budget["load_throughput_gib_s"] == 2.0 and budget["seconds"] == 92  # ceil((60 + 1.863/2) * 1.5)
+    fixed = _vllm.sizing(params(startup_budget_seconds=900), [node("a")])[1]
+    assert fixed["seconds"] == 900 and fixed["source"] == "startup_budget_seconds"
+
+
+def test_sizing_quantization_sets_bytes_per_param() -> None:
+    estimate = _vllm.sizing(params(quantization="awq"), [node("a")])[0]
+    assert estimate["bytes_per_param"] == 0.5
+
+
+def test_sizing_fails_with_numbers_when_the_model_is_too_large() -> None:
+    with pytest.raises(KubeInferError) as info:
+        _vllm.sizing(params(model="meta-llama/Llama-3.1-405B-Instruct", gpus_per_replica=4), [node("a")])
+    msg = info.value.msg
+    assert "405B parameters" in msg and "tensor_parallel=4" in msg and "GiB per GPU" in msg
+    assert info.value.result["sizing"]["fits"] is False
+
+
+def test_sizing_needs_a_parameter_count_and_a_memory_size() -> None:
+    with pytest.raises(KubeInferError, match="params_billion: the parameter count cannot be read"):
+        _vllm.sizing(params(model="org/mystery"), [node("a")])
+    with pytest.raises(KubeInferError, match="gpu_memory_mib: none of the eligible GPU nodes"):
+        _vllm.sizing(params(), [node("a", memory=None)])
+
+
+# -- GPU capacity -------------------------------------------------------------------
+def test_tolerations_follow_the_scheduler_rules() -> None:
+    taint = {"key": "nvidia.com/gpu", "value": "present", "effect": "NoSchedule"}
+    assert _vllm.tolerates([{"key": "nvidia.com/gpu", "operator": "Exists", "effect": "NoSchedule"}], taint)
+    assert _vllm.tolerates([{"operator": "Exists"}], taint)
+    assert _vllm.tolerates([{"key": "nvidia.com/gpu", "operator": "Equal", "value": "present"}], taint)
+    assert not _vllm.tolerates([{"key": "nvidia.com/gpu", "operator": "Equal", "value": "other"}], taint)
+    assert not _vllm.tolerates([{"key": "nvidia.com/gpu", "operator": "Exists", "effect": "NoExecute"}], taint)
+
+
+def test_node_eligibility() -> None:
+    values: dict[str, Any] = {"scheduling": {"gpuProducts": ["NVIDIA-A100-SXM4-80GB"], "nodeSelector": {"pool": "a"}}}
+    assert _vllm.node_ineligible_reason(node("ok", labels={"pool": "a"}), values) is None
+    assert "no allocatable" in str(_vllm.node_ineligible_reason(node("cpu", gpus=0), values))
+    assert "not Ready" in str(_vllm.node_ineligible_reason(node("nr", ready=False, labels={"pool": "a"}), values))
+    assert "node selector" in str(_vllm.node_ineligible_reason(node("b", labels={"pool": "b"}), values))
+    assert "not one of" in str(_vllm.node_ineligible_reason(node("h", product="H100", labels={"pool": "a"}), values))
+    gpu_tainted = node("t", labels={"pool": "a"}, taints=[{"key": "nvidia.com/gpu", "value": "present", "effect": "NoSchedule"}])
+    assert _vllm.node_ineligible_reason(gpu_tainted, values) is None, "the chart tolerates the GPU taint"
+    other = node("o", labels={"pool": "a"}, taints=[{"key": "dedicated", "value": "x", "effect": "NoSchedule"}])
+    assert "not tolerated" in str(_vllm.node_ineligible_reason(other, values))
+    values["scheduling"]["tolerations"] = [{"key": "dedicated", "operator": "Exists"}]
+    assert _vllm.node_ineligible_reason(other, values) is None
+    prefer = node("p", labels={"pool": "a"}, taints=[{"key": "soft", "effect": "PreferNoSchedule"}])
+    assert _vllm.node_ineligible_reason(prefer, values) is None
+
+
+def test_pod_gpus_counts_requests_or_limits_and_init_containers() -> None:
+    p = pod("a", "n", 2)
+    p["spec"]["containers"].append({"name": "d", "resources": {"requests": {"nvidia.com/gpu": "1"}}})
+    assert _vllm.pod_gpus(p) == 3
+    p["spec"]["initContainers"] = [{"name": "i", "resources": {"limits": {"nvidia.com/gpu": "4"}}}]
+    assert _vllm.pod_gpus(p) == 4
+
+
+def test_plan_capacity_packs_whole_replicas_per_node() -> None:
+    nodes = [node("g1"), node("g2"), node("cpu", gpus=0)]
+    pods = [pod("x", "g1", 3), pod("y", None, 8, phase="Pending"), pod("done", "g2", 8, phase="Succeeded"),
+            pod("own", "g2", 4, namespace="serve", labels={"app.kubernetes.io/instance": "llama"})]
+    plan = _vllm.plan_capacity(nodes, pods, replicas=3, gpus_per_replica=4, values={}, namespace="serve", release="llama")
+    assert plan["nodes"] == {"g1": {"allocatable": 8, "requested": 3, "free": 5, "replica_slots": 1},
+                             "g2": {"allocatable": 8, "requested": 0, "free": 8, "replica_slots": 2}}
+    assert plan["replica_slots"] == 3 and plan["fits"] is True
+    _vllm.check_capacity(plan)
+    plan = _vllm.plan_capacity(nodes, pods, replicas=4, gpus_per_replica=4, values={}, namespace="serve", release="llama")
+    assert not plan["fits"]
+    with pytest.raises(KubeInferError) as info:
+        _vllm.check_capacity(plan)
+    assert "4 replicas x 4 GPUs" in info.value.msg and "room for 3" in info.value.msg
+    assert "g1: 5 of 8 free (1 replicas)" in info.value.msg
+    assert info.value.result["capacity"]["replica_slots"] == 3
+
+
+def test_plan_capacity_a_replica_cannot_span_nodes() -> None:
+    plan = _vllm.plan_capacity([node("g1"), node("g2")], [pod("x", "g1", 4), pod("y", "g2", 4)], replicas=1,
+                               gpus_per_replica=8, values={}, namespace="serve", release="llama")
+    assert plan["replica_slots"] == 0 and not plan["fits"], "8 free GPUs split over two nodes hold no 8-GPU replica"
+
+
+def test_plan_capacity_lists_ineligible_gpu_nodes() -> None:
+    plan = _vllm.plan_capacity([node("g1", product="T4")], [], 1, 1, {"scheduling": {"gpuProducts": ["A100"]}}, "s", "r")
+    assert not plan["fits"] and "g1" in plan["ineligible_nodes"]
+    with pytest.raises(KubeInferError, match="not eligible: g1"):
+        _vllm.check_capacity(plan)
+
+
+# -- manifests ----------------------------------------------------------------------
+DEPLOYMENT = """
+apiVersion: apps/v1
+kind: Deployment
+metadata: {name: llama, namespace: serve}
+spec:
+  selector: {matchLabels: {app: x}}
+  template:
+    metadata: {labels: {app: x}}
+    spec:
+      containers:
+        - name: server
+          image: vllm/vllm-openai:v0.11.0
+          resources: {requests: {nvidia.com/gpu: "1"}, limits: {nvidia.com/gpu: "1"}}
+---
+# empty documents are dropped
+---
+apiVersion: monitoring.coreos.com/v1
+kind: ServiceMonitor
+metadata: {name: llama}
+spec: {endpoints: [{port: http}], selector: {}}
+"""
+
+
+def test_validate_manifests_validates_and_lists_skipped_kinds() -> None:
+    docs = _vllm.parse_manifests(DEPLOYMENT)
+    assert [d["kind"] for d in docs] == ["Deployment", "ServiceMonitor"]
+    result = _vllm.validate_manifests(docs, "v1.36.3")
+    assert result["validated"] == ["Deployment/llama"]
+    assert result["skipped"][0]["object"] == "ServiceMonitor/llama"
+    assert result["schema_version"] == "1.36"
+
+
+def test_validate_manifests_fails_on_an_unknown_field() -> None:
+    docs = _vllm.parse_manifests(DEPLOYMENT)
+    docs[0]["spec"]["template"]["spec"]["containers"][0]["gpus"] = 1
+    with pytest.raises(KubeInferError) as info:
+        _vllm.validate_manifests(docs, "v1.36.3")
+    assert "Deployment/llama" in info.value.msg and "gpus" in info.value.msg
+    assert info.value.result["validation"]["validated"] == []
+
+
+def test_validate_manifests_newer_server_uses_the_newest_schema() -> None:
+    result = _vllm.validate_manifests(_vllm.parse_manifests(DEPLOYMENT), "v1.99.0")
+    assert "no schemas for 1.99.0" in result["note"]
+
+
+# -- change detection ---------------------------------------------------------------
+def test_changed_paths_and_needs_upgrade() -> None:
+    deployed = {"replicaCount": 1, "model": {"name": "m"}, "vllm": {"gpuMemoryUtilization": 0.9}}
+    desired = {"replicaCount": 2, "model": {"name": "m"}, "vllm": {"gpuMemoryUtilization": 0.9}, "podLabels": {"a": "b"}}
+    assert _vllm.changed_paths(deployed, desired) == ["podLabels", "replicaCount"]
+    release = {"chart": "vllm-0.1.0", "status": "deployed", "revision": "3"}
+    assert _vllm.needs_upgrade(release, "vllm-0.1.0", deployed, deployed) == []
+    assert _vllm.needs_upgrade(None, "vllm-0.1.0", {}, desired) == ["not installed"]
+    reasons = _vllm.needs_upgrade(dict(release, status="failed", chart="vllm-0.0.9"), "vllm-0.1.0", deployed, desired)
+    assert reasons == ["release status is failed", "chart vllm-0.0.9 -> vllm-0.1.0", "values changed: podLabels, replicaCount"]
+
+
+# -- the run order, with fakes ------------------------------------------------------
+class FakeKube:
+    def __init__(self, nodes: list[dict[str, Any]], pods: list[dict[str, Any]], deployment: dict[str, Any] | None = None) -> None:
+        self.nodes, self.pods, self.deployment = nodes, pods, deployment
+        self.requests: Counter[str] = Counter()
+
+    def request(self, method: str, path: str, **kwargs: Any) -> Any:
+        self.requests[kwargs.get("verb") or method.lower()] += 1
+        assert path == "/version"
+        return {"gitVersion": "v1.36.3"}
+
+    def list(self, api_version: str, kind: str, namespace: str | None = None, label_selector: str | None = None,
+             field_selector: str | None = None) -> list[dict[str, Any]]:
+        self.requests["list"] += 1
+        if kind == "Node":
+            return self.nodes
+        if namespace:
+            return [p for p in self.pods if p["metadata"]["namespace"] == namespace]
+        return self.pods
+
+    def get(self, api_version: str, kind: str, name: str, namespace: str | None = None) -> dict[str, Any] | None:
+        self.requests["get"] += 1
+        return self.deployment
+
+
+RENDERED = """
+apiVersion: v1
+kind: Service
+metadata: {name: llama, namespace: serve}
+spec: {selector: {app: x}, ports: [{name: http, port: 8000, targetPort: http}]}
+"""
+
+
+class FakeHelm:
+    def __init__(self, release: dict[str, Any] | None = None, values: dict[str, Any] | None = None) -> None:
+        self.deployed, self.deployed_values = release, values or {}
+        self.commands: list[list[str]] = []
+        self.installed: dict[str, Any] | None = None
+
+    def _log(self, *argv: str) -> None:
+        self.commands.append(["helm", *argv])
+
+    def show_chart(self, chart: str, version: str | None = None, repo: str | None = None) -> dict[str, Any]:
+        self._log("show", "chart")
+        return {"name": "vllm", "version": "0.1.0", "appVersion": "v0.11.0"}
+
+    def template(self, name: str, chart: str, namespace: str, values: dict[str, Any], **kwargs: Any) -> str:
+        self._log("template")
+        assert kwargs["kube_version"] == "v1.36.3"
+        return RENDERED
+
+    def release(self, name: str, namespace: str) -> dict[str, Any] | None:
+        self._log("list")
+        return self.deployed
+
+    def values(self, name: str, namespace: str) -> dict[str, Any]:
+        self._log("get", "values")
+        return self.deployed_values
+
+    def upgrade_install(self, name: str, chart: str, namespace: str, values: dict[str, Any], **kwargs: Any) -> str:
+        self._log("upgrade")
+        self.installed = values
+        revision = int((self.deployed or {}).get("revision", 0)) + 1
+        self.deployed = {"name": name, "chart": "vllm-0.1.0", "status": "deployed", "revision": str(revision)}
+        self.deployed_values = values
+        return ""
+
+    def rollback(self, name: str, namespace: str, revision: int | None = None) -> None:
+        self._log("rollback", str(revision))
+
+    def uninstall(self, name: str, namespace: str, wait: bool = True, timeout: int = 300) -> None:
+        self._log("uninstall")
+
+    def verbs(self) -> list[str]:
+        return [c[1] for c in self.commands]
+
+
+def rolled_out(replicas: int) -> dict[str, Any]:
+    return {"metadata": {"name": "llama", "generation": 1}, "spec": {"replicas": replicas},
+            "status": {"observedGeneration": 1, "replicas": replicas, "updatedReplicas": replicas,
+                       "availableReplicas": replicas, "readyReplicas": replicas}}
+
+
+class FakeClock:
+    def __init__(self) -> None:
+        self.now = 0.0
+
+    def clock(self) -> float:
+        return self.now
+
+    def sleep(self, seconds: float) -> None:
+        self.now += seconds
+
+
+def test_run_installs_once_then_reruns_without_a_write() -> None:
+    kube = FakeKube([node("g1")], [], rolled_out(1))
+    helm = FakeHelm()
+    first = _vllm.run(kube, helm, params(), check_mode=False, want_diff=False)  # type: ignore[arg-type]
+    assert first["changed"] and helm.verbs().count("upgrade") == 1
+    assert first["startup_budget_seconds"] == 135 and first["rollout"]["rolled_out"]
+    assert first["endpoint"]["host"] == "llama.serve.svc.cluster.local"
+
+    again = FakeHelm(helm.deployed, helm.deployed_values)
+    second = _vllm.run(FakeKube([node("g1")], [], rolled_out(1)), again, params(), check_mode=False, want_diff=True)  # type: ignore[arg-type]
+    assert not second["changed"] and second["change_reasons"] == []
+    assert "upgrade" not in again.verbs()
+    assert second["diff"]["before"] == second["diff"]["after"]
+
+
+def test_check_mode_reports_the_diff_and_writes_nothing() -> None:
+    helm = FakeHelm({"chart": "vllm-0.1.0", "status": "deployed", "revision": "1"},
+                    _vllm.build_values(params(), 135))
+    result = _vllm.run(FakeKube([node("g1")], [], rolled_out(1)), helm, params(replicas=2), check_mode=True, want_diff=True)  # type: ignore[arg-type]
+    assert result["changed"] and result["changed_values"] == ["replicaCount"]
+    assert result["diff"]["before"]["replicaCount"] == 1 and result["diff"]["after"]["replicaCount"] == 2
+    assert not {"upgrade", "rollback", "uninstall"} & set(helm.verbs())
+
+
+@pytest.mark.parametrize("over, fragment", [
+    ({"model": "meta-llama/Llama-3.1-405B-Instruct"}, "The model does not fit"),
+    ({"replicas": 3, "gpus_per_replica": 8}, "Not enough GPU capacity"),
+])
+def test_preflight_failure_installs_nothing(over: dict[str, Any], fragment: str) -> None:
+    helm = FakeHelm()
+    with pytest.raises(KubeInferError) as info:
+        _vllm.run(FakeKube([node("g1"), node("g2")], []), helm, params(**over), check_mode=False, want_diff=False)  # type: ignore[arg-type]
+    assert fragment in info.value.msg
+    assert helm.verbs() == ["show"], "only the chart was read"
+
+
+def test_capacity_check_can_be_left_to_the_scheduler() -> None:
+    helm = FakeHelm()
+    p = params(replicas=2, gpus_per_replica=8, preflight_capacity=False)
+    result = _vllm.run(FakeKube([node("g1")], [], rolled_out(2)), helm, p, check_mode=True, want_diff=False)  # type: ignore[arg-type]
+    assert result["capacity"]["fits"] is False and result["capacity"]["checked"] is False
+
+
+def pending_pod() -> dict[str, Any]:
+    p = pod("llama-abc", None, 8, namespace="serve", labels={"app.kubernetes.io/instance": "llama"}, phase="Pending")
+    p["status"]["conditions"] = [{"type": "PodScheduled", "status": "False", "reason": "Unschedulable",
+                                  "message": "0/2 nodes are available: 2 Insufficient nvidia.com/gpu."}]
+    return p
+
+
+@pytest.mark.parametrize("previous, undo", [
+    (None, ["uninstall"]),
+    ({"chart": "vllm-0.1.0", "status": "deployed", "revision": "4"}, ["rollback", "4"]),
+])
+def test_rollout_timeout_reports_the_scheduler_and_atomic_undoes(previous: dict[str, Any] | None, undo: list[str]) -> None:
+    stuck = rolled_out(2)
+    stuck["status"]["availableReplicas"] = 1
+    kube = FakeKube([node("g1")], [pending_pod()], stuck)
+    helm = FakeHelm(previous, {"replicaCount": 1} if previous else None)
+    fake = FakeClock()
+    with pytest.raises(KubeInferError) as info:
+        _vllm.run(kube, helm, params(replicas=2, preflight_capacity=False, timeout=30, atomic=True), check_mode=False,  # type: ignore[arg-type]
+                  want_diff=False, wait_options={"clock": fake.clock, "sleep": fake.sleep})
+    msg = info.value.msg
+    assert "timed out after 30s" in msg and "0/2 nodes are available: 2 Insufficient nvidia.com/gpu." in msg
+    assert info.value.result["unschedulable_reason"].startswith("pod llama-abc unschedulable")
+    assert helm.commands[-1][1:] == undo
+    assert info.value.result["placement"] == {"llama-abc": None}
+
+
+def test_absent_uninstalls_only_an_existing_release() -> None:
+    helm = FakeHelm({"chart": "vllm-0.1.0", "status": "deployed", "revision": "2"})
+    result = _vllm.run(FakeKube([], []), helm, params(state="absent"), check_mode=False, want_diff=False)  # type: ignore[arg-type]
+    assert result["changed"] and helm.verbs() == ["list", "uninstall"]
+    helm = FakeHelm(None)
+    result = _vllm.run(FakeKube([], []), helm, params(state="absent"), check_mode=False, want_diff=False)  # type: ignore[arg-type]
+    assert not result["changed"] and helm.verbs() == ["list"]
