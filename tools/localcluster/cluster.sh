@@ -1,0 +1,414 @@
+#!/usr/bin/env bash
+# Local Kubernetes control plane for kubeinfer.llm: real etcd, kube-apiserver,
+# kube-controller-manager and kube-scheduler (built by build.sh) run by
+# kwokctl --runtime binary, with kwok simulating GPU and CPU nodes.
+#
+# Usage: cluster.sh up | down | status | kubeconfig | kwok-url
+#        cluster.sh forward NAMESPACE POD HOST_PORT [POD_PORT]
+#        cluster.sh unforward NAMESPACE POD
+#        cluster.sh nodes          (re-apply the simulated nodes only)
+#
+# Environment (all optional):
+#   KUBEINFER_CACHE   binary cache and state root   (~/.cache/kubeinfer)
+#   KUBEINFER_CLUSTER cluster name                  (kubeinfer)
+#   KWOK_WORKDIR      kwokctl state                 ($KUBEINFER_CACHE/kwok)
+#   GPU_NODES         simulated GPU nodes           (2)
+#   GPU_PER_NODE      nvidia.com/gpu per GPU node   (8)
+#   GPU_PRODUCT       nvidia.com/gpu.product label  (NVIDIA-A100-SXM4-80GB)
+#   GPU_MEMORY        nvidia.com/gpu.memory (MiB)   (81920)
+#   GPU_NODE_CPU / GPU_NODE_MEMORY                  (128 / 1Ti)
+#   CPU_NODES         CPU-only nodes                (1)
+#   CPU_NODE_CPU / CPU_NODE_MEMORY                  (16 / 64Gi)
+#   NODE_PODS         pods capacity per node        (110)
+#   UP_TIMEOUT        seconds to wait for readiness (300)
+set -euo pipefail
+
+here=$(cd "$(dirname "$0")" && pwd)
+# shellcheck source=versions.env
+. "$here/versions.env"
+
+CACHE=${KUBEINFER_CACHE:-$HOME/.cache/kubeinfer}
+NAME=${KUBEINFER_CLUSTER:-kubeinfer}
+export KWOK_WORKDIR=${KWOK_WORKDIR:-$CACHE/kwok}
+GPU_NODES=${GPU_NODES:-2}
+GPU_PER_NODE=${GPU_PER_NODE:-8}
+GPU_PRODUCT=${GPU_PRODUCT:-NVIDIA-A100-SXM4-80GB}
+GPU_MEMORY=${GPU_MEMORY:-81920}
+GPU_NODE_CPU=${GPU_NODE_CPU:-128}
+GPU_NODE_MEMORY=${GPU_NODE_MEMORY:-1Ti}
+CPU_NODES=${CPU_NODES:-1}
+CPU_NODE_CPU=${CPU_NODE_CPU:-16}
+CPU_NODE_MEMORY=${CPU_NODE_MEMORY:-64Gi}
+NODE_PODS=${NODE_PODS:-110}
+UP_TIMEOUT=${UP_TIMEOUT:-300}
+
+K8S_DIR=$CACHE/kubernetes-$KUBERNETES_VERSION
+KWOK_DIR=$CACHE/kwok-$KWOK_VERSION
+ETCD_DIR=$CACHE/etcd-$ETCD_VERSION
+KWOKCTL=$KWOK_DIR/kwokctl
+KUBECTL=$K8S_DIR/kubectl
+CLUSTER_DIR=$KWOK_WORKDIR/clusters/$NAME
+KUBECONFIG_PATH=$CLUSTER_DIR/kubeconfig.yaml
+STATE_DIR=$KWOK_WORKDIR/kubeinfer-$NAME
+FIELD_MANAGER=kubeinfer-localcluster
+SIM_NODE_LABEL=kubeinfer.io/sim-node
+
+log() { printf '[cluster %s] %s\n' "$(date +%H:%M:%S)" "$*" >&2; }
+die() { log "ERROR: $*"; exit 1; }
+kc() { "$KUBECTL" --kubeconfig "$KUBECONFIG_PATH" "$@"; }
+
+check_binaries() {
+  local missing=() f
+  for f in "$K8S_DIR/kube-apiserver" "$K8S_DIR/kube-controller-manager" \
+           "$K8S_DIR/kube-scheduler" "$KUBECTL" "$ETCD_DIR/etcd" \
+           "$KWOK_DIR/kwok" "$KWOKCTL"; do
+    [ -x "$f" ] || missing+=("$f")
+  done
+  [ ${#missing[@]} -eq 0 ] || die "missing binaries (run tools/localcluster/build.sh): ${missing[*]}"
+}
+
+# The kwokctl configuration: every binary from the local build, every
+# listener on 127.0.0.1, and the kwok Stages. Written to STATE_DIR so that a
+# change in it (new version, new stages) forces a re-create on the next up.
+write_config() {
+  mkdir -p "$STATE_DIR"
+  local cfg=$STATE_DIR/kwokctl.yaml
+  {
+    cat <<EOF
+apiVersion: config.kwok.x-k8s.io/v1alpha1
+kind: KwokctlConfiguration
+options:
+  runtime: binary
+  kubeVersion: $KUBERNETES_VERSION
+  etcdVersion: ${ETCD_VERSION#v}
+  kwokVersion: $KWOK_VERSION
+  bindAddress: 127.0.0.1
+  kubeApiserverBinary: $K8S_DIR/kube-apiserver
+  kubeControllerManagerBinary: $K8S_DIR/kube-controller-manager
+  kubeSchedulerBinary: $K8S_DIR/kube-scheduler
+  kubectlBinary: $KUBECTL
+  etcdBinary: $ETCD_DIR/etcd
+  kwokControllerBinary: $KWOK_DIR/kwok
+  cacheDir: $KWOK_WORKDIR/cache
+  # Custom resources the tests and the collection may create at run time.
+  enableCRDs: [Logs, ClusterLogs, PortForward, ClusterPortForward, Metric]
+componentsPatches:
+# A throwaway test store: skip fsync, which makes node and pod churn cheaper.
+- name: etcd
+  extraArgs:
+  - key: unsafe-no-fsync
+    value: "true"
+---
+EOF
+    cat "$here/kwok/stages.yaml"
+  } > "$cfg.new"
+  mv "$cfg.new" "$cfg"
+  echo "$cfg"
+}
+
+config_hash() { sha256sum "$STATE_DIR/kwokctl.yaml" | cut -c1-16; }
+
+api_healthy() {
+  [ -f "$KUBECONFIG_PATH" ] || return 1
+  [ "$(kc --request-timeout=3s get --raw /readyz 2>/dev/null)" = ok ]
+}
+
+wait_api() { # wait_api [SECONDS] ; dies on timeout unless SECONDS is given
+  local limit=${1:-$UP_TIMEOUT} deadline
+  deadline=$(( $(date +%s) + limit ))
+  until api_healthy; do
+    if [ "$(date +%s)" -ge "$deadline" ]; then
+      [ -z "${1:-}" ] || return 1
+      die "API server not healthy after ${limit}s; logs in $CLUSTER_DIR/logs"
+    fi
+    sleep 0.5
+  done
+}
+
+# kwok reads logs files in the CRI format (timestamp stream tag text).
+write_sim_files() {
+  local smi=$STATE_DIR/nvidia-smi.cri.log
+  sed 's/^/2026-11-04T10:12:31.000000000Z stdout F /' "$here/fixtures/nvidia-smi.txt" > "$smi"
+  sed "s#@NVIDIA_SMI_LOG@#$smi#" "$here/kwok/simulation.yaml" > "$STATE_DIR/simulation.yaml"
+}
+
+apply_simulation() {
+  write_sim_files
+  local deadline=$(( $(date +%s) + 60 ))
+  # The CRDs are created by kwokctl just before it returns; wait until they serve.
+  until kc apply --server-side --force-conflicts --field-manager="$FIELD_MANAGER" \
+        -f "$STATE_DIR/simulation.yaml" >/dev/null 2>"$STATE_DIR/apply-sim.err"; do
+    [ "$(date +%s)" -lt "$deadline" ] || die "applying kwok resources failed: $(cat "$STATE_DIR/apply-sim.err")"
+    sleep 0.5
+  done
+}
+
+gpu_node_name() { printf 'kwok-gpu-%04d' "$1"; }
+cpu_node_name() { printf 'kwok-cpu-%04d' "$1"; }
+
+# One multi-document file for all nodes. Status is kept on create (the node
+# strategy does not reset it), and kwok's node stage preserves capacity.
+write_nodes() {
+  local out=$STATE_DIR/nodes.yaml i name
+  {
+    for ((i = 1; i <= GPU_NODES; i++)); do
+      name=$(gpu_node_name "$i")
+      cat <<EOF
+---
+apiVersion: v1
+kind: Node
+metadata:
+  name: $name
+  labels:
+    kubernetes.io/hostname: $name
+    kubernetes.io/os: linux
+    kubernetes.io/arch: amd64
+    type: kwok
+    $SIM_NODE_LABEL: "true"
+    node-role.kubernetes.io/gpu-worker: ""
+    nvidia.com/gpu.present: "true"
+    nvidia.com/gpu.product: $GPU_PRODUCT
+    nvidia.com/gpu.memory: "$GPU_MEMORY"
+    nvidia.com/gpu.count: "$GPU_PER_NODE"
+  annotations:
+    kwok.x-k8s.io/node: fake
+    node.alpha.kubernetes.io/ttl: "0"
+status:
+  capacity: {cpu: "$GPU_NODE_CPU", memory: $GPU_NODE_MEMORY, pods: "$NODE_PODS", nvidia.com/gpu: "$GPU_PER_NODE"}
+  allocatable: {cpu: "$GPU_NODE_CPU", memory: $GPU_NODE_MEMORY, pods: "$NODE_PODS", nvidia.com/gpu: "$GPU_PER_NODE"}
+  nodeInfo: {architecture: amd64, operatingSystem: linux, osImage: "Ubuntu 22.04.4 LTS (kwok simulated)"}
+EOF
+    done
+    for ((i = 1; i <= CPU_NODES; i++)); do
+      name=$(cpu_node_name "$i")
+      cat <<EOF
+---
+apiVersion: v1
+kind: Node
+metadata:
+  name: $name
+  labels:
+    kubernetes.io/hostname: $name
+    kubernetes.io/os: linux
+    kubernetes.io/arch: amd64
+    type: kwok
+    $SIM_NODE_LABEL: "true"
+    node-role.kubernetes.io/cpu-worker: ""
+  annotations:
+    kwok.x-k8s.io/node: fake
+    node.alpha.kubernetes.io/ttl: "0"
+status:
+  capacity: {cpu: "$CPU_NODE_CPU", memory: $CPU_NODE_MEMORY, pods: "$NODE_PODS"}
+  allocatable: {cpu: "$CPU_NODE_CPU", memory: $CPU_NODE_MEMORY, pods: "$NODE_PODS"}
+  nodeInfo: {architecture: amd64, operatingSystem: linux, osImage: "Ubuntu 22.04.4 LTS (kwok simulated)"}
+EOF
+    done
+  } > "$out"
+  echo "$out"
+}
+
+desired_node_names() {
+  local i
+  for ((i = 1; i <= GPU_NODES; i++)); do gpu_node_name "$i"; echo; done
+  for ((i = 1; i <= CPU_NODES; i++)); do cpu_node_name "$i"; echo; done
+}
+
+# Create missing nodes in bulk, delete simulated nodes beyond the wanted
+# shape. Existing nodes are left alone (their status belongs to kwok).
+ensure_nodes() {
+  local want have missing extra
+  want=$(desired_node_names | sort)
+  have=$(kc get nodes -l "$SIM_NODE_LABEL=true" -o name | sed 's#^node/##' | sort)
+  missing=$(comm -23 <(echo "$want") <(echo "$have") | grep -c . || true)
+  extra=$(comm -13 <(echo "$want") <(echo "$have") | grep . || true)
+  if [ -n "$extra" ]; then
+    log "deleting $(echo "$extra" | wc -l) surplus simulated nodes"
+    local nwant
+    nwant=$(echo "$want" | wc -l)
+    if [ "$nwant" -le 100 ]; then
+      # One DeleteCollection request: every simulated node except the wanted ones.
+      local fs
+      fs=$(echo "$want" | sed 's/^/metadata.name!=/' | paste -sd, -)
+      kc delete --raw "/api/v1/nodes?labelSelector=$SIM_NODE_LABEL%3Dtrue&fieldSelector=$fs" >/dev/null
+    else
+      echo "$extra" | xargs -n 100 -P 4 "$KUBECTL" --kubeconfig "$KUBECONFIG_PATH" delete node --wait=false >/dev/null
+    fi
+  fi
+  if [ "$missing" -gt 0 ]; then
+    local file
+    file=$(write_nodes)
+    log "creating $missing nodes ($GPU_NODES GPU x $GPU_PER_NODE $GPU_PRODUCT, $CPU_NODES CPU)"
+    # kubectl create sends one POST per document from a single process;
+    # AlreadyExists for the nodes we keep is expected and filtered out.
+    kc create -f "$file" -o name 2>&1 >/dev/null | grep -v 'AlreadyExists' >&2 || true
+  fi
+}
+
+wait_nodes_ready() {
+  local want=$(( GPU_NODES + CPU_NODES )) ready deadline=$(( $(date +%s) + UP_TIMEOUT ))
+  while :; do
+    ready=$(kc get nodes -l "$SIM_NODE_LABEL=true" \
+      -o jsonpath='{range .items[*]}{.status.conditions[?(@.type=="Ready")].status}{"\n"}{end}' \
+      | grep -c '^True$' || true)
+    [ "$ready" -eq "$want" ] && break
+    [ "$(date +%s)" -lt "$deadline" ] || die "only $ready of $want nodes Ready after ${UP_TIMEOUT}s"
+    sleep 0.5
+  done
+  log "$ready nodes Ready"
+}
+
+# The default ServiceAccount is made by the controller manager; pods cannot be
+# created in a namespace before it exists.
+wait_default_sa() {
+  local deadline=$(( $(date +%s) + 60 ))
+  until kc -n default get serviceaccount default >/dev/null 2>&1; do
+    [ "$(date +%s)" -lt "$deadline" ] || die "default ServiceAccount never appeared"
+    sleep 0.5
+  done
+}
+
+# kwokctl writes one pid file per component, without a trailing newline.
+cluster_pids() {
+  local f
+  for f in "$CLUSTER_DIR"/pids/*.pid; do
+    [ -f "$f" ] && echo "$(tr -dc 0-9 < "$f")"
+  done
+  return 0
+}
+
+cmd_up() {
+  local start cfg
+  start=$(date +%s)
+  check_binaries
+  cfg=$(write_config)
+  local hash
+  hash=$(config_hash)
+  if [ -d "$CLUSTER_DIR" ] && [ "$(cat "$STATE_DIR/created-with" 2>/dev/null)" != "$hash" ]; then
+    log "cluster $NAME was created with another configuration; re-creating"
+    cmd_down
+  fi
+  if api_healthy; then
+    log "reusing running cluster $NAME"
+  elif [ -d "$CLUSTER_DIR" ]; then
+    log "starting stopped cluster $NAME"
+    if ! timeout 60 "$KWOKCTL" --name "$NAME" start cluster >"$STATE_DIR/kwokctl-start.log" 2>&1 || ! wait_api 60; then
+      log "restart failed ($(tail -1 "$STATE_DIR/kwokctl-start.log" | cut -c1-200)); re-creating"
+      cmd_down
+    fi
+  fi
+  if [ ! -d "$CLUSTER_DIR" ]; then
+    log "creating cluster $NAME (kwokctl --runtime binary, workdir $KWOK_WORKDIR)"
+    "$KWOKCTL" --name "$NAME" -c "$cfg" create cluster --runtime binary \
+      --kubeconfig "" --timeout "${UP_TIMEOUT}s" >"$STATE_DIR/kwokctl.log" 2>&1 \
+      || { tail -20 "$STATE_DIR/kwokctl.log" >&2; die "kwokctl create cluster failed"; }
+    echo "$hash" > "$STATE_DIR/created-with"
+  fi
+  wait_api
+  apply_simulation
+  ensure_nodes
+  wait_nodes_ready
+  wait_default_sa
+  log "cluster $NAME up in $(( $(date +%s) - start ))s; kubeconfig $KUBECONFIG_PATH"
+}
+
+# True when PID is alive and is one of this cluster's processes (every
+# component gets a path under CLUSTER_DIR on its command line), so that a
+# stale pid file never makes us signal somebody else's process.
+ours() {
+  kill -0 "$1" 2>/dev/null && tr '\0' ' ' < "/proc/$1/cmdline" 2>/dev/null | grep -qF "$CLUSTER_DIR/"
+}
+
+cmd_down() {
+  local pids pid deadline
+  pids=$(cluster_pids)
+  if [ -d "$CLUSTER_DIR" ]; then
+    log "deleting cluster $NAME"
+    # kwokctl refuses an empty --kubeconfig here; point it at a file of ours so
+    # that it never edits ~/.kube/config.
+    mkdir -p "$STATE_DIR"
+    "$KWOKCTL" --name "$NAME" delete cluster --kubeconfig "$STATE_DIR/kubeconfig-contexts.yaml" \
+      >"$STATE_DIR/kwokctl-delete.log" 2>&1 \
+      || log "kwokctl delete cluster failed: $(tail -1 "$STATE_DIR/kwokctl-delete.log")"
+  fi
+  # Make sure every process of ours is gone, by the PIDs kwokctl recorded.
+  deadline=$(( $(date +%s) + 20 ))
+  for pid in $pids; do
+    while ours "$pid"; do
+      if [ "$(date +%s)" -ge "$deadline" ]; then
+        log "killing leftover pid $pid"; kill -9 "$pid" 2>/dev/null || true; sleep 0.5; break
+      fi
+      kill "$pid" 2>/dev/null || true
+      sleep 0.2
+    done
+  done
+  for pid in $pids; do
+    ! ours "$pid" || die "process $pid of cluster $NAME still running"
+  done
+  rm -rf "$CLUSTER_DIR" "$STATE_DIR/created-with"
+}
+
+cmd_status() {
+  if ! api_healthy; then
+    echo "cluster $NAME: not running (workdir $CLUSTER_DIR)"
+    return 1
+  fi
+  echo "cluster $NAME: running"
+  echo "kubeconfig: $KUBECONFIG_PATH"
+  echo "server: $(kc version -o json | python3 -c 'import json,sys; print(json.load(sys.stdin)["serverVersion"]["gitVersion"])')"
+  echo "kwok: $(kwok_url)"
+  local pid f
+  for f in "$CLUSTER_DIR"/pids/*.pid; do
+    pid=$(cat "$f")
+    printf 'process %-24s pid %-7s %s\n' "$(basename "$f" .pid)" "$pid" \
+      "$(kill -0 "$pid" 2>/dev/null && echo running || echo DEAD)"
+  done
+  kc get nodes \
+    -o custom-columns='NAME:.metadata.name,READY:.status.conditions[?(@.type=="Ready")].status,GPU:.status.allocatable.nvidia\.com/gpu,PRODUCT:.metadata.labels.nvidia\.com/gpu\.product' \
+    | awk 'NR <= 21 { print } END { if (NR > 21) printf "... %d nodes in all\n", NR - 1 }'
+}
+
+# kwok-controller serves logs, port-forward and the simulated metrics on one
+# port (HTTP and HTTPS); kwokctl picked it and wrote it to its config.
+kwok_url() {
+  local port
+  port=$(grep -o -- '--node-port=[0-9]*' "$CLUSTER_DIR/kwok.yaml" | head -1 | cut -d= -f2)
+  [ -n "$port" ] || die "kwok-controller port not found in $CLUSTER_DIR/kwok.yaml"
+  echo "http://127.0.0.1:$port"
+}
+
+# Point port POD_PORT (default: every port) of one pod at 127.0.0.1:HOST_PORT.
+cmd_forward() {
+  [ $# -ge 3 ] || die "usage: cluster.sh forward NAMESPACE POD HOST_PORT [POD_PORT]"
+  local ns=$1 pod=$2 hostport=$3 podport=${4:-} ports=""
+  [ -n "$podport" ] && ports="    ports: [$podport]"
+  kc apply --server-side --field-manager="$FIELD_MANAGER" -f - >/dev/null <<EOF
+apiVersion: kwok.x-k8s.io/v1alpha1
+kind: PortForward
+metadata:
+  name: $pod
+  namespace: $ns
+spec:
+  forwards:
+  - target: {address: 127.0.0.1, port: $hostport}
+$ports
+EOF
+}
+
+cmd_unforward() {
+  [ $# -eq 2 ] || die "usage: cluster.sh unforward NAMESPACE POD"
+  kc -n "$1" delete portforwards.kwok.x-k8s.io "$2" --ignore-not-found >/dev/null
+}
+
+case "${1:-}" in
+  up) cmd_up ;;
+  down) cmd_down; log "cluster $NAME down" ;;
+  status) cmd_status ;;
+  kubeconfig)
+    echo "$KUBECONFIG_PATH"
+    [ -f "$KUBECONFIG_PATH" ] || { log "no cluster yet; run: cluster.sh up"; exit 1; } ;;
+  kwok-url) kwok_url ;;
+  nodes) ensure_nodes; wait_nodes_ready ;;
+  forward) shift; cmd_forward "$@" ;;
+  unforward) shift; cmd_unforward "$@" ;;
+  *) sed -n '2,25p' "$0" | sed 's/^# \{0,1\}//'; exit 2 ;;
+esac
