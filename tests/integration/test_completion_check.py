@@ -1,8 +1,8 @@
 """completion_check against the local control plane and the real llm-d-inference-sim.
 
 The simulator runs as a host process, reachable only on 127.0.0.1 (it has no bind-address flag, so
-it runs in a private network namespace behind a loopback relay; see NETNS_CHILD). A pod in a kwok
-cluster stands for a vLLM replica, and a kwok ``PortForward`` (the contract of
+the shared runner tools/localcluster/sim.py keeps it in a private network namespace behind a
+loopback relay). A pod in a kwok cluster stands for a vLLM replica, and a kwok ``PortForward`` (the contract of
 ``tools/localcluster/cluster.sh forward``) points its port 8000 at the simulator. The module is run
 with ``ansible-playbook``, so each request travels
 Ansible -> kube-apiserver (pods/portforward websocket) -> kwok -> 127.0.0.1 relay -> simulator.
@@ -16,14 +16,9 @@ from __future__ import annotations
 
 import json
 import os
-import signal
-import socket
 import subprocess
 import sys
-import threading
 import time
-import urllib.error
-import urllib.request
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -35,17 +30,10 @@ from kubernetes.client.rest import ApiException
 
 REPO = Path(__file__).resolve().parents[2]
 CLUSTER_SH = REPO / "tools" / "localcluster" / "cluster.sh"
-VERSIONS_ENV = REPO / "tools" / "localcluster" / "versions.env"
+SIM_RUNNER = REPO / "tools" / "localcluster" / "sim.py"
 BIN = Path(sys.executable).parent
 MODEL = "kubeinfer/tiny-sim"
 RELEASE = "cc-sim"
-
-
-def pinned(name: str) -> str:
-    for line in VERSIONS_ENV.read_text().splitlines():
-        if line.startswith(name + "="):
-            return line.split("=", 1)[1].strip()
-    raise AssertionError(f"{name} not pinned in {VERSIONS_ENV}")
 
 
 @pytest.fixture(scope="module")
@@ -71,145 +59,22 @@ def collections_path(tmp_path_factory: pytest.TempPathFactory) -> str:
     return str(base)
 
 
-# llm-d-inference-sim v0.10.2 has no bind-address flag: it listens on every IPv4 address
-# (net.Listen("tcp4", ":<port>") in pkg/communication/http.go). To keep everything on loopback it
-# runs in a private network namespace (unshare --net) whose only interface is its own loopback.
-# Inside, a relay joins that loopback to a Unix socket; outside, a relay on 127.0.0.1 joins the
-# Unix socket, and kwok forwards the pod's port to that 127.0.0.1 port.
-NETNS_CHILD = r"""
-import ctypes, os, signal, socket, subprocess, sys, threading, time
-sock_path, port, argv = sys.argv[1], int(sys.argv[2]), sys.argv[3:]
-subprocess.run(["ip", "link", "set", "lo", "up"], check=True)
-# PR_SET_PDEATHSIG: the simulator dies with this relay, even if the relay is killed.
-sim = subprocess.Popen(argv, preexec_fn=lambda: ctypes.CDLL(None).prctl(1, signal.SIGKILL))
-signal.signal(signal.SIGTERM, lambda *_: (sim.terminate(), sim.wait(10), os._exit(0)))
-
-def pipe(src, dst):
-    try:
-        while True:
-            data = src.recv(65536)
-            if not data:
-                break
-            dst.sendall(data)
-    except OSError:
-        pass
-    finally:
-        try:
-            dst.shutdown(socket.SHUT_WR)
-        except OSError:
-            pass
-
-def serve(conn):
-    for _ in range(50):
-        try:
-            up = socket.create_connection(("127.0.0.1", port))
-            break
-        except OSError:
-            time.sleep(0.1)
-    else:
-        conn.close()
-        return
-    threading.Thread(target=pipe, args=(conn, up), daemon=True).start()
-    pipe(up, conn)
-
-server = socket.socket(socket.AF_UNIX)
-server.bind(sock_path)
-server.listen(16)
-threading.Thread(target=lambda: (sim.wait(), os._exit(3)), daemon=True).start()
-while True:
-    conn, _ = server.accept()
-    threading.Thread(target=serve, args=(conn,), daemon=True).start()
-"""
-
-
-def pipe(src: socket.socket, dst: socket.socket) -> None:
-    try:
-        while True:
-            data = src.recv(65536)
-            if not data:
-                break
-            dst.sendall(data)
-    except OSError:
-        pass
-    finally:
-        try:
-            dst.shutdown(socket.SHUT_WR)
-        except OSError:
-            pass
-
-
-def loopback_relay(sock_path: str) -> tuple[int, socket.socket]:
-    """Listen on 127.0.0.1:<free port> and join each connection to the Unix socket."""
-    server = socket.socket()
-    server.bind(("127.0.0.1", 0))
-    server.listen(16)
-
-    def serve(conn: socket.socket) -> None:
-        try:
-            inner = socket.socket(socket.AF_UNIX)
-            inner.connect(sock_path)
-        except OSError:
-            conn.close()
-            return
-        threading.Thread(target=pipe, args=(conn, inner), daemon=True).start()
-        pipe(inner, conn)
-        inner.close()
-        conn.close()
-
-    def accept() -> None:
-        while True:
-            try:
-                conn, _ = server.accept()
-            except OSError:
-                return
-            threading.Thread(target=serve, args=(conn,), daemon=True).start()
-
-    threading.Thread(target=accept, daemon=True).start()
-    return int(server.getsockname()[1]), server
-
-
 @pytest.fixture(scope="module")
-def simulator(tmp_path_factory: pytest.TempPathFactory) -> Iterator[int]:
-    """llm-d-inference-sim reachable on 127.0.0.1:<port returned>; stopped by its PID afterwards."""
-    cache = Path(os.environ.get("KUBEINFER_CACHE", Path.home() / ".cache" / "kubeinfer"))
-    default = cache / f"inference-sim-{pinned('INFERENCE_SIM_VERSION')}" / "llm-d-inference-sim"
-    binary = Path(os.environ.get("INFERENCE_SIM_BINARY", default))
-    if not binary.is_file():
-        pytest.fail(f"{binary} is missing; build it with tools/localcluster/build.sh", pytrace=False)
-    work = tmp_path_factory.mktemp("sim")
-    sock_path = str(work / "sim.sock")
-    log = work / "sim.log"
-    inner_port = 8000  # the namespace is private, so the port is free
-    argv = ["unshare", "--net", "--", sys.executable, "-c", NETNS_CHILD, sock_path, str(inner_port),
-            str(binary), "--port", str(inner_port), "--model", MODEL, "--force-dummy-tokenizer", "--mode", "random"]
-    with open(log, "wb") as out:
-        # unshare execs the child, so proc.pid is the relay that owns the simulator; it stops it on SIGTERM.
-        proc = subprocess.Popen(argv, stdout=out, stderr=subprocess.STDOUT)
-    port, relay = loopback_relay(sock_path)
+def simulator() -> Iterator[int]:
+    """llm-d-inference-sim on 127.0.0.1:<port returned>, run by the shared runner tools/localcluster/sim.py.
+
+    The simulator listens on every IPv4 address and has no bind flag, so the runner keeps it in a
+    private network namespace behind a relay on 127.0.0.1. It is stopped by its PID afterwards.
+    """
+    name = "it-completion-check"
+    proc = subprocess.run([sys.executable, str(SIM_RUNNER), "start", name, "--model", MODEL, "--mode", "random"],
+                          capture_output=True, text=True, timeout=120, check=False)
+    if proc.returncode != 0:
+        pytest.fail(f"the simulator did not start: {proc.stderr[-2000:]}", pytrace=False)
     try:
-        deadline = time.monotonic() + 60
-        while True:
-            if proc.poll() is not None:
-                pytest.fail(f"the simulator exited with {proc.returncode}: {log.read_text()[-2000:]}", pytrace=False)
-            try:
-                with urllib.request.urlopen(f"http://127.0.0.1:{port}/health", timeout=2) as resp:
-                    if resp.status == 200:
-                        break
-            except (urllib.error.URLError, OSError):
-                pass
-            if time.monotonic() > deadline:
-                pytest.fail(f"the simulator did not answer /health within 60s: {log.read_text()[-2000:]}", pytrace=False)
-            time.sleep(0.3)
-        yield port
+        yield int(proc.stdout.strip())
     finally:
-        relay.close()
-        if proc.poll() is None:
-            os.kill(proc.pid, signal.SIGTERM)
-            try:
-                proc.wait(15)
-            except subprocess.TimeoutExpired:
-                os.kill(proc.pid, signal.SIGKILL)
-                proc.wait(10)
+        subprocess.run([sys.executable, str(SIM_RUNNER), "stop", name], capture_output=True, timeout=60, check=True)
 
 
 @pytest.fixture(scope="module")
