@@ -316,89 +316,173 @@ def _matchers(selector_labels: Mapping[str, str]) -> str:
     return ",".join(f"{prometheus_label_name(k)}={_promql_string(str(v))}" for k, v in sorted(selector_labels.items()))
 
 
-def adapter_rules(
-    metric_name: str,
-    custom_metric_name: str = DEFAULT_CUSTOM_METRIC_NAME,
-    selector_labels: Mapping[str, str] | None = None,
-) -> list[dict[str, Any]]:
-    """Prometheus Adapter ``rules`` (custom metrics API) exposing ``metric_name`` per pod as ``custom_metric_name``.
+_RELEASE_NAME = re.compile(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*$")
+_QUERY_MATCHER = re.compile(r'([a-zA-Z_][a-zA-Z0-9_]*)\s*(=~|!=|!~|=)\s*"((?:[^"\\]|\\.)*)"')
 
-    ``selector_labels`` are series label matchers that select exactly one release's pods, normally
-    release_selector_labels(release); Kubernetes-style keys are sanitized (prometheus_label_name).
-    They are required: without them the rule would mix every vLLM in the namespace. They appear
-    twice: in ``seriesQuery`` (discovery only finds that release's series) and in ``metricsQuery``,
-    which sums ``<<.Series>>{<<.LabelMatchers>>,<filter>} by (<<.GroupBy>>)``: the HPA asks for pods,
-    the adapter fills LabelMatchers with ``namespace="ns",pod=~"a|b"`` and GroupBy with ``pod``, so
-    the value is per pod (the sum merges the per-engine and per-model series of one pod).
 
-    Uniqueness: the adapter keeps one rule per (resource, metric name) across the whole cluster; when
-    two rules produce the same name the last one wins. With a release filter in metricsQuery, two
-    releases sharing a name would make one release's HPA read the other's filter and get no data.
-    So ``custom_metric_name`` must be unique among the rules in the adapter config (merge_adapter_rules
-    enforces it); within one release's rules the pod label filter keeps releases in one namespace
-    apart. ``name.as`` is literally ``custom_metric_name``.
-    """
-    if not _METRIC_NAME.fullmatch(metric_name or ""):
-        raise KubeInferError(f"Invalid Prometheus metric name {metric_name!r}")
+def _promql_unquote(body: str) -> str:
+    return re.sub(r"\\(.)", lambda m: "\n" if m.group(1) == "n" else m.group(1), body)
+
+
+def _check_names(metric_names: str | Sequence[str], custom_metric_name: str) -> list[str]:
+    names = [metric_names] if isinstance(metric_names, str) else list(metric_names)
+    if not names:
+        raise KubeInferError("adapter_rules needs at least one Prometheus metric name")
+    for name in names:
+        if not _METRIC_NAME.fullmatch(name or ""):
+            raise KubeInferError(f"Invalid Prometheus metric name {name!r}")
     if not _CUSTOM_METRIC_NAME.match(custom_metric_name or ""):
         raise KubeInferError(f"Invalid custom metric name {custom_metric_name!r}: use lower-case letters, digits and '_'")
-    if not selector_labels:
-        raise KubeInferError("adapter_rules needs selector_labels that select one release's pods; a rule without them "
+    return sorted(set(names))
+
+
+def _check_releases(releases: Iterable[str]) -> list[str]:
+    found = sorted(set(releases))
+    if not found:
+        raise KubeInferError("adapter_rules needs at least one release: a rule without a release filter "
                              "would sum every vLLM in the namespace")
-    reserved = {NAMESPACE_SERIES_LABEL, POD_SERIES_LABEL, "__name__"} & {prometheus_label_name(k) for k in selector_labels}
-    if reserved:
-        raise KubeInferError(f"selector_labels must not set {', '.join(sorted(reserved))}: the adapter fills them from the request")
-    release_filter = _matchers(selector_labels)
-    return [{
-        "seriesQuery": "{" + f"__name__={_promql_string(metric_name)},{NAMESPACE_SERIES_LABEL}!=\"\",{POD_SERIES_LABEL}!=\"\",{release_filter}" + "}",
+    for release in found:
+        if len(release) > 63 or not _RELEASE_NAME.match(release):
+            raise KubeInferError(f"Invalid release name {release!r}: use lower-case letters, digits, '-' and '.'")
+    return found
+
+
+def release_regex(releases: Iterable[str]) -> str:
+    """The regular expression (RE2, anchored by PromQL) that matches exactly the given release names."""
+    return "|".join(release.replace(".", "\\.") for release in _check_releases(releases))
+
+
+def _name_matcher(names: Sequence[str]) -> str:
+    # Metric names hold no regex metacharacters ([a-zA-Z0-9_:]), so they need no escaping.
+    if len(names) == 1:
+        return f"__name__={_promql_string(names[0])}"
+    return f"__name__=~{_promql_string('|'.join(names))}"
+
+
+def adapter_rule(
+    metric_names: str | Sequence[str],
+    custom_metric_name: str = DEFAULT_CUSTOM_METRIC_NAME,
+    releases: Iterable[str] = (),
+) -> dict[str, Any]:
+    """The one Prometheus Adapter rule (custom metrics API) that serves ``custom_metric_name`` per pod.
+
+    Convention: ONE rule per custom metric name. The adapter keeps a single series per (resource,
+    metric name) cluster-wide, so two rules producing the same name would shadow each other; instead
+    every release that uses the name is listed in the rule's release filter,
+    ``kubeinfer_io_release=~"<r1>|<r2>"`` (the series label the scrape makes of the pod label
+    ``kubeinfer.io/release``), sorted so that the rule is stable. The filter appears in ``seriesQuery``
+    (discovery only sees registered releases) and in ``metricsQuery``: the HPA asks for the pods of
+    its scale target, the adapter fills LabelMatchers with ``namespace="ns",pod=~"a|b"`` and GroupBy
+    with ``pod``, so every value is one pod's own queue (the sum merges the per-model series of that
+    pod). Two models in one namespace never see each other's pods: separation comes from the HPA's
+    pod selector, never from a namespace-wide sum.
+
+    ``metric_names`` is the detected name, or several candidates (``__name__=~"a|b"``) when detection
+    is off; a series name that appears under two forms at once would make the adapter pick one.
+    """
+    names = _check_names(metric_names, custom_metric_name)
+    release_filter = f"{RELEASE_SERIES_LABEL}=~{_promql_string(release_regex(releases))}"
+    pattern = names[0] if len(names) == 1 else "(" + "|".join(names) + ")"
+    return {
+        "seriesQuery": "{" + f"{_name_matcher(names)},{NAMESPACE_SERIES_LABEL}!=\"\",{POD_SERIES_LABEL}!=\"\",{release_filter}" + "}",
         "resources": {"overrides": {
             NAMESPACE_SERIES_LABEL: {"resource": "namespace"},
             POD_SERIES_LABEL: {"resource": "pod"},
         }},
-        "name": {"matches": f"^{metric_name}$", "as": custom_metric_name},
+        "name": {"matches": f"^{pattern}$", "as": custom_metric_name},
         "metricsQuery": "sum(<<.Series>>{<<.LabelMatchers>>," + release_filter + "}) by (<<.GroupBy>>)",
-    }]
+    }
 
 
-_SELECTOR_MATCHER = re.compile(r'([a-zA-Z_][a-zA-Z0-9_]*)\s*(=~|!=|!~|=)\s*"((?:[^"\\]|\\.)*)"')
+def adapter_rules(
+    metric_names: str | Sequence[str],
+    custom_metric_name: str = DEFAULT_CUSTOM_METRIC_NAME,
+    releases: Iterable[str] = (),
+) -> list[dict[str, Any]]:
+    """``[adapter_rule(...)]``: the rules list for one custom metric name."""
+    return [adapter_rule(metric_names, custom_metric_name, releases)]
 
 
-def _equality_matchers(series_query: str) -> dict[str, str]:
-    return {m.group(1): re.sub(r"\\(.)", r"\1", m.group(3)) for m in _SELECTOR_MATCHER.finditer(series_query or "") if m.group(2) == "="}
+def parse_adapter_rule(rule: Mapping[str, Any]) -> dict[str, Any] | None:
+    """What a rule in this convention says: ``{"custom_metric_name", "metric_names", "releases"}``.
 
-
-def merge_adapter_rules(existing: Iterable[Mapping[str, Any]], new_rules: Sequence[Mapping[str, Any]],
-                        selector_labels: Mapping[str, str]) -> list[dict[str, Any]]:
-    """Put one release's ``new_rules`` into an adapter ``rules`` list.
-
-    Rules of the same release (their seriesQuery has equality matchers for all of ``selector_labels``)
-    are replaced in place, so re-running with the same input returns an equal list. Other rules are
-    kept. Raises KubeInferError if another rule already produces one of the new custom metric
-    names (see adapter_rules on why names must be unique).
+    Returns None for a rule without a ``kubeinfer_io_release`` filter in its seriesQuery (another
+    tool's rule). An equality filter (``kubeinfer_io_release="a"``) reads as one release.
     """
-    wanted = {prometheus_label_name(k): str(v) for k, v in selector_labels.items()}
-    if not wanted:
-        raise KubeInferError("merge_adapter_rules needs the release's selector_labels")
-    new_names = {rule.get("name", {}).get("as") for rule in new_rules}
+    if not isinstance(rule, Mapping):
+        return None
+    releases: list[str] | None = None
+    names: list[str] = []
+    for match in _QUERY_MATCHER.finditer(str(rule.get("seriesQuery") or "")):
+        label, op, value = match.group(1), match.group(2), _promql_unquote(match.group(3))
+        if label == RELEASE_SERIES_LABEL and op == "=":
+            releases = [value]
+        elif label == RELEASE_SERIES_LABEL and op == "=~":
+            releases = [r.replace("\\.", ".") for r in value.split("|") if r]
+        elif label == "__name__" and op == "=":
+            names = [value]
+        elif label == "__name__" and op == "=~":
+            names = [n for n in value.split("|") if n]
+    if releases is None:
+        return None
+    return {"custom_metric_name": (rule.get("name") or {}).get("as"), "metric_names": sorted(set(names)),
+            "releases": sorted(set(releases))}
+
+
+def merge_adapter_rules(existing: Iterable[Mapping[str, Any]], metric_names: str | Sequence[str] | None,
+                        custom_metric_name: str, release: str, present: bool = True) -> list[dict[str, Any]]:
+    """Register (``present``) or unregister ``release`` under ``custom_metric_name`` in an adapter ``rules`` list.
+
+    The rule producing ``custom_metric_name`` is rebuilt in place with the release added to (or
+    removed from) its release set; it is dropped when no release is left, and appended when there
+    was none. Other rules are kept as they are, in order, so merging the same input twice gives an
+    equal list. ``metric_names`` is not needed to unregister.
+
+    Raises KubeInferError, before anything changes, when
+    - a rule without a release filter (another tool's) already produces ``custom_metric_name``;
+    - the rule serves another source metric for other releases (vLLM versions that name the queue
+      differently cannot share one custom metric name: the adapter would read one series name for all).
+    A rule whose only release is ``release`` takes the new source metric (the release was upgraded).
+    """
+    _check_releases([release])
     merged: list[dict[str, Any]] = []
-    inserted = False
+    position: int | None = None
+    registered: list[str] = []
+    current_names: list[str] = []
     for rule in existing:
-        matchers = _equality_matchers(str(rule.get("seriesQuery", "")))
-        if all(matchers.get(k) == v for k, v in wanted.items()):
-            if not inserted:
-                merged.extend(dict(r) for r in new_rules)
-                inserted = True
+        if (rule.get("name") or {}).get("as") != custom_metric_name:
+            merged.append(dict(rule))
             continue
-        other_name = (rule.get("name") or {}).get("as")
-        if other_name in new_names:
+        parsed = parse_adapter_rule(rule)
+        if parsed is None:
             raise KubeInferError(
-                f"The Prometheus Adapter already has a rule that produces the custom metric {other_name!r} "
-                f"(seriesQuery {rule.get('seriesQuery')!r}); give this release its own custom metric name",
+                f"The Prometheus Adapter already has a rule that produces the custom metric {custom_metric_name!r} without a "
+                f"{RELEASE_SERIES_LABEL} filter (seriesQuery {rule.get('seriesQuery')!r}); remove it or choose another custom_metric_name",
                 conflicting_rule=dict(rule),
             )
-        merged.append(dict(rule))
-    if not inserted:
-        merged.extend(dict(r) for r in new_rules)
+        if position is None:
+            position = len(merged)
+        registered.extend(parsed["releases"])
+        current_names.extend(parsed["metric_names"])
+    releases = set(registered)
+    if present:
+        if metric_names is None:
+            raise KubeInferError("merge_adapter_rules needs the source metric name to register a release")
+        names = _check_names(metric_names, custom_metric_name)
+        others = releases - {release}
+        if others and current_names and sorted(set(current_names)) != names:
+            raise KubeInferError(
+                f"The custom metric {custom_metric_name!r} maps {', '.join(sorted(set(current_names)))} for the releases "
+                f"{', '.join(sorted(others))}, but release {release!r} exposes {', '.join(names)}; give it its own custom_metric_name",
+                releases=sorted(others), metric_names=sorted(set(current_names)),
+            )
+        releases.add(release)
+    else:
+        releases.discard(release)
+        names = sorted(set(current_names))
+    if releases:
+        rule = adapter_rule(names, custom_metric_name, releases)
+        merged.insert(len(merged) if position is None else position, rule)
     return merged
 
 

@@ -13,6 +13,7 @@ import pytest
 from ansible_collections.kubeinfer.llm.plugins.module_utils._errors import KubeInferError
 from ansible_collections.kubeinfer.llm.plugins.module_utils._metrics import (
     RELEASE_SERIES_LABEL,
+    adapter_rule,
     adapter_rules,
     detect_metric,
     detect_queue_metric,
@@ -20,6 +21,7 @@ from ansible_collections.kubeinfer.llm.plugins.module_utils._metrics import (
     grafana_dashboard,
     merge_adapter_rules,
     metric_names,
+    parse_adapter_rule,
     parse_exposition,
     prometheus_label_name,
     release_selector_labels,
@@ -190,37 +192,50 @@ def test_detect_vllm_metrics() -> None:
 
 # -- adapter rules ----------------------------------------------------------------------------------
 def test_adapter_rule_is_per_pod_and_release_filtered() -> None:
-    rules = adapter_rules("vllm:num_requests_waiting", "vllm_queue_depth", release_selector_labels("llama"))
+    rules = adapter_rules("vllm:num_requests_waiting", "vllm_queue_depth", ["llama"])
     assert rules == [{
-        "seriesQuery": '{__name__="vllm:num_requests_waiting",namespace!="",pod!="",kubeinfer_io_release="llama"}',
+        "seriesQuery": '{__name__="vllm:num_requests_waiting",namespace!="",pod!="",kubeinfer_io_release=~"llama"}',
         "resources": {"overrides": {"namespace": {"resource": "namespace"}, "pod": {"resource": "pod"}}},
         "name": {"matches": "^vllm:num_requests_waiting$", "as": "vllm_queue_depth"},
-        "metricsQuery": 'sum(<<.Series>>{<<.LabelMatchers>>,kubeinfer_io_release="llama"}) by (<<.GroupBy>>)',
+        "metricsQuery": 'sum(<<.Series>>{<<.LabelMatchers>>,kubeinfer_io_release=~"llama"}) by (<<.GroupBy>>)',
     }]
 
 
+def test_adapter_rule_lists_releases_sorted_and_escaped() -> None:
+    rule = adapter_rule("vllm:num_requests_waiting", "vllm_queue_depth", ["b", "a.v2", "b"])
+    assert rule["metricsQuery"] == 'sum(<<.Series>>{<<.LabelMatchers>>,kubeinfer_io_release=~"a\\\\.v2|b"}) by (<<.GroupBy>>)'
+    # PromQL unquotes the string to a\.v2|b, a regex that does not match "aXv2".
+    assert re.fullmatch(r"a\.v2|b", "a.v2") and not re.fullmatch(r"a\.v2|b", "aXv2")
+    assert parse_adapter_rule(rule) == {"custom_metric_name": "vllm_queue_depth",
+                                        "metric_names": ["vllm:num_requests_waiting"], "releases": ["a.v2", "b"]}
+
+
+def test_adapter_rule_with_candidates_matches_each_form() -> None:
+    rule = adapter_rule(["vllm_num_requests_waiting", "vllm:num_requests_waiting"], releases=["a"])
+    assert rule["seriesQuery"].startswith('{__name__=~"vllm:num_requests_waiting|vllm_num_requests_waiting",')
+    pattern = re.compile(rule["name"]["matches"])
+    assert pattern.match("vllm:num_requests_waiting") and pattern.match("vllm_num_requests_waiting")
+    assert not pattern.match("vllm_num_requests_waiting_total")
+    assert parse_adapter_rule(rule)["metric_names"] == ["vllm:num_requests_waiting", "vllm_num_requests_waiting"]
+
+
 def test_adapter_rule_name_regex_matches_only_the_metric() -> None:
-    rule = adapter_rules("vllm_num_requests_waiting", selector_labels={"kubeinfer.io/release": "a"})[0]
+    rule = adapter_rule("vllm_num_requests_waiting", releases=["a"])
     pattern = re.compile(rule["name"]["matches"])
     assert pattern.match("vllm_num_requests_waiting")
     assert not pattern.match("vllm_num_requests_waiting_total")
     assert not pattern.match("xvllm_num_requests_waiting")
     assert rule["name"]["as"] == "vllm_queue_depth"
-    assert 'kubeinfer_io_release="a"' in rule["seriesQuery"]  # k8s label key sanitized
-
-
-def test_adapter_rule_escapes_values() -> None:
-    rule = adapter_rules("vllm:num_requests_waiting", selector_labels={"team": 'a"b\\c'})[0]
-    assert rule["metricsQuery"].endswith(',team="a\\"b\\\\c"}) by (<<.GroupBy>>)')
+    assert f'{RELEASE_SERIES_LABEL}=~"a"' in rule["seriesQuery"]
 
 
 @pytest.mark.parametrize("args, problem", [
-    (("vllm:num_requests_waiting", "vllm_queue_depth", {}), "needs selector_labels"),
-    (("vllm:num_requests_waiting", "vllm_queue_depth", None), "needs selector_labels"),
-    (("bad name", "vllm_queue_depth", {"r": "x"}), "Invalid Prometheus metric name"),
-    (("vllm:num_requests_waiting", "Queue-Depth", {"r": "x"}), "Invalid custom metric name"),
-    (("vllm:num_requests_waiting", "vllm_queue_depth", {"pod": "x"}), "must not set pod"),
-    (("vllm:num_requests_waiting", "vllm_queue_depth", {"namespace": "x"}), "must not set namespace"),
+    (("vllm:num_requests_waiting", "vllm_queue_depth", []), "needs at least one release"),
+    (("vllm:num_requests_waiting", "vllm_queue_depth", ["Bad_Name"]), "Invalid release name"),
+    (("vllm:num_requests_waiting", "vllm_queue_depth", ['a"|.*']), "Invalid release name"),
+    (("bad name", "vllm_queue_depth", ["x"]), "Invalid Prometheus metric name"),
+    (([], "vllm_queue_depth", ["x"]), "at least one Prometheus metric name"),
+    (("vllm:num_requests_waiting", "Queue-Depth", ["x"]), "Invalid custom metric name"),
 ])
 def test_adapter_rules_invalid(args: tuple, problem: str) -> None:
     with pytest.raises(KubeInferError, match=problem):
@@ -235,36 +250,63 @@ def test_prometheus_label_name() -> None:
     assert RELEASE_SERIES_LABEL == prometheus_label_name("kubeinfer.io/release")
 
 
-def test_merge_adapter_rules_replaces_own_and_keeps_others() -> None:
-    other = {"seriesQuery": '{__name__=~"^container_.*",namespace!=""}', "name": {"matches": "^container_(.*)$", "as": "${1}"},
-             "resources": {"template": "<<.Resource>>"}, "metricsQuery": "sum(<<.Series>>) by (<<.GroupBy>>)"}
-    a_old = adapter_rules("vllm_num_requests_waiting", "vllm_queue_depth_a", release_selector_labels("a"))
-    b = adapter_rules("vllm:num_requests_waiting", "vllm_queue_depth_b", release_selector_labels("b"))
-    a_new = adapter_rules("vllm:num_requests_waiting", "vllm_queue_depth_a", release_selector_labels("a"))
-    existing = [other] + a_old + b
-    merged = merge_adapter_rules(existing, a_new, release_selector_labels("a"))
-    assert merged == [other] + a_new + b
+OTHER = {"seriesQuery": '{__name__=~"^container_.*",namespace!=""}', "name": {"matches": "^container_(.*)$", "as": "${1}"},
+         "resources": {"template": "<<.Resource>>"}, "metricsQuery": "sum(<<.Series>>) by (<<.GroupBy>>)"}
+WAITING = "vllm:num_requests_waiting"
+
+
+def test_merge_adds_releases_to_the_one_rule_per_name() -> None:
+    merged = merge_adapter_rules([OTHER], WAITING, "vllm_queue_depth", "b")
+    assert merged == [OTHER, adapter_rule(WAITING, "vllm_queue_depth", ["b"])]
+    merged = merge_adapter_rules(merged, WAITING, "vllm_queue_depth", "a")
+    assert merged == [OTHER, adapter_rule(WAITING, "vllm_queue_depth", ["a", "b"])]
     # Idempotent: merging again changes nothing.
-    assert merge_adapter_rules(merged, a_new, release_selector_labels("a")) == merged
-    # A new release is appended.
-    c = adapter_rules("vllm:num_requests_waiting", "vllm_queue_depth_c", release_selector_labels("c"))
-    assert merge_adapter_rules(merged, c, release_selector_labels("c")) == merged + c
+    assert merge_adapter_rules(merged, WAITING, "vllm_queue_depth", "a") == merged
+    # Another custom name gets its own rule, appended; the first one keeps its place.
+    running = merge_adapter_rules(merged, "vllm:num_requests_running", "vllm_running", "a")
+    assert running == merged + [adapter_rule("vllm:num_requests_running", "vllm_running", ["a"])]
 
 
-def test_merge_adapter_rules_rejects_shared_custom_metric_name() -> None:
-    a = adapter_rules("vllm:num_requests_waiting", "vllm_queue_depth", release_selector_labels("a"))
-    b = adapter_rules("vllm:num_requests_waiting", "vllm_queue_depth", release_selector_labels("b"))
-    with pytest.raises(KubeInferError, match="already has a rule that produces the custom metric 'vllm_queue_depth'") as info:
-        merge_adapter_rules(a, b, release_selector_labels("b"))
-    assert info.value.result["conflicting_rule"] == a[0]
+def test_merge_unregisters_and_drops_the_empty_rule() -> None:
+    rules = [adapter_rule(WAITING, "vllm_queue_depth", ["a", "b"]), OTHER]
+    once = merge_adapter_rules(rules, None, "vllm_queue_depth", "a", present=False)
+    assert once == [adapter_rule(WAITING, "vllm_queue_depth", ["b"]), OTHER]
+    assert merge_adapter_rules(once, None, "vllm_queue_depth", "a", present=False) == once
+    assert merge_adapter_rules(once, None, "vllm_queue_depth", "b", present=False) == [OTHER]
 
 
-def test_merge_adapter_rules_release_prefix_is_not_a_match() -> None:
-    a = adapter_rules("vllm:num_requests_waiting", "q_ab", release_selector_labels("ab"))
-    b = adapter_rules("vllm:num_requests_waiting", "q_a", release_selector_labels("a"))
-    assert merge_adapter_rules(a, b, release_selector_labels("a")) == a + b
-    with pytest.raises(KubeInferError):
-        merge_adapter_rules(a, b, {})
+def test_merge_reads_an_equality_filter_as_one_release() -> None:
+    old = dict(adapter_rule(WAITING, "vllm_queue_depth", ["a"]))
+    old["seriesQuery"] = old["seriesQuery"].replace('=~"a"', '="a"')
+    assert merge_adapter_rules([old], WAITING, "vllm_queue_depth", "b") == [adapter_rule(WAITING, "vllm_queue_depth", ["a", "b"])]
+
+
+def test_merge_rejects_a_foreign_rule_with_the_same_name() -> None:
+    foreign = dict(OTHER, name={"matches": "^x$", "as": "vllm_queue_depth"})
+    with pytest.raises(KubeInferError, match="already has a rule that produces the custom metric 'vllm_queue_depth' without") as info:
+        merge_adapter_rules([foreign], WAITING, "vllm_queue_depth", "a")
+    assert info.value.result["conflicting_rule"] == foreign
+
+
+def test_merge_rejects_another_source_metric_for_shared_name() -> None:
+    rules = [adapter_rule(WAITING, "vllm_queue_depth", ["a"])]
+    with pytest.raises(KubeInferError, match="maps vllm:num_requests_waiting for the releases a, but release 'b' exposes vllm_num_requests"):
+        merge_adapter_rules(rules, "vllm_num_requests_waiting", "vllm_queue_depth", "b")
+    # The only registered release may switch its source metric (an upgraded vLLM).
+    assert merge_adapter_rules(rules, "vllm_num_requests_waiting", "vllm_queue_depth", "a") == [
+        adapter_rule("vllm_num_requests_waiting", "vllm_queue_depth", ["a"])]
+
+
+def test_merge_needs_a_metric_to_register_and_a_valid_release() -> None:
+    with pytest.raises(KubeInferError, match="needs the source metric"):
+        merge_adapter_rules([], None, "vllm_queue_depth", "a")
+    with pytest.raises(KubeInferError, match="Invalid release name"):
+        merge_adapter_rules([], WAITING, "vllm_queue_depth", "A")
+
+
+def test_parse_adapter_rule_ignores_foreign_rules() -> None:
+    assert parse_adapter_rule(OTHER) is None
+    assert parse_adapter_rule("not a rule") is None  # type: ignore[arg-type]
 
 
 # -- grafana ----------------------------------------------------------------------------------------

@@ -1,0 +1,365 @@
+# -*- coding: utf-8 -*-
+# Copyright: contributors to kubeinfer.llm
+# GNU General Public License v3.0+ (see https://www.gnu.org/licenses/gpl-3.0.txt)
+"""The autoscaling/v2 HPA (or KEDA ScaledObject) on the vLLM queue depth and its verification. Private to this collection: the interface may change."""
+from __future__ import annotations
+
+import re
+from decimal import Decimal
+from typing import Any
+
+from ansible_collections.kubeinfer.llm.plugins.module_utils._client import build_api_client
+from ansible_collections.kubeinfer.llm.plugins.module_utils._errors import KubeInferError
+from ansible_collections.kubeinfer.llm.plugins.module_utils._metrics import (
+    QUEUE_METRIC_CANDIDATES,
+    RELEASE_POD_LABEL,
+    RELEASE_SERIES_LABEL,
+)
+from ansible_collections.kubeinfer.llm.plugins.module_utils._resources import ApiError, Kube, clean, is_subset
+from ansible_collections.kubeinfer.llm.plugins.module_utils._sizing import HPA_MAX_STABILIZATION_WINDOW_SECONDS, scale_down_window_seconds
+from ansible_collections.kubeinfer.llm.plugins.module_utils._waiter import wait_for
+
+HPA_API = "autoscaling/v2"
+HPA_KIND = "HorizontalPodAutoscaler"
+KEDA_API = "keda.sh/v1alpha1"
+KEDA_KIND = "ScaledObject"
+KEDA_CRD = "scaledobjects.keda.sh"
+INSTANCE_LABEL = "app.kubernetes.io/instance"
+BUDGET_ANNOTATION = "kubeinfer.io/startup-budget-seconds"
+
+# The autoscaling/v2 defaults (k8s.io/kubernetes pkg/apis/autoscaling/v2 defaulting), written out so that the
+# desired object is complete: dropping a policy then shows as a change instead of hiding behind the defaults.
+DEFAULT_SCALE_UP_POLICIES = [{"type": "Pods", "value": 4, "periodSeconds": 15}, {"type": "Percent", "value": 100, "periodSeconds": 15}]
+DEFAULT_SCALE_DOWN_POLICIES = [{"type": "Percent", "value": 100, "periodSeconds": 15}]
+DEFAULT_PERIOD_SECONDS = {"scale_up": 15, "scale_down": 60}
+
+_QUANTITY = re.compile(r"^\+?([0-9]+(?:\.[0-9]*)?|\.[0-9]+)(m|k|M|G|T|P|E)?$")
+_SUFFIX_EXPONENT = {"m": -3, "": 0, "k": 3, "M": 6, "G": 9, "T": 12, "P": 15, "E": 18}
+_SUFFIXES = ("", "k", "M", "G", "T", "P", "E")
+
+
+# -- quantities -----------------------------------------------------------------------------------------------------
+
+def _decimal(value: Any, what: str) -> Decimal:
+    text = str(value).strip()
+    match = _QUANTITY.match(text)
+    if not match:
+        raise KubeInferError(f"{what} must be a positive number or a decimal quantity such as 2, 0.5 or 500m, got {value!r}")
+    number = Decimal(match.group(1)).scaleb(_SUFFIX_EXPONENT[match.group(2) or ""])
+    if number <= 0:
+        raise KubeInferError(f"{what} must be above 0, got {value!r}")
+    return number
+
+
+def canonical_quantity(value: Any, what: str = "target_queue_depth") -> str:
+    """The API server's canonical form of a decimal quantity (2 -> "2", 0.5 -> "500m", 1000 -> "1k").
+
+    The HPA stores averageValue canonicalised, so comparing the canonical form keeps a re-run from
+    re-applying an equal value written differently. Finer than milli-units is refused.
+    """
+    milli = _decimal(value, what) * 1000
+    if milli != milli.to_integral_value():
+        raise KubeInferError(f"{what} is finer than a milli-unit: {value!r}")
+    units = int(milli)
+    if units % 1000:
+        return f"{units}m"
+    whole = units // 1000
+    suffix = 0
+    while whole % 1000 == 0 and suffix < len(_SUFFIXES) - 1:
+        whole //= 1000
+        suffix += 1
+    return f"{whole}{_SUFFIXES[suffix]}"
+
+
+def plain_number(value: Any, what: str = "target_queue_depth") -> str:
+    """The value as a plain decimal (KEDA's trigger thresholds are parsed as floats, not quantities)."""
+    number = _decimal(value, what).normalize()
+    return format(number, "f")
+
+
+# -- the scale-down window -------------------------------------------------------------------------------------------
+
+def startup_budget(params: dict[str, Any], deployment: dict[str, Any]) -> tuple[int | None, str]:
+    """The model load time: the ``startup_budget_seconds`` option, else the pod-template annotation the vllm chart sets."""
+    if params.get("startup_budget_seconds") is not None:
+        return int(params["startup_budget_seconds"]), "startup_budget_seconds option"
+    annotations = ((deployment.get("spec") or {}).get("template") or {}).get("metadata", {}).get("annotations") or {}
+    raw = str(annotations.get(BUDGET_ANNOTATION, ""))
+    if raw.isdigit():
+        return int(raw), f"annotation {BUDGET_ANNOTATION} of Deployment {deployment['metadata']['name']}"
+    return None, "none"
+
+
+def scale_down_window(explicit: int | None, budget: int | None) -> tuple[int, str]:
+    """The scale-down stabilization window and where it came from.
+
+    Derived from the load time with _sizing.scale_down_window_seconds when not given; an explicit
+    window below the load time is refused (a replica dropped in a dip would cost a whole load to
+    get back), as is one above the autoscaling/v2 limit.
+    """
+    if explicit is not None:
+        if explicit < 0 or explicit > HPA_MAX_STABILIZATION_WINDOW_SECONDS:
+            raise KubeInferError(f"scale_down.stabilization_window_seconds must be between 0 and {HPA_MAX_STABILIZATION_WINDOW_SECONDS}, "
+                                 f"got {explicit}")
+        if budget is not None and explicit < budget:
+            raise KubeInferError(
+                f"scale_down.stabilization_window_seconds={explicit} is below the model load time startup_budget_seconds={budget}: "
+                "a replica removed during a dip would take a whole model load to come back. Leave it unset to derive it, "
+                f"or set it to at least {budget}.", startup_budget_seconds=budget)
+        return explicit, "scale_down.stabilization_window_seconds"
+    if budget is None:
+        return scale_down_window_seconds(0), "minimum (no startup budget known)"
+    return scale_down_window_seconds(budget), "derived from startup_budget_seconds"
+
+
+def scaling_rules(options: dict[str, Any] | None, window: int, defaults: list[dict[str, Any]], default_period: int,
+                  what: str) -> dict[str, Any]:
+    """One HPAScalingRules block: the window, the pods/percent policies (or the API defaults) and selectPolicy."""
+    options = options or {}
+    period = options.get("period_seconds") or default_period
+    if not 1 <= period <= 1800:
+        raise KubeInferError(f"{what}.period_seconds must be between 1 and 1800, got {period}")
+    policies = []
+    for key, kind in (("pods", "Pods"), ("percent", "Percent")):
+        value = options.get(key)
+        if value is not None:
+            if value < 1:
+                raise KubeInferError(f"{what}.{key} must be at least 1, got {value}")
+            policies.append({"type": kind, "value": int(value), "periodSeconds": int(period)})
+    return {
+        "stabilizationWindowSeconds": int(window),
+        "selectPolicy": options.get("select_policy") or "Max",
+        "policies": policies or [dict(p) for p in defaults],
+    }
+
+
+def behavior(params: dict[str, Any], down_window: int) -> dict[str, Any]:
+    up = params.get("scale_up") or {}
+    up_window = up.get("stabilization_window_seconds") or 0
+    if not 0 <= up_window <= HPA_MAX_STABILIZATION_WINDOW_SECONDS:
+        raise KubeInferError(f"scale_up.stabilization_window_seconds must be between 0 and {HPA_MAX_STABILIZATION_WINDOW_SECONDS}")
+    return {
+        "scaleUp": scaling_rules(up, up_window, DEFAULT_SCALE_UP_POLICIES, DEFAULT_PERIOD_SECONDS["scale_up"], "scale_up"),
+        "scaleDown": scaling_rules(params.get("scale_down"), down_window, DEFAULT_SCALE_DOWN_POLICIES,
+                                   DEFAULT_PERIOD_SECONDS["scale_down"], "scale_down"),
+    }
+
+
+# -- objects ---------------------------------------------------------------------------------------------------------
+
+def find_target(kube: Kube, namespace: str, release: str, target: str | None) -> dict[str, Any]:
+    """The Deployment to scale: ``target``, or the one Deployment labelled app.kubernetes.io/instance=<release>."""
+    if target:
+        dep = kube.get("apps/v1", "Deployment", target, namespace)
+        if dep is None:
+            raise KubeInferError(f"the target Deployment {namespace}/{target} does not exist")
+        return dep
+    selector = f"{INSTANCE_LABEL}={release}"
+    found = kube.list("apps/v1", "Deployment", namespace, label_selector=selector)
+    if len(found) != 1:
+        names = ", ".join(sorted(d["metadata"]["name"] for d in found)) or "none"
+        raise KubeInferError(f"expected one Deployment labelled {selector} in {namespace}, found {names}; set target")
+    return found[0]
+
+
+def _labels(release: str) -> dict[str, str]:
+    return {RELEASE_POD_LABEL: release, "app.kubernetes.io/managed-by": "kubeinfer.llm"}
+
+
+def hpa_object(name: str, namespace: str, release: str, target: str, custom_metric_name: str, min_replicas: int,
+               max_replicas: int, average_value: str, behavior_spec: dict[str, Any]) -> dict[str, Any]:
+    """An autoscaling/v2 HPA on the per-pod custom metric (type Pods, target AverageValue)."""
+    return {
+        "apiVersion": HPA_API,
+        "kind": HPA_KIND,
+        "metadata": {"name": name, "namespace": namespace, "labels": _labels(release)},
+        "spec": {
+            "scaleTargetRef": {"apiVersion": "apps/v1", "kind": "Deployment", "name": target},
+            "minReplicas": min_replicas,
+            "maxReplicas": max_replicas,
+            "metrics": [{"type": "Pods", "pods": {
+                "metric": {"name": custom_metric_name},
+                "target": {"type": "AverageValue", "averageValue": average_value},
+            }}],
+            "behavior": behavior_spec,
+        },
+    }
+
+
+def keda_query(metric_name: str, namespace: str, release: str) -> str:
+    """The queue of one release (summed over its pods; KEDA's AverageValue divides by the replicas)."""
+    return f'sum({metric_name}{{namespace="{namespace}",{RELEASE_SERIES_LABEL}="{release}"}})'
+
+
+def scaled_object(name: str, namespace: str, release: str, target: str, min_replicas: int, max_replicas: int,
+                  threshold: str, server: str, query: str, cooldown: int, polling: int, behavior_spec: dict[str, Any]) -> dict[str, Any]:
+    """A KEDA ScaledObject with a prometheus trigger; KEDA creates and drives the HPA from it."""
+    return {
+        "apiVersion": KEDA_API,
+        "kind": KEDA_KIND,
+        "metadata": {"name": name, "namespace": namespace, "labels": _labels(release)},
+        "spec": {
+            "scaleTargetRef": {"apiVersion": "apps/v1", "kind": "Deployment", "name": target},
+            "pollingInterval": polling,
+            "cooldownPeriod": cooldown,
+            "minReplicaCount": min_replicas,
+            "maxReplicaCount": max_replicas,
+            "advanced": {"horizontalPodAutoscalerConfig": {"behavior": behavior_spec}},
+            "triggers": [{
+                "type": "prometheus",
+                "metricType": "AverageValue",
+                "metadata": {"serverAddress": server, "query": query, "threshold": threshold},
+            }],
+        },
+    }
+
+
+def apply_strict(kube: Kube, body: dict[str, Any], dry_run: bool) -> dict[str, Any]:
+    """Server-side apply with fieldValidation=Strict: an unknown or misspelt field fails instead of being dropped."""
+    meta = body["metadata"]
+    ref = kube.ref(body["apiVersion"], body["kind"])
+    query: list[tuple[str, Any]] = [("fieldManager", kube.field_manager), ("force", "true"), ("fieldValidation", "Strict")]
+    if dry_run:
+        query.append(("dryRun", "All"))
+    try:
+        return kube.request("PATCH", ref.path(meta["name"], meta["namespace"]), query=query, body=body,
+                            content_type="application/apply-patch+yaml", verb="apply")
+    except ApiError as e:
+        what = "dry run of " if dry_run else ""
+        raise KubeInferError(f"the API server rejected the {what}{body['kind']} {meta['namespace']}/{meta['name']}: {e.reason}",
+                             desired=body) from e
+
+
+# -- status ----------------------------------------------------------------------------------------------------------
+
+def current_value(hpa: dict[str, Any] | None, custom_metric_name: str) -> str | None:
+    """The value the HPA controller last read for the metric (what kubectl shows instead of <unknown>)."""
+    for metric in ((hpa or {}).get("status") or {}).get("currentMetrics") or []:
+        pods = metric.get("pods") or {}
+        if metric.get("type") == "Pods" and (pods.get("metric") or {}).get("name") == custom_metric_name:
+            value = (pods.get("current") or {}).get("averageValue")
+            if value is not None:
+                return str(value)
+    return None
+
+
+def conditions_text(obj: dict[str, Any] | None) -> str:
+    """The status conditions as one line, the False ones first (ScalingActive False says why no value is read)."""
+    conds = ((obj or {}).get("status") or {}).get("conditions") or []
+    if not conds:
+        return "no conditions yet (the controller has not synced it)"
+    ordered = sorted(conds, key=lambda c: c.get("status") == "True")
+    return "; ".join(f"{c.get('type')} {c.get('status')} ({c.get('reason', '')}): {c.get('message', '')}" for c in ordered)
+
+
+def wait_for_value(kube: Kube, namespace: str, name: str, custom_metric_name: str, timeout: float) -> dict[str, Any]:
+    """Wait until the HPA reports a current value for the metric; the timeout names its conditions."""
+    box: dict[str, Any] = {}
+
+    def has_value() -> tuple[bool, str]:
+        box["hpa"] = kube.get(HPA_API, HPA_KIND, name, namespace)
+        if box["hpa"] is None:
+            return False, "the HPA does not exist"
+        if current_value(box["hpa"], custom_metric_name) is not None:
+            return True, "value read"
+        return False, f"current value <unknown>; conditions: {conditions_text(box['hpa'])}"
+
+    try:
+        wait_for(has_value, timeout, f"HPA {namespace}/{name} to read {custom_metric_name}", interval=2.0)
+    except KubeInferError as e:
+        raise KubeInferError(e.msg, conditions=((box.get("hpa") or {}).get("status") or {}).get("conditions"), **e.result) from e
+    return box["hpa"]
+
+
+def wait_for_ready(kube: Kube, namespace: str, name: str, timeout: float) -> dict[str, Any]:
+    """Wait until KEDA marks the ScaledObject Ready."""
+    box: dict[str, Any] = {}
+
+    def ready() -> tuple[bool, str]:
+        box["obj"] = kube.get(KEDA_API, KEDA_KIND, name, namespace)
+        conds = ((box["obj"] or {}).get("status") or {}).get("conditions") or []
+        if any(c.get("type") == "Ready" and c.get("status") == "True" for c in conds):
+            return True, "ready"
+        return False, f"conditions: {conditions_text(box['obj'])} (is the KEDA operator running?)"
+
+    wait_for(ready, timeout, f"ScaledObject {namespace}/{name} to be Ready", interval=2.0)
+    return box["obj"]
+
+
+# -- the module ---------------------------------------------------------------------------------------------------
+
+def _keda_installed(kube: Kube) -> bool:
+    return kube.get("apiextensions.k8s.io/v1", "CustomResourceDefinition", KEDA_CRD) is not None
+
+
+def _desired(kube: Kube, params: dict[str, Any], name: str, result: dict[str, Any]) -> dict[str, Any]:
+    ns, release, kind = params["namespace"], params["release"], params["kind"]
+    min_replicas, max_replicas = params["min_replicas"], params["max_replicas"]
+    if min_replicas < (0 if kind == "keda" else 1):
+        raise KubeInferError(f"min_replicas must be at least {0 if kind == 'keda' else 1} with kind={kind}"
+                             + ("" if kind == "keda" else "; scale to zero needs kind=keda"))
+    if max_replicas < max(min_replicas, 1):
+        raise KubeInferError(f"max_replicas ({max_replicas}) must be at least 1 and at least min_replicas ({min_replicas})")
+    deployment = find_target(kube, ns, release, params.get("target"))
+    target = deployment["metadata"]["name"]
+    budget, budget_source = startup_budget(params, deployment)
+    window, window_source = scale_down_window((params.get("scale_down") or {}).get("stabilization_window_seconds"), budget)
+    result.update(target=target, startup_budget_seconds=budget, startup_budget_source=budget_source,
+                  scale_down_window_seconds=window, scale_down_window_source=window_source)
+    spec_behavior = behavior(params, window)
+    if kind == "hpa":
+        return hpa_object(name, ns, release, target, params["custom_metric_name"], min_replicas, max_replicas,
+                          canonical_quantity(params["target_queue_depth"]), spec_behavior)
+    if not params.get("prometheus_url"):
+        raise KubeInferError("kind=keda needs prometheus_url: KEDA's prometheus trigger queries Prometheus itself")
+    query = params.get("keda_query") or keda_query(params.get("metric_name") or QUEUE_METRIC_CANDIDATES[0], ns, release)
+    result["query"] = query
+    return scaled_object(name, ns, release, target, min_replicas, max_replicas, plain_number(params["target_queue_depth"]),
+                         params["prometheus_url"], query, window, params["polling_interval"], spec_behavior)
+
+
+def inference_hpa(params: dict[str, Any], check_mode: bool, want_diff: bool, kube: Kube | None = None) -> dict[str, Any]:
+    """The inference_hpa module: ensure the HPA (or ScaledObject), then wait for it to read the metric."""
+    kube = kube or Kube(build_api_client(params))
+    ns, kind = params["namespace"], params["kind"]
+    name = params.get("name") or params["release"]
+    api_version, obj_kind = (KEDA_API, KEDA_KIND) if kind == "keda" else (HPA_API, HPA_KIND)
+    result: dict[str, Any] = {"changed": False, "kind": kind, "name": name, "current_value": None, "desired_replicas": None}
+    try:
+        keda_ok = kind != "keda" or _keda_installed(kube)
+        if params["state"] == "absent":
+            before = kube.get(api_version, obj_kind, name, ns) if keda_ok else None
+            if before is not None:
+                kube.delete(api_version, obj_kind, name, ns, dry_run=check_mode)
+            result.update(changed=before is not None, hpa=None)
+            if want_diff:
+                result["diff"] = {"before": clean(before) or {}, "after": {}}
+            result["api_requests"] = dict(kube.requests)
+            return result
+        if not keda_ok:
+            raise KubeInferError(f"KEDA is not installed: no {KEDA_CRD} CRD. Install KEDA (https://keda.sh) or use kind=hpa")
+        desired = _desired(kube, params, name, result)
+        before = kube.get(api_version, obj_kind, name, ns)
+        if before is not None and is_subset(desired, before):
+            after = before
+        else:
+            if kind == "keda" and not check_mode:
+                apply_strict(kube, desired, dry_run=True)  # validated against the installed CRD's schema first
+            after = apply_strict(kube, desired, dry_run=check_mode)
+            result["changed"] = True
+        if want_diff:
+            result["diff"] = {"before": clean(before) or {}, "after": clean(after) or {}}
+        if params["verify"] and not check_mode:
+            if kind == "hpa":
+                after = wait_for_value(kube, ns, name, params["custom_metric_name"], params["verify_timeout"])
+            else:
+                after = wait_for_ready(kube, ns, name, params["verify_timeout"])
+        status = (after or {}).get("status") or {}
+        result.update(hpa=clean(after), conditions=status.get("conditions") or [], desired_replicas=status.get("desiredReplicas"),
+                      current_replicas=status.get("currentReplicas"))
+        if kind == "hpa":
+            result["current_value"] = current_value(after, params["custom_metric_name"])
+    except KubeInferError as e:
+        raise KubeInferError(e.msg, **{**result, **e.result, "api_requests": dict(kube.requests)}) from e
+    result["api_requests"] = dict(kube.requests)
+    return result
