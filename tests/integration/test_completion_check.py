@@ -180,9 +180,9 @@ def test_chat_api_and_direct_base_url(tmp_path: Path, kubeconfig: str, collectio
     assert direct["usage"]["completion_tokens"] > 0
 
 
-def test_model_mismatch_fails_with_the_served_models(tmp_path: Path, kubeconfig: str, collections_path: str,
-                                                    release: tuple[str, str]) -> None:
-    ns, _ = release
+def test_model_mismatch_fails_with_the_served_models(
+        tmp_path: Path, kubeconfig: str, collections_path: str, release: tuple[str, str]) -> None:
+    ns = release[0]
     rc, results, out = run_playbook(tmp_path, kubeconfig, collections_path, [{
         "name": "Ask for a model the release does not serve",
         "kubeinfer.llm.completion_check": {"namespace": ns, "label_selector": f"app.kubernetes.io/instance={RELEASE}",
@@ -199,12 +199,12 @@ def test_model_mismatch_fails_with_the_served_models(tmp_path: Path, kubeconfig:
 def test_no_ready_pod_and_unforwarded_port_fail_clearly(tmp_path: Path, kubeconfig: str, collections_path: str,
                                                         release: tuple[str, str]) -> None:
     ns, pod = release
-    rc, results, _ = run_playbook(tmp_path, kubeconfig, collections_path, [
+    results = run_playbook(tmp_path, kubeconfig, collections_path, [
         {"name": "No pod of this release", "ignore_errors": True,
          "kubeinfer.llm.completion_check": {"namespace": ns, "label_selector": "app.kubernetes.io/instance=absent"}},
         {"name": "A port kwok does not forward", "ignore_errors": True,
          "kubeinfer.llm.completion_check": {"namespace": ns, "pod": pod, "port": 9000, "timeout": 10}},
-    ])
+    ])[1]
     none, unforwarded = results
     assert none["msg"] == f"no Ready pod to forward to: a Ready pod in {ns} matching app.kubernetes.io/instance=absent: no pod matches"
     assert unforwarded["msg"].startswith("GET /health failed:")
@@ -212,9 +212,9 @@ def test_no_ready_pod_and_unforwarded_port_fail_clearly(tmp_path: Path, kubeconf
     assert unforwarded["via"] == f"port-forward pod/{ns}/{pod}:9000"
 
 
-def test_validate_role_prints_the_completion(tmp_path: Path, kubeconfig: str, collections_path: str,
-                                            release: tuple[str, str]) -> None:
-    ns, _ = release
+def test_validate_role_prints_the_completion(
+        tmp_path: Path, kubeconfig: str, collections_path: str, release: tuple[str, str]) -> None:
+    ns = release[0]
     rc, results, out = run_playbook(tmp_path, kubeconfig, collections_path, [{
         "name": "Run the validate role",
         "ansible.builtin.include_role": {"name": "kubeinfer.llm.validate"},

@@ -176,10 +176,10 @@ def read_request(sock: socket.socket) -> bytes:
         if not chunk:
             return data
         data += chunk
-    head, _, body = data.partition(b"\r\n\r\n")
+    head, sep, body = data.partition(b"\r\n\r\n")
     length = 0
     for line in head.split(b"\r\n")[1:]:
-        name, _, value = line.partition(b":")
+        name, colon, value = line.partition(b":")
         if name.strip().lower() == b"content-length":
             length = int(value)
     while len(body) < length:

@@ -103,7 +103,7 @@ class FakePortForward:
         data = b""
         while b"\r\n\r\n" not in data:
             data += sock.recv(4096)
-        head, _, body = data.partition(b"\r\n\r\n")
+        head, sep, body = data.partition(b"\r\n\r\n")
         length = next((int(line.split(b":")[1]) for line in head.split(b"\r\n") if line.lower().startswith(b"content-length")), 0)
         while len(body) < length:
             body += sock.recv(4096)
@@ -179,7 +179,7 @@ class OneShotServer:
     def run(self) -> None:
         while not self.stop.is_set():
             try:
-                conn, _ = self.sock.accept()
+                conn = self.sock.accept()[0]
             except OSError:
                 return
             data = b""
