@@ -98,6 +98,11 @@ componentsPatches:
   extraArgs:
   - key: unsafe-no-fsync
     value: "true"
+# The HPA controller's sync period, set explicitly at its documented default (metrics chain, issue 5).
+- name: kube-controller-manager
+  extraArgs:
+  - key: horizontal-pod-autoscaler-sync-period
+    value: 15s
 ---
 EOF
     cat "$here/kwok/stages.yaml"
@@ -318,8 +323,16 @@ ours() {
   kill -0 "$1" 2>/dev/null && tr '\0' ' ' < "/proc/$1/cmdline" 2>/dev/null | grep -qF "$CLUSTER_DIR/"
 }
 
+# The metrics chain (metrics.sh) and the simulators (sim.sh) are host processes
+# of this cluster too; they stop by their own PID files.
+stop_host_processes() {
+  KUBEINFER_CACHE=$CACHE KUBEINFER_CLUSTER=$NAME "$here/metrics.sh" down || log "metrics.sh down failed"
+  KUBEINFER_CACHE=$CACHE KUBEINFER_CLUSTER=$NAME "$here/sim.sh" stop --all || log "sim.sh stop --all failed"
+}
+
 cmd_down() {
   local pids pid deadline
+  stop_host_processes
   pids=$(cluster_pids)
   if [ -d "$CLUSTER_DIR" ]; then
     log "deleting cluster $NAME"
