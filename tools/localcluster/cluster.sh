@@ -171,6 +171,7 @@ metadata:
     type: kwok
     $SIM_NODE_LABEL: "true"
     node-role.kubernetes.io/gpu-worker: ""
+    feature.node.kubernetes.io/pci-10de.present: "true"
     nvidia.com/gpu.present: "true"
     nvidia.com/gpu.product: $GPU_PRODUCT
     nvidia.com/gpu.memory: "$GPU_MEMORY"
@@ -326,6 +327,7 @@ ours() {
 # The metrics chain (metrics.sh) and the simulators (sim.sh) are host processes
 # of this cluster too; they stop by their own PID files.
 stop_host_processes() {
+  KUBEINFER_CACHE=$CACHE KUBEINFER_CLUSTER=$NAME "$here/standin-operator.sh" stop || log "standin-operator.sh stop failed"
   KUBEINFER_CACHE=$CACHE KUBEINFER_CLUSTER=$NAME "$here/metrics.sh" down || log "metrics.sh down failed"
   KUBEINFER_CACHE=$CACHE KUBEINFER_CLUSTER=$NAME "$here/sim.sh" stop --all || log "sim.sh stop --all failed"
 }

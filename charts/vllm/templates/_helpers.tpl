@@ -48,6 +48,7 @@ app.kubernetes.io/version: {{ .Chart.AppVersion | quote }}
 app.kubernetes.io/managed-by: {{ .Release.Service }}
 app.kubernetes.io/component: inference-server
 app.kubernetes.io/part-of: kubeinfer
+kubeinfer.io/release: {{ .Release.Name | quote }}
 kubeinfer.io/engine: {{ .Values.engine }}
 kubeinfer.io/model: {{ include "vllm.modelLabel" . | quote }}
 {{- end }}

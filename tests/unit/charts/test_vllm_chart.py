@@ -191,7 +191,7 @@ def test_chart_metadata() -> None:
     chart = yaml.safe_load((CHART / "Chart.yaml").read_text())
     values = yaml.safe_load((CHART / "values.yaml").read_text())
     assert chart["apiVersion"] == "v2"
-    assert chart["version"] == "0.1.0"
+    assert re.fullmatch(r"\d+\.\d+\.\d+", chart["version"])
     assert chart["kubeVersion"] == ">=1.28.0-0"
     assert chart["appVersion"] == values["image"]["vllm"]["tag"]
     assert values["image"]["sim"]["tag"] == VERSIONS["INFERENCE_SIM_VERSION"]
@@ -536,6 +536,8 @@ def test_labels_and_service(values_file: Path) -> None:
     assert pod_labels["app.kubernetes.io/name"] == "vllm"
     assert pod_labels["kubeinfer.io/model"] == expected_model
     assert pod_labels["kubeinfer.io/engine"] == values["engine"]
+    # The metrics chain filters the release's series on this label (see _metrics.RELEASE_POD_LABEL).
+    assert pod_labels["kubeinfer.io/release"] == "rel"
     for k, v in values["podLabels"].items():
         assert pod_labels[k] == v
     selector = dep["spec"]["selector"]["matchLabels"]
