@@ -9,6 +9,7 @@ REPO         := $(CURDIR)
 COLLECTIONS  := $(CACHE)/collections
 COLL_LINK    := $(COLLECTIONS)/ansible_collections/kubeinfer/llm
 CLUSTER      := tools/localcluster/cluster.sh
+CLUSTER_NAME ?= kubeinfer
 include tools/localcluster/versions.env
 BIN_PATH     := $(CACHE)/kubernetes-$(KUBERNETES_VERSION):$(CACHE)/helm-$(HELM_VERSION):$(CACHE)/kwok-$(KWOK_VERSION)
 
@@ -16,6 +17,10 @@ BIN_PATH     := $(CACHE)/kubernetes-$(KUBERNETES_VERSION):$(CACHE)/helm-$(HELM_V
 export KUBEINFER_CACHE := $(CACHE)
 export ANSIBLE_COLLECTIONS_PATH := $(COLLECTIONS)
 export HELM_BINARY := $(CACHE)/helm-$(HELM_VERSION)/helm
+export KUBEINFER_CLUSTER := $(CLUSTER_NAME)
+export KUBEINFER_KUBECONFIG := $(CACHE)/kwok/clusters/$(CLUSTER_NAME)/kubeconfig.yaml
+export K8S_AUTH_KUBECONFIG := $(KUBEINFER_KUBECONFIG)
+export ANSIBLE_PYTHON_INTERPRETER := $(PY)
 export PATH := $(VENV)/bin:$(BIN_PATH):$(PATH)
 
 .PHONY: help venv binaries collection cluster-up cluster-down kubeconfig demo test sanity unit integration molecule lint build clean
@@ -39,8 +44,12 @@ collection:
 	@mkdir -p $(dir $(COLL_LINK))
 	@ln -sfn $(REPO) $(COLL_LINK)
 
+# The control plane, then the host processes around it: Prometheus, Prometheus Adapter and
+# their sync loop (metrics.sh), and the GPU Operator stand-in's reconcile loop.
 cluster-up: binaries
 	$(CLUSTER) up
+	tools/localcluster/metrics.sh up
+	tools/localcluster/standin-operator.sh start
 
 cluster-down:
 	$(CLUSTER) down
@@ -49,7 +58,9 @@ kubeconfig:
 	@$(CLUSTER) kubeconfig
 
 demo: venv binaries collection cluster-up
-	K8S_AUTH_KUBECONFIG=$$($(CLUSTER) kubeconfig) ansible-playbook -i localhost, -c local playbooks/site.yml
+	env_vars=$$(tools/localcluster/demo-env.sh up) && \
+	  ansible-playbook -i localhost, -c local playbooks/site.yml \
+	    -e @tools/localcluster/demo-vars.yml -e @$$env_vars
 
 test: venv binaries collection sanity unit integration molecule
 
