@@ -23,7 +23,7 @@ export K8S_AUTH_KUBECONFIG := $(KUBEINFER_KUBECONFIG)
 export ANSIBLE_PYTHON_INTERPRETER := $(PY)
 export PATH := $(VENV)/bin:$(BIN_PATH):$(PATH)
 
-.PHONY: help venv binaries collection cluster-up cluster-down kubeconfig demo test sanity unit integration molecule lint build clean
+.PHONY: help venv binaries collection cluster-up cluster-down kubeconfig demo teardown test sanity unit integration molecule lint build clean
 
 help:
 	@echo "make demo    - build what is missing, start the local cluster, run playbooks/site.yml"
@@ -62,7 +62,15 @@ demo: venv binaries collection cluster-up
 	  ansible-playbook -i localhost, -c local playbooks/site.yml \
 	    -e @tools/localcluster/demo-vars.yml -e @$$env_vars
 
-test: venv binaries collection sanity unit integration molecule
+# The tests run on a cluster of their own, so that they never touch the demo's, and Molecule's
+# destroy step leaves nothing behind.
+# Undo what make demo did on the cluster (playbooks/teardown.yml); the cluster keeps running.
+teardown: venv collection
+	ansible-playbook -i localhost, -c local playbooks/teardown.yml -e @tools/localcluster/demo-vars.yml
+	tools/localcluster/demo-env.sh down
+
+test: venv binaries collection
+	$(MAKE) --no-print-directory CLUSTER_NAME=kubeinfer-test sanity unit integration molecule
 
 # ansible-test wants the collection under ansible_collections/<ns>/<name>; it runs on a copy.
 sanity: venv
