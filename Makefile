@@ -23,7 +23,7 @@ export K8S_AUTH_KUBECONFIG := $(KUBEINFER_KUBECONFIG)
 export ANSIBLE_PYTHON_INTERPRETER := $(PY)
 export PATH := $(VENV)/bin:$(BIN_PATH):$(PATH)
 
-.PHONY: help venv binaries collection cluster-up cluster-down kubeconfig demo teardown test sanity unit integration molecule lint build clean
+.PHONY: help venv binaries collection cluster-up cluster-down kubeconfig demo teardown bench-gpu-node test sanity unit integration molecule lint build clean
 
 help:
 	@echo "make demo    - build what is missing, start the local cluster, run playbooks/site.yml"
@@ -88,6 +88,11 @@ integration: venv collection cluster-up
 
 molecule: venv collection binaries
 	molecule test -s default
+
+# gpu_node against one kubernetes.core k8s_taint + k8s patch per node, on 1,000 simulated nodes
+# of a cluster of its own (bench/README.md). The baseline runs on a sample and is extrapolated.
+bench-gpu-node: venv binaries collection
+	BENCH_BASELINE_NODES=$${BENCH_BASELINE_NODES:-200} $(PY) bench/gpu_node_bench.py
 
 build: venv
 	ansible-galaxy collection build --force --output-path .build/

@@ -107,9 +107,10 @@ def reconcile(kube: Kube, names: list[str] | None, label_selector: str | None, l
     diffs: list[dict[str, Any]] = []
     try:
         for node in sorted(nodes, key=lambda n: n["metadata"]["name"]):
-            results.append(_reconcile_one(kube, node, labels, taints, state, check_mode, want_diff, diffs))
+            results.append(_reconcile_with_retry(kube, node, labels, taints, state, check_mode, want_diff, diffs))
     except ApiError as e:
-        raise KubeInferError(e.msg, nodes=results, changed=any(r["changed"] for r in results)) from e
+        raise KubeInferError(e.msg, nodes=results, changed=any(r["changed"] for r in results),
+                             api_requests=dict(kube.requests)) from e
     changed = [r for r in results if r["changed"]]
     out: dict[str, Any] = {
         "changed": bool(changed),
@@ -121,6 +122,29 @@ def reconcile(kube: Kube, names: list[str] | None, label_selector: str | None, l
     if want_diff:
         out["diff"] = diffs
     return out
+
+
+CONFLICT_ATTEMPTS = 5
+
+
+def _reconcile_with_retry(kube: Kube, node: dict[str, Any], labels: dict[str, Any], taints: list[dict[str, Any]],
+                          state: str, check_mode: bool, want_diff: bool, diffs: list[dict[str, Any]]) -> dict[str, Any]:
+    """Patch one node; when its kubelet (or anyone) wrote it since the list, re-read it and recompute.
+
+    Each conflict costs one more get and one more patch; the recomputed patch never overwrites
+    the concurrent change, because it is made from the node as it is now.
+    """
+    for attempt in range(1, CONFLICT_ATTEMPTS + 1):
+        try:
+            return _reconcile_one(kube, node, labels, taints, state, check_mode, want_diff, diffs)
+        except ApiError as e:
+            if e.status != 409 or attempt == CONFLICT_ATTEMPTS:
+                raise
+            fresh = kube.get("v1", "Node", node["metadata"]["name"])
+            if fresh is None:
+                raise
+            node = fresh
+    raise AssertionError("unreachable")  # pragma: no cover
 
 
 def _reconcile_one(kube: Kube, node: dict[str, Any], labels: dict[str, Any], taints: list[dict[str, Any]],

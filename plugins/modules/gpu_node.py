@@ -13,7 +13,9 @@ description:
   - Costs one list call, then one patch for each node that actually changes; a node already in the
     desired state is not written to. RV(api_requests) reports the counts.
   - Every input is validated before the first write, so bad input leaves the cluster unchanged.
-  - Patches carry the node's C(resourceVersion), so a concurrent change makes the patch fail rather than be overwritten.
+  - Patches carry the node's C(resourceVersion), so a concurrent change (a kubelet's status update, another operator)
+    is never overwritten. On such a conflict the node is read again and the patch recomputed, up to five times;
+    each conflict costs one more get and one more patch.
 author:
   - Kubeinfer maintainers (@kubeinfer)
 extends_documentation_fragment:

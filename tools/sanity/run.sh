@@ -17,11 +17,11 @@ cd "$repo"
 # The copy holds the collection's content and tests. Left out, and checked elsewhere:
 # - Helm templates (templates/ next to a Chart.yaml) are Go templates, not YAML, so yamllint cannot
 #   parse them; `helm lint --strict` and kubernetes-validate check them in the unit tests.
-# - The build and CI tooling (tools/, .ci/), which galaxy.yml's build_ignore keeps out of the
+# - The build, benchmark and CI tooling (tools/, bench/, .ci/), which galaxy.yml's build_ignore keeps out of the
 #   collection; ruff and mypy check its Python in `make unit`.
 files=$(git ls-files -co --exclude-standard)
 charts=$(grep -E '(^|/)Chart\.yaml$' <<<"$files" | sed -E 's|Chart\.yaml$|templates/|' | sed 's/[.]/\\./g' | paste -sd'|' -)
-grep -vE "^(tools/|\.ci/)${charts:+|^($charts)}" <<<"$files" | rsync -a --files-from=- . "$dest/"
+grep -vE "^(tools/|bench/|\.ci/)${charts:+|^($charts)}" <<<"$files" | rsync -a --files-from=- . "$dest/"
 cd "$dest"
 git init -q . && git add -A >/dev/null
 py=$(python -c 'import sys;print("%d.%d"%sys.version_info[:2])')

@@ -6,7 +6,7 @@ from ansible_collections.kubeinfer.llm.plugins.module_utils import _nodes
 from ansible_collections.kubeinfer.llm.plugins.module_utils._errors import KubeInferError
 from ansible_collections.kubeinfer.llm.plugins.module_utils._resources import Kube
 
-from .fake_api import FakeApiClient
+from .fake_api import FakeApiClient, FakeApiException
 
 TAINT = {"key": "nvidia.com/gpu", "value": "present", "effect": "NoSchedule", "state": "present"}
 
@@ -106,3 +106,31 @@ def test_label_key_rules() -> None:
     assert _nodes.label_key_error("simple") is None
     assert _nodes.label_key_error("x" * 64) is not None
     assert _nodes.label_value_error("") is None
+
+
+def test_conflict_rereads_the_node_and_patches_from_its_current_state() -> None:
+    stale = node("gpu-0")
+    fresh = node("gpu-0", {"kubelet": "wrote"})
+    fresh["metadata"]["resourceVersion"] = "8"
+    answers = iter([FakeApiException(409, "the object has been modified"), None])
+
+    def patch(body: dict) -> dict:
+        answer = next(answers)
+        if isinstance(answer, Exception):
+            raise answer
+        return body
+
+    api = FakeApiClient({("GET", "/api/v1/nodes"): {"items": [stale]}, ("GET", "/api/v1/nodes/gpu-0"): fresh,
+                         ("PATCH", "/api/v1/nodes/gpu-0"): patch})
+    result = run(api)
+    assert result["api_requests"] == {"list": 1, "patch": 2, "get": 1}
+    assert api.calls[-1]["body"]["metadata"]["resourceVersion"] == "8"
+    assert result["changed_nodes"] == ["gpu-0"]
+
+
+def test_repeated_conflicts_fail_with_the_requests_made() -> None:
+    api = FakeApiClient({("GET", "/api/v1/nodes"): {"items": [node("gpu-0")]}, ("GET", "/api/v1/nodes/gpu-0"): node("gpu-0"),
+                         ("PATCH", "/api/v1/nodes/gpu-0"): FakeApiException(409, "conflict")})
+    with pytest.raises(KubeInferError) as err:
+        run(api)
+    assert err.value.result["api_requests"]["patch"] == _nodes.CONFLICT_ATTEMPTS
