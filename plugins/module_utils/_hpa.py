@@ -15,7 +15,7 @@ from ansible_collections.kubeinfer.llm.plugins.module_utils._metrics import (
     RELEASE_POD_LABEL,
     RELEASE_SERIES_LABEL,
 )
-from ansible_collections.kubeinfer.llm.plugins.module_utils._resources import ApiError, Kube, clean, is_subset
+from ansible_collections.kubeinfer.llm.plugins.module_utils._resources import Kube, clean, ensure
 from ansible_collections.kubeinfer.llm.plugins.module_utils._sizing import HPA_MAX_STABILIZATION_WINDOW_SECONDS, scale_down_window_seconds
 from ansible_collections.kubeinfer.llm.plugins.module_utils._waiter import wait_for
 
@@ -214,22 +214,6 @@ def scaled_object(name: str, namespace: str, release: str, target: str, min_repl
     }
 
 
-def apply_strict(kube: Kube, body: dict[str, Any], dry_run: bool) -> dict[str, Any]:
-    """Server-side apply with fieldValidation=Strict: an unknown or misspelt field fails instead of being dropped."""
-    meta = body["metadata"]
-    ref = kube.ref(body["apiVersion"], body["kind"])
-    query: list[tuple[str, Any]] = [("fieldManager", kube.field_manager), ("force", "true"), ("fieldValidation", "Strict")]
-    if dry_run:
-        query.append(("dryRun", "All"))
-    try:
-        return kube.request("PATCH", ref.path(meta["name"], meta["namespace"]), query=query, body=body,
-                            content_type="application/apply-patch+yaml", verb="apply")
-    except ApiError as e:
-        what = "dry run of " if dry_run else ""
-        raise KubeInferError(f"the API server rejected the {what}{body['kind']} {meta['namespace']}/{meta['name']}: {e.reason}",
-                             desired=body) from e
-
-
 # -- status ----------------------------------------------------------------------------------------------------------
 
 def current_value(hpa: dict[str, Any] | None, custom_metric_name: str) -> str | None:
@@ -339,14 +323,8 @@ def inference_hpa(params: dict[str, Any], check_mode: bool, want_diff: bool, kub
         if not keda_ok:
             raise KubeInferError(f"KEDA is not installed: no {KEDA_CRD} CRD. Install KEDA (https://keda.sh) or use kind=hpa")
         desired = _desired(kube, params, name, result)
-        before = kube.get(api_version, obj_kind, name, ns)
-        if before is not None and is_subset(desired, before):
-            after = before
-        else:
-            if kind == "keda" and not check_mode:
-                apply_strict(kube, desired, dry_run=True)  # validated against the installed CRD's schema first
-            after = apply_strict(kube, desired, dry_run=check_mode)
-            result["changed"] = True
+        # Strict field validation checks a ScaledObject against the installed KEDA CRD's schema.
+        result["changed"], before, after = ensure(kube, desired, check_mode)
         if want_diff:
             result["diff"] = {"before": clean(before) or {}, "after": clean(after) or {}}
         if params["verify"] and not check_mode:

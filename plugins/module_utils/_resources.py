@@ -142,10 +142,14 @@ class Kube:
 
     def apply(self, body: dict[str, Any], dry_run: bool = False, force: bool = False,
               subresource: str | None = None) -> dict[str, Any]:
-        """Server-side apply ``body`` under this collection's field manager."""
+        """Server-side apply ``body`` under this collection's field manager.
+
+        Field validation is strict: an unknown or misspelt field (a CRD's schema included) fails
+        instead of being dropped silently.
+        """
         meta = body.get("metadata", {})
         ref = self.ref(body["apiVersion"], body["kind"])
-        query: list[tuple[str, Any]] = [("fieldManager", self.field_manager)]
+        query: list[tuple[str, Any]] = [("fieldManager", self.field_manager), ("fieldValidation", "Strict")]
         if force:
             query.append(("force", "true"))
         if dry_run:

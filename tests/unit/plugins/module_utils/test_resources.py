@@ -48,7 +48,7 @@ def test_ensure_applies_with_field_manager_and_dry_runs_in_check_mode() -> None:
     assert changed and before is None and after == CM
     call = api.calls[-1]
     assert call["headers"]["Content-Type"] == "application/apply-patch+yaml"
-    assert call["query"] == {"fieldManager": "kubeinfer.llm", "force": "true", "dryRun": "All"}
+    assert call["query"] == {"fieldManager": "kubeinfer.llm", "fieldValidation": "Strict", "force": "true", "dryRun": "All"}
 
 
 def test_api_errors_carry_status_and_message() -> None:

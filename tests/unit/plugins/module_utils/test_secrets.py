@@ -76,7 +76,7 @@ def test_new_secret_is_applied_opaque_with_managed_by_label() -> None:
     assert result["secret"] == {"name": "hf-token", "namespace": "vllm", "key": "HF_TOKEN"}
     (call,) = writes(api)
     assert call["headers"]["Content-Type"] == "application/apply-patch+yaml"
-    assert call["query"] == {"fieldManager": "kubeinfer.llm", "force": "true"}
+    assert call["query"] == {"fieldManager": "kubeinfer.llm", "fieldValidation": "Strict", "force": "true"}
     assert call["body"] == desired_secret("hf-token", "vllm", "HF_TOKEN", TOKEN, {"team": "ml"})
     assert call["body"]["type"] == "Opaque"
     assert call["body"]["data"] == {"HF_TOKEN": B64}
