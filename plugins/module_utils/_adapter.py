@@ -12,16 +12,22 @@ from urllib.parse import urlencode
 from ansible_collections.kubeinfer.llm.plugins.module_utils._client import build_api_client
 from ansible_collections.kubeinfer.llm.plugins.module_utils._errors import KubeInferError
 from ansible_collections.kubeinfer.llm.plugins.module_utils._metrics import (
+    E2E_LATENCY_METRIC_CANDIDATES,
+    KV_CACHE_METRIC_CANDIDATES,
     QUEUE_METRIC_CANDIDATES,
     RELEASE_POD_LABEL,
     RELEASE_SERIES_LABEL,
+    RUNNING_METRIC_CANDIDATES,
     detect_queue_metric,
+    detect_vllm_metrics,
+    grafana_dashboard,
     merge_adapter_rules,
     parse_adapter_rule,
+    release_selector_labels,
 )
 from ansible_collections.kubeinfer.llm.plugins.module_utils._openai import endpoint_from_url, excerpt, http_request
 from ansible_collections.kubeinfer.llm.plugins.module_utils._portforward import PortForwardTarget, find_pod
-from ansible_collections.kubeinfer.llm.plugins.module_utils._resources import ApiError, Kube
+from ansible_collections.kubeinfer.llm.plugins.module_utils._resources import ApiError, Kube, absent, ensure
 from ansible_collections.kubeinfer.llm.plugins.module_utils._waiter import pod_ready, wait_for
 
 try:
@@ -172,8 +178,55 @@ def source_metric(kube: Kube, params: dict[str, Any]) -> dict[str, Any]:
         except KubeInferError as e:
             raise KubeInferError(f"pod {params['namespace']}/{name}: {e.msg}", pod=name, **e.result) from e
         return {"metric_names": [detected], "metric_name": detected, "metric_source": f"/metrics of pod {params['namespace']}/{name}",
-                "pod": name}
+                "pod": name, "dashboard_metrics": detect_vllm_metrics(text)}
     return {"metric_names": list(QUEUE_METRIC_CANDIDATES), "metric_name": None, "metric_source": "candidates"}
+
+
+# -- Grafana dashboard ------------------------------------------------------------------------------------------
+
+DASHBOARD_LABEL = "grafana_dashboard"  # the label the Grafana sidecar of kube-prometheus-stack watches
+
+
+def dashboard_configmap(params: dict[str, Any], dashboard: dict[str, Any]) -> dict[str, Any]:
+    """The ConfigMap that ships the release's dashboard to Grafana's sidecar."""
+    release = params["release"]
+    return {
+        "apiVersion": "v1", "kind": "ConfigMap",
+        "metadata": {"name": f"{release}-vllm-dashboard", "namespace": params["adapter_namespace"],
+                     "labels": {DASHBOARD_LABEL: "1", "app.kubernetes.io/managed-by": "kubeinfer.llm", RELEASE_POD_LABEL: release}},
+        "data": {f"{release}-vllm.json": json.dumps(dashboard, indent=1, sort_keys=True)},
+    }
+
+
+def dashboard_names(detected: dict[str, Any]) -> dict[str, str]:
+    """The metric names of the dashboard: those the pod shows, and for the ones it does not show yet
+    (a latency histogram has no series before the first request) the current name in the pod's style
+    (``vllm:`` or ``vllm_``), so that the dashboard does not change with the pod's request history."""
+    underscore = str(detected["queue"]).startswith("vllm_")
+    defaults = {"running": RUNNING_METRIC_CANDIDATES, "e2e_latency": E2E_LATENCY_METRIC_CANDIDATES, "kv_cache": KV_CACHE_METRIC_CANDIDATES}
+    names = {"queue": str(detected["queue"])}
+    for key, candidates in defaults.items():
+        names[key] = detected.get(key) or candidates[1 if underscore else 0]
+    return names
+
+
+def ship_dashboard(kube: Kube, params: dict[str, Any], metric_names: dict[str, Any] | None, check_mode: bool) -> dict[str, Any]:
+    """Build the dashboard from the metric names seen on the live pod and apply (or remove) its ConfigMap."""
+    release = params["release"]
+    name, namespace = f"{release}-vllm-dashboard", params["adapter_namespace"]
+    if params["state"] == "absent" or not params["grafana_dashboard"]:
+        changed = absent(kube, "v1", "ConfigMap", name, namespace, check_mode)[0]
+        return {"changed": changed, "dashboard": None}
+    if metric_names is None:
+        # Nothing was read from a live pod this time (metric_name given): a dashboard built from
+        # what a pod showed earlier is better than one of guessed names, so keep it.
+        live = kube.get("v1", "ConfigMap", name, namespace)
+        if live is not None:
+            return {"changed": False, "dashboard": json.loads(next(iter((live.get("data") or {"": "null"}).values())))}
+    dashboard = grafana_dashboard(dashboard_names(metric_names) if metric_names else None, release_selector_labels(release), title=f"vLLM {release}",
+                                  uid=f"kubeinfer-{release}"[:40])
+    changed = ensure(kube, dashboard_configmap(params, dashboard), check_mode)[0]
+    return {"changed": changed, "dashboard": dashboard}
 
 
 # -- verification -------------------------------------------------------------------------------------------------
@@ -311,6 +364,9 @@ def metrics_adapter(params: dict[str, Any], check_mode: bool, want_diff: bool, k
         if dep is not None:
             result["restarted"] = restart_adapter(kube, dep, result["checksum"], check_mode)
             result["changed"] = result["changed"] or result["restarted"]
+        shipped = ship_dashboard(kube, params, result.pop("dashboard_metrics", None), check_mode)
+        result["dashboard"] = shipped["dashboard"]
+        result["changed"] = result["changed"] or shipped["changed"]
         if present and params["verify"] and not (check_mode and result["changed"]):
             # In check mode nothing was written, so there is nothing to wait for: one look only.
             timeout = 0 if check_mode else params["verify_timeout"]

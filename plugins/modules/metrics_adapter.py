@@ -104,6 +104,15 @@ options:
         It must then exist; this is checked before anything is written.
     type: bool
     default: true
+  grafana_dashboard:
+    description:
+      - Ship a Grafana dashboard for the release (queue depth, running requests, end-to-end latency p95, KV cache use and
+        GPU use from the DCGM exporter) as ConfigMap C(<release>-vllm-dashboard) in O(adapter_namespace), labelled
+        C(grafana_dashboard=1) for the Grafana sidecar of kube-prometheus-stack.
+      - Its queries use the metric names read on the live pod, filtered to the release. With O(state=absent) or
+        V(false), the ConfigMap is removed.
+    type: bool
+    default: true
   prometheus_url:
     description:
       - Base URL of Prometheus, only used to tell apart a missing series from a rule that does not match when verification fails.
@@ -219,6 +228,11 @@ checksum:
   type: str
   returned: success
   sample: 5f2b0d9c0c1e4b8a9d7c6e5f4a3b2c1d0e9f8a7b6c5d4e3f2a1b0c9d8e7f6a5b
+dashboard:
+  description: The Grafana dashboard (JSON model) shipped in the ConfigMap, or null when none is.
+  type: dict
+  returned: always
+  sample: {uid: kubeinfer-vllm, title: vLLM vllm, panels: [{title: Queue depth per pod}]}
 restarted:
   description: Whether the adapter Deployment was (or in check mode would be) rolled.
   type: bool
@@ -259,6 +273,7 @@ def main() -> None:
             adapter_config_key={"type": "str", "default": "config.yaml", "no_log": False},
             adapter_deployment={"type": "str", "default": "prometheus-adapter"},
             restart={"type": "bool", "default": True},
+            grafana_dashboard={"type": "bool", "default": True},
             prometheus_url={"type": "str"},
             prometheus_validate_certs={"type": "bool", "default": True},
             verify={"type": "bool", "default": True},

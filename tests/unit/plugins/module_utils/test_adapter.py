@@ -82,7 +82,7 @@ def params(**over: Any) -> dict[str, Any]:
     base = {"release": "llama", "namespace": "llm", "custom_metric_name": "vllm_queue_depth", "metric_name": None,
             "detect_from_pod": True, "metrics_port": None, "ready_timeout": 0, "request_timeout": 5,
             "adapter_namespace": "monitoring", "adapter_configmap": "prometheus-adapter", "adapter_config_key": "config.yaml",
-            "adapter_deployment": "prometheus-adapter", "restart": True, "prometheus_url": None, "prometheus_validate_certs": True,
+            "adapter_deployment": "prometheus-adapter", "restart": True, "grafana_dashboard": True, "prometheus_url": None, "prometheus_validate_certs": True,
             "verify": True, "verify_timeout": 0, "state": "present"}
     base.update(over)
     return base
@@ -139,9 +139,39 @@ def test_check_mode_is_a_dry_run_and_waits_for_nothing(metrics_text: dict[str, A
     assert result["changed"] and result["restarted"]
     assert json.dumps(cluster.objects, sort_keys=True) == original
     assert all(c["query"].get("dryRun") == "All" for c in cluster.writes())
-    assert len(cluster.writes()) == 2
+    assert len(cluster.writes()) == 3  # rules ConfigMap, adapter restart, dashboard ConfigMap: all dry runs
     assert not any(c["path"] == METRIC for c in cluster.calls)
     assert result["diff"]["after"]["rules"][-1]["name"]["as"] == "vllm_queue_depth"
+
+
+def test_dashboard_uses_the_names_seen_on_the_pod_and_is_shipped_once(metrics_text: dict[str, Any]) -> None:
+    metrics_text["body"] = fixture("vllm_metrics_underscore.txt")
+    cluster = make_cluster()
+    result = run(cluster)
+    cm = cluster.objects["/api/v1/namespaces/monitoring/configmaps/llama-vllm-dashboard"]
+    assert cm["metadata"]["labels"]["grafana_dashboard"] == "1"
+    shipped = json.loads(cm["data"]["llama-vllm.json"])
+    assert shipped == result["dashboard"]
+    queries = [t["expr"] for panel in shipped["panels"] for t in panel.get("targets", [])]
+    assert any("vllm_num_requests_waiting" in q and 'kubeinfer_io_release="llama"' in q for q in queries)
+    assert not any("vllm:" in q for q in queries), "every panel follows the pod's underscore style"
+    writes = len(cluster.writes())
+    assert not run(cluster)["changed"] and len(cluster.writes()) == writes
+    # Without a look at a pod (metric_name given) the dashboard built from the pod is kept.
+    again = run(cluster, metric_name="vllm_num_requests_waiting")
+    assert not again["changed"] and again["dashboard"] == shipped and len(cluster.writes()) == writes
+    run(cluster, state="absent")
+    assert "/api/v1/namespaces/monitoring/configmaps/llama-vllm-dashboard" not in cluster.objects
+
+
+def test_dashboard_names_do_not_depend_on_the_request_history() -> None:
+    from ansible_collections.kubeinfer.llm.plugins.module_utils._adapter import dashboard_names
+    before_first_request = {"queue": "vllm:num_requests_waiting", "running": "vllm:num_requests_running",
+                            "e2e_latency": None, "kv_cache": None}
+    after = dict(before_first_request, e2e_latency="vllm:e2e_request_latency_seconds", kv_cache="vllm:kv_cache_usage_perc")
+    assert dashboard_names(before_first_request) == dashboard_names(after)
+    old = dict(after, kv_cache="vllm:gpu_cache_usage_perc")
+    assert dashboard_names(old)["kv_cache"] == "vllm:gpu_cache_usage_perc"
 
 
 def test_underscore_name_is_detected_and_used(metrics_text: dict[str, Any]) -> None:
