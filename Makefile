@@ -77,8 +77,9 @@ sanity: venv
 	tools/sanity/run.sh
 
 lint: venv
-	ruff check plugins tests tools
+	ruff check plugins tests tools bench
 	mypy plugins/module_utils
+	ansible-lint roles playbooks molecule
 
 unit: venv collection lint
 	pytest -q tests/unit
