@@ -23,7 +23,7 @@ export K8S_AUTH_KUBECONFIG := $(KUBEINFER_KUBECONFIG)
 export ANSIBLE_PYTHON_INTERPRETER := $(PY)
 export PATH := $(VENV)/bin:$(BIN_PATH):$(PATH)
 
-.PHONY: help venv binaries collection cluster-up cluster-down kubeconfig demo teardown bench-gpu-node test sanity unit integration molecule lint build clean
+.PHONY: help venv binaries collection cluster-up cluster-down kubeconfig demo teardown bench-gpu-node bench-autoscale test sanity unit integration molecule lint build clean
 
 help:
 	@echo "make demo    - build what is missing, start the local cluster, run playbooks/site.yml"
@@ -94,6 +94,11 @@ molecule: venv collection binaries
 # of a cluster of its own (bench/README.md). The baseline runs on a sample and is extrapolated.
 bench-gpu-node: venv binaries collection
 	BENCH_BASELINE_NODES=$${BENCH_BASELINE_NODES:-200} $(PY) bench/gpu_node_bench.py
+
+# The autoscaling chain under real load, end to end, on a cluster of its own (bench/README.md):
+# two models in one namespace, 3 load cycles, medians. About 8 minutes.
+bench-autoscale: venv binaries collection
+	$(PY) bench/autoscale_bench.py
 
 build: venv
 	ansible-galaxy collection build --force --output-path .build/
