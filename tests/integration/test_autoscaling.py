@@ -6,8 +6,9 @@ scraped by Prometheus through the pod annotation kubeinfer.io/sim-metrics-port);
 serves custom.metrics.k8s.io through the aggregator; the real HPA controller in kube-controller-manager reads it.
 The simulator reports a fixed queue (``--fake-metrics``), so the value that must come out at the end is known.
 
-Needs ``tools/localcluster/cluster.sh up`` and ``tools/localcluster/metrics.sh up`` (this module runs both: they are
-idempotent) and the binaries from ``tools/localcluster/build.sh``; without them the tests fail, never skip.
+Needs the cluster from ``tools/localcluster/cluster.sh up`` (see conftest.py: KUBEINFER_CLUSTER names it) and the binaries
+from ``tools/localcluster/build.sh``; this module runs ``tools/localcluster/metrics.sh up`` (idempotent) itself. Without them
+the tests fail, never skip.
 Run: ``pytest tests/integration/test_autoscaling.py`` with the venv python.
 """
 
@@ -19,18 +20,20 @@ import subprocess
 import sys
 import time
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import pytest
-from kubernetes import client, config
+from kubernetes import client
 from kubernetes.client.rest import ApiException
+
+if TYPE_CHECKING:
+    from conftest import PlaybookRunner
 
 REPO = Path(__file__).resolve().parents[2]
 TOOLS = REPO / "tools" / "localcluster"
 VERSIONS_ENV = TOOLS / "versions.env"
-BIN = Path(sys.executable).parent
 CACHE = Path(os.environ.get("KUBEINFER_CACHE") or Path.home() / ".cache" / "kubeinfer")
 MODEL = "kubeinfer/tiny-sim"
 RELEASE = "asim"
@@ -59,36 +62,11 @@ def sh(argv: list[str], timeout: float = 120, check: bool = True, env: dict[str,
 
 
 @pytest.fixture(scope="module")
-def kubeconfig() -> str:
-    proc = sh([str(TOOLS / "cluster.sh"), "up"], timeout=600, check=False)
-    if proc.returncode != 0:
-        pytest.fail(f"the local cluster did not come up: {proc.stderr[-2000:]}", pytrace=False)
-    path = sh([str(TOOLS / "cluster.sh"), "kubeconfig"]).stdout.strip()
-    if not Path(path).is_file():
-        pytest.fail("no local cluster kubeconfig", pytrace=False)
-    return path
-
-
-@pytest.fixture(scope="module")
 def prometheus_url(kubeconfig: str) -> str:
     proc = sh([str(TOOLS / "metrics.sh"), "up"], timeout=300, check=False)
     if proc.returncode != 0:
         pytest.fail(f"the metrics chain did not come up: {proc.stderr[-2000:]}", pytrace=False)
     return sh([str(TOOLS / "metrics.sh"), "prometheus-url"]).stdout.strip()
-
-
-@pytest.fixture(scope="module")
-def api(kubeconfig: str) -> client.ApiClient:
-    return config.new_client_from_config(config_file=kubeconfig)
-
-
-@pytest.fixture(scope="module")
-def collections_path(tmp_path_factory: pytest.TempPathFactory) -> str:
-    """An ansible_collections tree whose kubeinfer.llm is this checkout, whatever else is installed."""
-    base = tmp_path_factory.mktemp("collections")
-    (base / "ansible_collections" / "kubeinfer").mkdir(parents=True)
-    (base / "ansible_collections" / "kubeinfer" / "llm").symlink_to(REPO)
-    return str(base)
 
 
 @pytest.fixture(scope="module")
@@ -106,26 +84,6 @@ def simulator() -> Iterator[int]:
         sh(runner + ["stop", name], timeout=60)
 
 
-def run_playbook(tmp_path: Path, kubeconfig: str, collections_path: str, tasks: list[dict[str, Any]],
-                 check: bool = False) -> tuple[int, list[dict[str, Any]], str]:
-    """Run the tasks in a local play; return the rc, every task result (json callback) and the raw output."""
-    playbook = tmp_path / f"play-{uuid.uuid4().hex[:6]}.yml"
-    playbook.write_text(json.dumps([{"hosts": "localhost", "connection": "local", "gather_facts": False, "tasks": tasks}]))
-    env = dict(os.environ, ANSIBLE_COLLECTIONS_PATH=collections_path, K8S_AUTH_KUBECONFIG=kubeconfig,
-               ANSIBLE_STDOUT_CALLBACK="ansible.builtin.json", ANSIBLE_LOCALHOST_WARNING="false",
-               ANSIBLE_PYTHON_INTERPRETER=sys.executable, ANSIBLE_NOCOLOR="1")
-    argv = [str(BIN / "ansible-playbook"), "-i", "localhost,", str(playbook)]
-    if check:
-        argv.append("--check")
-    proc = subprocess.run(argv, capture_output=True, text=True, env=env, timeout=600, check=False)
-    try:
-        doc = json.loads(proc.stdout)
-    except ValueError:
-        raise AssertionError(f"ansible-playbook printed no JSON (rc {proc.returncode}): {proc.stdout[-3000:]} {proc.stderr[-3000:]}") from None
-    results = [task["hosts"]["localhost"] for play in doc["plays"] for task in play["tasks"]]
-    return proc.returncode, results, proc.stdout + proc.stderr
-
-
 def wait_ready_pod(core: client.CoreV1Api, ns: str, selector: str, timeout: float = 90) -> str:
     deadline = time.monotonic() + timeout
     while True:
@@ -139,8 +97,8 @@ def wait_ready_pod(core: client.CoreV1Api, ns: str, selector: str, timeout: floa
 
 
 @pytest.fixture(scope="module")
-def release(api: client.ApiClient, kubeconfig: str, simulator: int, prometheus_url: str, collections_path: str,
-            tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[str, str]]:
+def release(api: client.ApiClient, kubeconfig: str, simulator: int, prometheus_url: str,
+            playbook_runner: Callable[[Path], PlaybookRunner], tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[str, str]]:
     """The vllm chart (engine sim) installed with helm in a fresh namespace; its pod forwards port 8000 to the simulator.
 
     The chart labels the pod kubeinfer.io/release (the scrape turns it into kubeinfer_io_release); the local-cluster
@@ -163,9 +121,9 @@ def release(api: client.ApiClient, kubeconfig: str, simulator: int, prometheus_u
         yield ns, pod
     finally:
         # Unregister the release so that the shared adapter rule keeps only live releases.
-        run_playbook(tmp_path_factory.mktemp("cleanup"), kubeconfig, collections_path, [
+        playbook_runner(tmp_path_factory.mktemp("cleanup"))([
             {"name": "Unregister", "ignore_errors": True,
-             "kubeinfer.llm.metrics_adapter": {"release": RELEASE, "namespace": ns, "state": "absent"}}])
+             "kubeinfer.llm.metrics_adapter": {"release": RELEASE, "namespace": ns, "state": "absent"}}], results=True)
         try:
             core.delete_namespace(ns)
         except ApiException as e:
@@ -186,12 +144,12 @@ def adapter_task(ns: str, prometheus_url: str, **over: Any) -> dict[str, Any]:
 WRITES = ("patch", "apply", "create", "delete")
 
 
-def test_metrics_adapter_serves_the_queue_depth_per_pod(tmp_path: Path, kubeconfig: str, collections_path: str,
+def test_metrics_adapter_serves_the_queue_depth_per_pod(playbook: PlaybookRunner, kubeconfig: str,
                                                         prometheus_url: str, release: tuple[str, str]) -> None:
     ns, pod = release
-    rc, results, out = run_playbook(tmp_path, kubeconfig, collections_path, [adapter_task(ns, prometheus_url)])
-    assert rc == 0, out[-4000:]
-    result = results[0]
+    run = playbook([adapter_task(ns, prometheus_url)], results=True)
+    assert run.returncode == 0, run.output[-4000:]
+    result = run.results[0]
     assert result["metric_name"] == "vllm:num_requests_waiting", "detected on the live pod through the port-forward API"
     assert result["metric_source"] == f"/metrics of pod {ns}/{pod}"
     assert RELEASE in result["releases"]
@@ -204,22 +162,22 @@ def test_metrics_adapter_serves_the_queue_depth_per_pod(tmp_path: Path, kubeconf
     assert served == {pod: str(QUEUE)}
 
     # A re-run detects again but writes nothing and restarts nothing.
-    rc, results, out = run_playbook(tmp_path, kubeconfig, collections_path, [adapter_task(ns, prometheus_url)])
-    assert rc == 0, out[-4000:]
-    again = results[0]
+    run = playbook([adapter_task(ns, prometheus_url)], results=True)
+    assert run.returncode == 0, run.output[-4000:]
+    again = run.results[0]
     assert again["changed"] is False and again["restarted"] is False and again["configmap_changed"] is False
     assert not set(again["api_requests"]) & set(WRITES), again["api_requests"]
 
 
-def test_inference_hpa_reads_a_current_value(tmp_path: Path, kubeconfig: str, collections_path: str, api: client.ApiClient,
+def test_inference_hpa_reads_a_current_value(playbook: PlaybookRunner, api: client.ApiClient,
                                              prometheus_url: str, release: tuple[str, str]) -> None:
     ns, pod = release
     hpa_args: dict[str, Any] = {"release": RELEASE, "namespace": ns, "min_replicas": 1, "max_replicas": 2, "target_queue_depth": 5,
                                 "verify_timeout": 150}
     task = {"name": "Autoscale on the queue", "kubeinfer.llm.inference_hpa": hpa_args}
-    rc, results, out = run_playbook(tmp_path, kubeconfig, collections_path, [adapter_task(ns, prometheus_url), task])
-    assert rc == 0, out[-4000:]
-    hpa = results[1]
+    run = playbook([adapter_task(ns, prometheus_url), task], results=True)
+    assert run.returncode == 0, run.output[-4000:]
+    hpa = run.results[1]
     assert hpa["target"] == DEPLOYMENT
     assert hpa["startup_budget_seconds"] == BUDGET and hpa["scale_down_window_seconds"] == BUDGET
     assert float(hpa["current_value"]) == QUEUE, hpa.get("conditions")
@@ -231,39 +189,39 @@ def test_inference_hpa_reads_a_current_value(tmp_path: Path, kubeconfig: str, co
     assert metric.metric.name == "vllm_queue_depth" and metric.current.average_value == str(QUEUE)
 
     # Check mode: nothing would change, nothing is written.
-    rc, results, out = run_playbook(tmp_path, kubeconfig, collections_path, [task], check=True)
-    assert rc == 0, out[-4000:]
-    assert results[0]["changed"] is False and not set(results[0]["api_requests"]) & set(WRITES)
-    assert float(results[0]["current_value"]) == QUEUE
+    run = playbook([task], check=True, results=True)
+    assert run.returncode == 0, run.output[-4000:]
+    assert run.results[0]["changed"] is False and not set(run.results[0]["api_requests"]) & set(WRITES)
+    assert float(run.results[0]["current_value"]) == QUEUE
 
     # A window below the load time is refused before any write.
     short = {"name": "Too short", "ignore_errors": True, "kubeinfer.llm.inference_hpa": dict(
         hpa_args, scale_down={"stabilization_window_seconds": 60})}
-    rc, results, out = run_playbook(tmp_path, kubeconfig, collections_path, [short])
-    assert results[0]["failed"] and "scale_down.stabilization_window_seconds=60 is below the model load time" in results[0]["msg"]
+    run = playbook([short], results=True)
+    assert run.results[0]["failed"] and "scale_down.stabilization_window_seconds=60 is below the model load time" in run.results[0]["msg"]
 
 
-def test_unknown_series_is_named_as_the_missing_link(tmp_path: Path, kubeconfig: str, collections_path: str,
+def test_unknown_series_is_named_as_the_missing_link(playbook: PlaybookRunner,
                                                      prometheus_url: str, release: tuple[str, str]) -> None:
     ns = release[0]
     name = "it_no_such_series"
     task = adapter_task(ns, prometheus_url, custom_metric_name=name, metric_name="vllm:no_such_metric", verify_timeout=20)
     task["ignore_errors"] = True
     try:
-        rc, results, out = run_playbook(tmp_path, kubeconfig, collections_path, [task])
-        result = results[0]
-        assert result.get("failed"), out[-3000:]
+        run = playbook([task], results=True)
+        result = run.results[0]
+        assert result.get("failed"), run.output[-3000:]
         assert result["msg"].endswith(
             f'series {{__name__="vllm:no_such_metric",kubeinfer_io_release="{RELEASE}",namespace="{ns}"}} not found in Prometheus at {prometheus_url}'
         ), result["msg"]
     finally:
-        rc, results, out = run_playbook(tmp_path, kubeconfig, collections_path, [
+        run = playbook([
             {"name": "Drop the rule", "kubeinfer.llm.metrics_adapter": {"release": RELEASE, "namespace": ns, "custom_metric_name": name,
-                                                                        "state": "absent"}}])
-        assert rc == 0 and results[0]["rule"] is None, out[-3000:]
+                                                                        "state": "absent"}}], results=True)
+        assert run.returncode == 0 and run.results[0]["rule"] is None, run.output[-3000:]
 
 
-def test_keda_scaled_object_against_the_crd(tmp_path: Path, kubeconfig: str, collections_path: str,
+def test_keda_scaled_object_against_the_crd(playbook: PlaybookRunner, kubeconfig: str,
                                             prometheus_url: str, release: tuple[str, str]) -> None:
     ns = release[0]
     kubectl = [str(KUBECTL), "--kubeconfig", kubeconfig]
@@ -271,14 +229,14 @@ def test_keda_scaled_object_against_the_crd(tmp_path: Path, kubeconfig: str, col
     task = {"name": "Scale to zero with KEDA", "ignore_errors": True, "kubeinfer.llm.inference_hpa": {
         "release": RELEASE, "namespace": ns, "kind": "keda", "min_replicas": 0, "max_replicas": 2, "target_queue_depth": 5,
         "prometheus_url": prometheus_url, "verify": False}}
-    rc, results, out = run_playbook(tmp_path, kubeconfig, collections_path, [task])
-    assert results[0]["msg"].startswith("KEDA is not installed: no scaledobjects.keda.sh CRD"), out[-3000:]
+    run = playbook([task], results=True)
+    assert run.results[0]["msg"].startswith("KEDA is not installed: no scaledobjects.keda.sh CRD"), run.output[-3000:]
     sh(kubectl + ["apply", "-f", str(KEDA_CRD)])
     try:
         sh(kubectl + ["wait", "--for=condition=Established", "crd/scaledobjects.keda.sh", "--timeout=60s"])
-        rc, results, out = run_playbook(tmp_path, kubeconfig, collections_path, [task, task])
-        first, second = results
-        assert not first.get("failed"), out[-3000:]
+        run = playbook([task, task], results=True)
+        first, second = run.results
+        assert not first.get("failed"), run.output[-3000:]
         assert first["changed"] and not second["changed"]
         so = json.loads(sh(kubectl + ["get", "scaledobject", RELEASE, "-n", ns, "-o", "json"]).stdout)
         assert so["spec"]["minReplicaCount"] == 0 and so["spec"]["cooldownPeriod"] == BUDGET
@@ -289,7 +247,7 @@ def test_keda_scaled_object_against_the_crd(tmp_path: Path, kubeconfig: str, col
         sh(kubectl + ["delete", "--ignore-not-found", "-f", str(KEDA_CRD)])
 
 
-def test_roles_configure_and_verify(tmp_path: Path, kubeconfig: str, collections_path: str,
+def test_roles_configure_and_verify(playbook: PlaybookRunner,
                                     prometheus_url: str, release: tuple[str, str]) -> None:
     ns, pod = release
     roles = [
@@ -299,14 +257,14 @@ def test_roles_configure_and_verify(tmp_path: Path, kubeconfig: str, collections
          "vars": {"autoscaling_release": RELEASE, "autoscaling_namespace": ns, "autoscaling_max_replicas": 2,
                   "autoscaling_startup_budget_seconds": BUDGET + 30}},
     ]
-    rc, results, out = run_playbook(tmp_path, kubeconfig, collections_path, roles)
-    assert rc == 0, out[-4000:]
-    served = [r["served"] for r in results if isinstance(r.get("served"), dict) and r["served"]]
+    run = playbook(roles, results=True)
+    assert run.returncode == 0, run.output[-4000:]
+    served = [r["served"] for r in run.results if isinstance(r.get("served"), dict) and r["served"]]
     assert served and float(served[-1][pod]) == QUEUE, "the role's verify step saw the value"
-    hpa_reads = [r for r in results if r.get("current_value") is not None]
+    hpa_reads = [r for r in run.results if r.get("current_value") is not None]
     assert hpa_reads and float(hpa_reads[-1]["current_value"]) == QUEUE
-    assert any(r.get("scale_down_window_seconds") == BUDGET + 30 for r in results)
+    assert any(r.get("scale_down_window_seconds") == BUDGET + 30 for r in run.results)
     # The whole chain again, in check mode: nothing would change and the checks still pass.
-    rc, results, out = run_playbook(tmp_path, kubeconfig, collections_path, roles, check=True)
-    assert rc == 0, out[-4000:]
-    assert not any(r.get("changed") for r in results), [r.get("msg") for r in results if r.get("changed")]
+    run = playbook(roles, check=True, results=True)
+    assert run.returncode == 0, run.output[-4000:]
+    assert not any(r.get("changed") for r in run.results), [r.get("msg") for r in run.results if r.get("changed")]

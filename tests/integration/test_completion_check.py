@@ -14,49 +14,25 @@ Run: ``pytest tests/integration/test_completion_check.py`` with the venv python.
 
 from __future__ import annotations
 
-import json
-import os
 import subprocess
 import sys
 import time
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING
 
 import pytest
-from kubernetes import client, config
+from kubernetes import client
 from kubernetes.client.rest import ApiException
 
+if TYPE_CHECKING:
+    from conftest import PlaybookRunner
+
 REPO = Path(__file__).resolve().parents[2]
-CLUSTER_SH = REPO / "tools" / "localcluster" / "cluster.sh"
 SIM_RUNNER = REPO / "tools" / "localcluster" / "sim.py"
-BIN = Path(sys.executable).parent
 MODEL = "kubeinfer/tiny-sim"
 RELEASE = "cc-sim"
-
-
-@pytest.fixture(scope="module")
-def kubeconfig() -> str:
-    proc = subprocess.run([str(CLUSTER_SH), "kubeconfig"], capture_output=True, text=True, timeout=60, check=False)
-    path = proc.stdout.strip()
-    if proc.returncode != 0 or not Path(path).is_file():
-        pytest.fail(f"no local cluster ({proc.stderr.strip()}); run tools/localcluster/cluster.sh up", pytrace=False)
-    return path
-
-
-@pytest.fixture(scope="module")
-def api(kubeconfig: str) -> client.ApiClient:
-    return config.new_client_from_config(config_file=kubeconfig)
-
-
-@pytest.fixture(scope="module")
-def collections_path(tmp_path_factory: pytest.TempPathFactory) -> str:
-    """An ansible_collections tree whose kubeinfer.llm is this checkout, whatever else is installed."""
-    base = tmp_path_factory.mktemp("collections")
-    (base / "ansible_collections" / "kubeinfer").mkdir(parents=True)
-    (base / "ansible_collections" / "kubeinfer" / "llm").symlink_to(REPO)
-    return str(base)
 
 
 @pytest.fixture(scope="module")
@@ -117,38 +93,18 @@ def release(api: client.ApiClient, simulator: int) -> Iterator[tuple[str, str]]:
                 raise
 
 
-def run_playbook(tmp_path: Path, kubeconfig: str, collections_path: str, tasks: list[dict[str, Any]],
-                 check: bool = False) -> tuple[int, list[dict[str, Any]], str]:
-    """Run the tasks in a local play; return the rc, every task result (json callback) and the raw output."""
-    playbook = tmp_path / "play.yml"
-    playbook.write_text(json.dumps([{"hosts": "localhost", "connection": "local", "gather_facts": False, "tasks": tasks}]))
-    env = dict(os.environ, ANSIBLE_COLLECTIONS_PATH=collections_path, K8S_AUTH_KUBECONFIG=kubeconfig,
-               ANSIBLE_STDOUT_CALLBACK="ansible.builtin.json", ANSIBLE_LOCALHOST_WARNING="false",
-               ANSIBLE_PYTHON_INTERPRETER=sys.executable, ANSIBLE_NOCOLOR="1")
-    argv = [str(BIN / "ansible-playbook"), "-i", "localhost,", str(playbook)]
-    if check:
-        argv.append("--check")
-    proc = subprocess.run(argv, capture_output=True, text=True, env=env, timeout=300, check=False)
-    try:
-        doc = json.loads(proc.stdout)
-    except ValueError:
-        raise AssertionError(f"ansible-playbook printed no JSON (rc {proc.returncode}): {proc.stdout[-3000:]} {proc.stderr[-3000:]}") from None
-    results = [task["hosts"]["localhost"] for play in doc["plays"] for task in play["tasks"]]
-    return proc.returncode, results, proc.stdout + proc.stderr
-
-
-def test_completion_through_the_port_forward_api(tmp_path: Path, kubeconfig: str, collections_path: str,
+def test_completion_through_the_port_forward_api(playbook: PlaybookRunner,
                                                  release: tuple[str, str], simulator: int) -> None:
     ns, pod = release
-    rc, results, out = run_playbook(tmp_path, kubeconfig, collections_path, [{
+    run = playbook([{
         "name": "Check the release",
         "kubeinfer.llm.completion_check": {
             "namespace": ns, "label_selector": f"app.kubernetes.io/instance={RELEASE}",
             "model": MODEL, "prompt": "Hello, my name is", "max_tokens": 8, "timeout": 30,
         },
-    }], check=True)
-    assert rc == 0, out[-3000:]
-    result = results[0]
+    }], results=True, check=True)
+    assert run.returncode == 0, run.output[-3000:]
+    result = run.results[0]
     assert result["changed"] is False
     assert result["via"] == f"port-forward pod/{ns}/{pod}:8000"
     assert result["pod"] == pod
@@ -163,17 +119,17 @@ def test_completion_through_the_port_forward_api(tmp_path: Path, kubeconfig: str
     assert result["latency_ms"] > 0 and result["health_latency_ms"] > 0
 
 
-def test_chat_api_and_direct_base_url(tmp_path: Path, kubeconfig: str, collections_path: str,
+def test_chat_api_and_direct_base_url(playbook: PlaybookRunner,
                                       release: tuple[str, str], simulator: int) -> None:
     ns, pod = release
-    rc, results, out = run_playbook(tmp_path, kubeconfig, collections_path, [
+    run = playbook([
         {"name": "Chat through the port-forward to the named pod",
          "kubeinfer.llm.completion_check": {"namespace": ns, "pod": pod, "api": "chat", "max_tokens": 4}},
         {"name": "Completion straight to the simulator",
          "kubeinfer.llm.completion_check": {"base_url": f"http://127.0.0.1:{simulator}/v1", "model": MODEL, "max_tokens": 4}},
-    ])
-    assert rc == 0, out[-3000:]
-    chat, direct = results
+    ], results=True)
+    assert run.returncode == 0, run.output[-3000:]
+    chat, direct = run.results
     assert chat["model"] == MODEL  # no model given: the one served
     assert chat["response"]["choices"][0]["message"]["role"] == "assistant"
     assert direct["via"] == f"http://127.0.0.1:{simulator}/v1"
@@ -181,30 +137,30 @@ def test_chat_api_and_direct_base_url(tmp_path: Path, kubeconfig: str, collectio
 
 
 def test_model_mismatch_fails_with_the_served_models(
-        tmp_path: Path, kubeconfig: str, collections_path: str, release: tuple[str, str]) -> None:
+        playbook: PlaybookRunner, release: tuple[str, str]) -> None:
     ns = release[0]
-    rc, results, out = run_playbook(tmp_path, kubeconfig, collections_path, [{
+    run = playbook([{
         "name": "Ask for a model the release does not serve",
         "kubeinfer.llm.completion_check": {"namespace": ns, "label_selector": f"app.kubernetes.io/instance={RELEASE}",
                                            "model": "meta-llama/Llama-3.1-8B-Instruct"},
-    }])
-    assert rc != 0
-    result = results[0]
+    }], results=True)
+    assert run.returncode != 0
+    result = run.results[0]
     assert result["failed"] is True
-    assert result["msg"] == f'model mismatch: expected meta-llama/Llama-3.1-8B-Instruct, served ["{MODEL}"]', out[-2000:]
+    assert result["msg"] == f'model mismatch: expected meta-llama/Llama-3.1-8B-Instruct, served ["{MODEL}"]', run.output[-2000:]
     assert result["models"] == [MODEL]
     assert "response" not in result
 
 
-def test_no_ready_pod_and_unforwarded_port_fail_clearly(tmp_path: Path, kubeconfig: str, collections_path: str,
+def test_no_ready_pod_and_unforwarded_port_fail_clearly(playbook: PlaybookRunner,
                                                         release: tuple[str, str]) -> None:
     ns, pod = release
-    results = run_playbook(tmp_path, kubeconfig, collections_path, [
+    results = playbook([
         {"name": "No pod of this release", "ignore_errors": True,
          "kubeinfer.llm.completion_check": {"namespace": ns, "label_selector": "app.kubernetes.io/instance=absent"}},
         {"name": "A port kwok does not forward", "ignore_errors": True,
          "kubeinfer.llm.completion_check": {"namespace": ns, "pod": pod, "port": 9000, "timeout": 10}},
-    ])[1]
+    ], results=True).results
     none, unforwarded = results
     assert none["msg"] == f"no Ready pod to forward to: a Ready pod in {ns} matching app.kubernetes.io/instance=absent: no pod matches"
     assert unforwarded["msg"].startswith("GET /health failed:")
@@ -213,16 +169,16 @@ def test_no_ready_pod_and_unforwarded_port_fail_clearly(tmp_path: Path, kubeconf
 
 
 def test_validate_role_prints_the_completion(
-        tmp_path: Path, kubeconfig: str, collections_path: str, release: tuple[str, str]) -> None:
+        playbook: PlaybookRunner, release: tuple[str, str]) -> None:
     ns = release[0]
-    rc, results, out = run_playbook(tmp_path, kubeconfig, collections_path, [{
+    run = playbook([{
         "name": "Run the validate role",
         "ansible.builtin.include_role": {"name": "kubeinfer.llm.validate"},
         "vars": {"validate_namespace": ns, "validate_release": RELEASE, "validate_model": MODEL,
                  "validate_max_tokens": 6, "validate_ready_timeout": 30},
-    }])
-    assert rc == 0, out[-3000:]
-    printed = [r for r in results if "__validate_result.response" in r]
+    }], results=True)
+    assert run.returncode == 0, run.output[-3000:]
+    printed = [r for r in run.results if "__validate_result.response" in r]
     assert len(printed) == 1
     response = printed[0]["__validate_result.response"]
     assert response["choices"] and response["usage"]["completion_tokens"] > 0

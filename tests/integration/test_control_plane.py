@@ -1,8 +1,9 @@
 """Proof that the local control plane is real, and that kwok's simulation works.
 
 Runs against the cluster started by ``tools/localcluster/cluster.sh up``; the
-kubeconfig comes from ``cluster.sh kubeconfig``. When no cluster is up the
-tests fail (they never skip): a missing cluster is a broken test setup.
+kubeconfig comes from ``cluster.sh kubeconfig`` (the ``kubeconfig``, ``api`` and ``core``
+fixtures of conftest.py). When no cluster is up the tests fail (they never skip): a
+missing cluster is a broken test setup.
 
 Run: ``pytest tests/integration/test_control_plane.py`` with the venv python.
 """
@@ -22,7 +23,7 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 import pytest
-from kubernetes import client, config
+from kubernetes import client
 from kubernetes.client.rest import ApiException
 from kubernetes.dynamic import DynamicClient
 from kubernetes.dynamic.exceptions import ConflictError
@@ -63,30 +64,6 @@ def wait_for(what: str, probe: Callable[[], T | None], timeout: float = 60.0, in
             return last
         time.sleep(interval)
     raise AssertionError(f"timed out after {timeout}s waiting for {what}; last seen: {last!r}")
-
-
-@pytest.fixture(scope="module")
-def kubeconfig() -> str:
-    path = _cluster_sh("kubeconfig")
-    if not Path(path).is_file():
-        pytest.fail(f"kubeconfig {path} does not exist; run tools/localcluster/cluster.sh up", pytrace=False)
-    return path
-
-
-@pytest.fixture(scope="module")
-def api(kubeconfig: str) -> client.ApiClient:
-    api_client = config.new_client_from_config(config_file=kubeconfig)
-    try:
-        readyz = api_client.call_api("/readyz", "GET", response_type="str", _return_http_data_only=True, _request_timeout=5)
-    except Exception as e:  # connection refused, TLS errors, ...
-        pytest.fail(f"the local cluster is not reachable through {kubeconfig}: {e}\nRun tools/localcluster/cluster.sh up.", pytrace=False)
-    assert readyz == "ok"
-    return api_client
-
-
-@pytest.fixture(scope="module")
-def core(api: client.ApiClient) -> client.CoreV1Api:
-    return client.CoreV1Api(api)
 
 
 @pytest.fixture

@@ -17,21 +17,21 @@ from __future__ import annotations
 import json
 import os
 import subprocess
-import sys
 import time
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import pytest
-from kubernetes import client, config
+from kubernetes import client
 from kubernetes.client.rest import ApiException
 
+if TYPE_CHECKING:
+    from conftest import PlaybookRunner
+
 REPO = Path(__file__).resolve().parents[2]
-CLUSTER_SH = REPO / "tools" / "localcluster" / "cluster.sh"
 STANDIN = REPO / "tests" / "gpu-operator-standin"
-BIN = Path(sys.executable).parent
 HELM = os.environ.get("HELM_BINARY") or str(Path.home() / ".cache" / "kubeinfer" / "helm-v3.22.0" / "helm")
 # The cluster's two standard GPU nodes; other tests may add (and remove) many more simulated ones.
 GPU_NODES = ("kwok-gpu-0001", "kwok-gpu-0002")
@@ -40,28 +40,10 @@ SIM_LABELS = {"kubeinfer.io/sim-complete": "true"}
 WRITES = ("apply", "patch", "create", "delete")
 
 
-@pytest.fixture(scope="module")
-def kubeconfig() -> str:
-    proc = subprocess.run([str(CLUSTER_SH), "kubeconfig"], capture_output=True, text=True, timeout=60, check=False)
-    path = proc.stdout.strip()
-    if proc.returncode != 0 or not Path(path).is_file():
-        pytest.fail(f"no local cluster ({proc.stderr.strip()}); run tools/localcluster/cluster.sh up", pytrace=False)
+@pytest.fixture(scope="module", autouse=True)
+def helm_present() -> None:
     if not os.access(HELM, os.X_OK):
         pytest.fail(f"helm not found at {HELM}; run tools/localcluster/build.sh or set HELM_BINARY", pytrace=False)
-    return path
-
-
-@pytest.fixture(scope="module")
-def api(kubeconfig: str) -> client.ApiClient:
-    return config.new_client_from_config(config_file=kubeconfig)
-
-
-@pytest.fixture(scope="module")
-def collections_path(tmp_path_factory: pytest.TempPathFactory) -> str:
-    base = tmp_path_factory.mktemp("collections")
-    (base / "ansible_collections" / "kubeinfer").mkdir(parents=True)
-    (base / "ansible_collections" / "kubeinfer" / "llm").symlink_to(REPO)
-    return str(base)
 
 
 def cluster_policy(api: client.ApiClient) -> Any:
@@ -115,39 +97,19 @@ def namespace(api: client.ApiClient, kubeconfig: str) -> Iterator[str]:
             raise
 
 
-class Runner:
-    """Runs one module task in a generated playbook and returns its registered result."""
-
-    def __init__(self, tmp_path: Path, kubeconfig: str, collections_path: str) -> None:
-        self.tmp_path, self.kubeconfig, self.collections_path = tmp_path, kubeconfig, collections_path
-        self.runs = 0
-
-    def __call__(self, module: str, args: dict[str, Any], *extra: str) -> dict[str, Any]:
-        self.runs += 1
-        out = self.tmp_path / f"result{self.runs}.json"
-        play = [{
-            "name": f"Run {module}", "hosts": "localhost", "connection": "local", "gather_facts": False,
-            "tasks": [
-                {"name": "Call the module", f"kubeinfer.llm.{module}": args, "register": "r", "ignore_errors": True},
-                {"name": "Save the result", "ansible.builtin.copy": {"dest": str(out), "content": "{{ r | to_json }}", "mode": "0600"},
-                 "check_mode": False},
-            ],
-        }]
-        playbook = self.tmp_path / f"play{self.runs}.yml"
-        playbook.write_text(json.dumps(play))  # JSON is YAML
-        env = dict(os.environ, ANSIBLE_COLLECTIONS_PATH=self.collections_path, K8S_AUTH_KUBECONFIG=self.kubeconfig,
-                   HELM_BINARY=HELM, ANSIBLE_NOCOLOR="1", ANSIBLE_LOCAL_TEMP=str(self.tmp_path / "ansible-tmp"),
-                   PATH=f"{BIN}{os.pathsep}{os.environ.get('PATH', '')}")
-        argv = [str(BIN / "ansible-playbook"), "-i", "localhost,", "-e", f"ansible_python_interpreter={sys.executable}",
-                *extra, str(playbook)]
-        proc = subprocess.run(argv, env=env, capture_output=True, text=True, timeout=900, check=False)
-        assert out.exists(), (proc.stdout + proc.stderr)[-4000:]
-        return json.loads(out.read_text())
+# Runs one module task in a generated playbook and returns its registered result.
+Runner = Callable[..., "dict[str, Any]"]
 
 
 @pytest.fixture
-def run(tmp_path: Path, kubeconfig: str, collections_path: str) -> Runner:
-    return Runner(tmp_path, kubeconfig, collections_path)
+def run(playbook: PlaybookRunner) -> Runner:
+    def call(module: str, args: dict[str, Any], *extra: str) -> dict[str, Any]:
+        done = playbook([{"name": "Call the module", f"kubeinfer.llm.{module}": args, "register": "r", "ignore_errors": True}],
+                        name=f"Run {module}", save="r", extra_args=extra, env={"HELM_BINARY": HELM}, timeout=900)
+        assert done.saved is not None, done.output[-4000:]
+        return done.saved
+
+    return call
 
 
 def install_args(namespace: str, **extra: Any) -> dict[str, Any]:

@@ -14,21 +14,21 @@ from __future__ import annotations
 import json
 import os
 import subprocess
-import sys
 import time
 import uuid
 from collections import Counter
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import pytest
-from kubernetes import client, config
+from kubernetes import client
 from kubernetes.client.rest import ApiException
 
+if TYPE_CHECKING:
+    from conftest import PlaybookRun, PlaybookRunner
+
 REPO = Path(__file__).resolve().parents[2]
-CLUSTER_SH = REPO / "tools" / "localcluster" / "cluster.sh"
-BIN = Path(sys.executable).parent
 POOL_LABEL = "kubeinfer.io/it-vllm-pool"
 GPUS_PER_NODE = 8
 
@@ -39,28 +39,6 @@ def helm_binary() -> str:
     versions = dict(line.split("=", 1) for line in (REPO / "tools" / "localcluster" / "versions.env").read_text().splitlines()
                     if "=" in line and not line.startswith("#"))
     return str(Path.home() / ".cache" / "kubeinfer" / f"helm-{versions['HELM_VERSION'].strip()}" / "helm")
-
-
-@pytest.fixture(scope="module")
-def kubeconfig() -> str:
-    proc = subprocess.run([str(CLUSTER_SH), "kubeconfig"], capture_output=True, text=True, timeout=60, check=False)
-    path = proc.stdout.strip()
-    if proc.returncode != 0 or not Path(path).is_file():
-        pytest.fail(f"no local cluster ({proc.stderr.strip()}); run tools/localcluster/cluster.sh up", pytrace=False)
-    return path
-
-
-@pytest.fixture(scope="module")
-def api(kubeconfig: str) -> client.ApiClient:
-    return config.new_client_from_config(config_file=kubeconfig)
-
-
-@pytest.fixture(scope="module")
-def collections_path(tmp_path_factory: pytest.TempPathFactory) -> str:
-    base = tmp_path_factory.mktemp("collections")
-    (base / "ansible_collections" / "kubeinfer").mkdir(parents=True)
-    (base / "ansible_collections" / "kubeinfer" / "llm").symlink_to(REPO)
-    return str(base)
 
 
 @pytest.fixture
@@ -110,52 +88,28 @@ def pool_args(pool_id: str) -> dict[str, Any]:
 
 
 class Runner:
-    """Runs one task (the module or the role) with ansible-playbook and returns (process, registered result)."""
+    """Runs one task (the module or the role) with ansible-playbook and returns (the run, registered result)."""
 
-    def __init__(self, tmp_path: Path, kubeconfig: str, collections_path: str) -> None:
-        self.tmp_path, self.kubeconfig, self.collections_path = tmp_path, kubeconfig, collections_path
-        self.runs = 0
+    def __init__(self, playbook: PlaybookRunner) -> None:
+        self.playbook = playbook
 
-    def _play(self, tasks: list[dict[str, Any]], *extra: str) -> subprocess.CompletedProcess[str]:
-        self.runs += 1
-        play = [{"name": "vllm_release", "hosts": "localhost", "connection": "local", "gather_facts": False, "tasks": tasks}]
-        playbook = self.tmp_path / f"play{self.runs}.yml"
-        playbook.write_text(json.dumps(play))
-        env = dict(os.environ, ANSIBLE_COLLECTIONS_PATH=self.collections_path, K8S_AUTH_KUBECONFIG=self.kubeconfig,
-                   HELM_BINARY=helm_binary(), ANSIBLE_NOCOLOR="1", ANSIBLE_FORCE_COLOR="0",
-                   ANSIBLE_LOCAL_TEMP=str(self.tmp_path / "ansible-tmp"), PATH=f"{BIN}{os.pathsep}{os.environ.get('PATH', '')}")
-        argv = [str(BIN / "ansible-playbook"), "-i", "localhost,", "-e", f"ansible_python_interpreter={sys.executable}",
-                *extra, str(playbook)]
-        return subprocess.run(argv, env=env, capture_output=True, text=True, timeout=600, check=False)
+    def _play(self, tasks: list[dict[str, Any]], save: str, extra: tuple[str, ...]) -> PlaybookRun:
+        return self.playbook(tasks, name="vllm_release", save=save, extra_args=extra, env={"HELM_BINARY": helm_binary()})
 
-    def _dump(self, var: str) -> tuple[dict[str, Any], Path]:
-        out = self.tmp_path / f"result{self.runs + 1}.json"
-        task = {"name": "Save the result", "ansible.builtin.copy": {"content": "{{ " + var + " | to_json }}", "dest": str(out), "mode": "0600"},
-                "check_mode": False, "changed_when": False}
-        return task, out
+    def module(self, args: dict[str, Any], *extra: str) -> tuple[PlaybookRun, dict[str, Any]]:
+        proc = self._play([{"name": "Release", "kubeinfer.llm.vllm_release": args, "register": "r", "ignore_errors": True}], "r", extra)
+        assert proc.saved is not None, proc.stdout[-4000:] + proc.stderr[-4000:]
+        return proc, proc.saved
 
-    def module(self, args: dict[str, Any], *extra: str) -> tuple[subprocess.CompletedProcess[str], dict[str, Any]]:
-        dump, out = self._dump("r")
-        tasks = [{"name": "Release", "kubeinfer.llm.vllm_release": args, "register": "r", "ignore_errors": True}, dump]
-        proc = self._play(tasks, *extra)
-        assert out.exists(), proc.stdout[-4000:] + proc.stderr[-4000:]
-        return proc, json.loads(out.read_text())
-
-    def role(self, role_vars: dict[str, Any], *extra: str) -> tuple[subprocess.CompletedProcess[str], dict[str, Any]]:
-        dump, out = self._dump("__vllm_result")
-        tasks = [{"name": "Apply the role", "ansible.builtin.include_role": {"name": "kubeinfer.llm.vllm"}, "vars": role_vars}, dump]
-        proc = self._play(tasks, *extra)
-        return proc, json.loads(out.read_text()) if out.exists() else {}
+    def role(self, role_vars: dict[str, Any], *extra: str) -> tuple[PlaybookRun, dict[str, Any]]:
+        tasks = [{"name": "Apply the role", "ansible.builtin.include_role": {"name": "kubeinfer.llm.vllm"}, "vars": role_vars}]
+        proc = self._play(tasks, "__vllm_result", extra)
+        return proc, proc.saved if proc.saved is not None else {}
 
 
 @pytest.fixture
-def run(tmp_path: Path, kubeconfig: str, collections_path: str) -> Runner:
-    return Runner(tmp_path, kubeconfig, collections_path)
-
-
-def recap(proc: subprocess.CompletedProcess[str]) -> dict[str, int]:
-    line = next(x for x in proc.stdout.splitlines()[::-1] if x.startswith("localhost") and "ok=" in x)
-    return {k: int(v) for k, v in (item.split("=") for item in line.split(":", 1)[1].split())}
+def run(playbook: PlaybookRunner) -> Runner:
+    return Runner(playbook)
 
 
 def helm_history(kubeconfig: str, name: str, namespace: str) -> list[dict[str, Any]]:
@@ -200,7 +154,7 @@ def test_role_installs_a_sim_release_on_gpu_nodes_then_reruns_and_checks_without
 
     second, again = run.role(role_vars)
     assert second.returncode == 0, second.stdout[-6000:]
-    assert recap(second)["changed"] == 0
+    assert second.recap()["changed"] == 0
     assert not again["changed"] and "upgrade" not in again["helm_commands"]
     assert not set(again["api_requests"]) & {"apply", "patch", "create", "delete"}
     assert len(helm_history(kubeconfig, "sim", namespace)) == 1

@@ -1,0 +1,207 @@
+"""Fixtures every integration test shares: the local cluster, its API client, the collection, a playbook runner.
+
+The cluster is the one ``tools/localcluster/cluster.sh`` runs under the name in KUBEINFER_CLUSTER (default
+``kubeinfer``); ``make integration`` (or ``make CLUSTER_NAME=<name> cluster-up``) starts it. When it is not up,
+every test that needs it fails with a message saying how to start it: a missing cluster is a broken test
+setup, never a reason to skip.
+
+Fixtures:
+
+- ``cluster_name`` (session): the cluster name the tests run against.
+- ``kubeconfig`` (session): the path ``cluster.sh kubeconfig`` prints for that cluster.
+- ``api`` (session): a ``kubernetes.client.ApiClient`` from that kubeconfig, after ``/readyz`` answered ``ok``.
+- ``core`` (session): ``CoreV1Api`` on ``api``.
+- ``collections_path`` (session): an ``ansible_collections`` tree whose ``kubeinfer.llm`` is this checkout.
+- ``playbook`` (function): a ``PlaybookRunner`` writing into the test's ``tmp_path``.
+- ``playbook_runner`` (session): builds a ``PlaybookRunner`` for any directory (for module-scoped fixtures).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import uuid
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import pytest
+from kubernetes import client, config
+
+REPO = Path(__file__).resolve().parents[2]
+CLUSTER_SH = REPO / "tools" / "localcluster" / "cluster.sh"
+# ansible-playbook and the interpreter that has the kubernetes client: the venv pytest runs in.
+BIN = Path(sys.executable).parent
+
+
+def _cluster_name() -> str:
+    return os.environ.get("KUBEINFER_CLUSTER") or "kubeinfer"
+
+
+def _start_hint(name: str) -> str:
+    return (f"Start the local cluster first: KUBEINFER_CLUSTER={name} tools/localcluster/cluster.sh up "
+            f"(or make CLUSTER_NAME={name} cluster-up, which also starts the metrics chain and the stand-in operator loop).")
+
+
+@pytest.fixture(scope="session")
+def cluster_name() -> str:
+    """The local cluster the tests run against: KUBEINFER_CLUSTER, default kubeinfer."""
+    return _cluster_name()
+
+
+@pytest.fixture(scope="session")
+def kubeconfig(cluster_name: str) -> str:
+    """The kubeconfig of the local cluster, from ``cluster.sh kubeconfig``; fails (never skips) without one."""
+    env = dict(os.environ, KUBEINFER_CLUSTER=cluster_name)
+    proc = subprocess.run([str(CLUSTER_SH), "kubeconfig"], capture_output=True, text=True, timeout=60, check=False, env=env)
+    path = proc.stdout.strip()
+    if proc.returncode != 0 or not path or not Path(path).is_file():
+        pytest.fail(f"no kubeconfig for the local cluster {cluster_name!r} (`cluster.sh kubeconfig` exited {proc.returncode}: "
+                    f"{proc.stderr.strip()})\n{_start_hint(cluster_name)}", pytrace=False)
+    return path
+
+
+@pytest.fixture(scope="session")
+def api(kubeconfig: str, cluster_name: str) -> client.ApiClient:
+    """An API client for the local cluster, checked to answer ``/readyz`` with ``ok``."""
+    api_client = config.new_client_from_config(config_file=kubeconfig)
+    try:
+        readyz = api_client.call_api("/readyz", "GET", response_type="str", _return_http_data_only=True, _request_timeout=5)
+    except Exception as e:  # connection refused, TLS errors, ...
+        pytest.fail(f"the local cluster {cluster_name!r} is not reachable through {kubeconfig}: {e}\n{_start_hint(cluster_name)}",
+                    pytrace=False)
+    assert readyz == "ok"
+    return api_client
+
+
+@pytest.fixture(scope="session")
+def core(api: client.ApiClient) -> client.CoreV1Api:
+    return client.CoreV1Api(api)
+
+
+@pytest.fixture(scope="session")
+def collections_path(tmp_path_factory: pytest.TempPathFactory) -> str:
+    """An ansible_collections tree whose kubeinfer.llm is this checkout, whatever else is installed."""
+    base = tmp_path_factory.mktemp("collections")
+    (base / "ansible_collections" / "kubeinfer").mkdir(parents=True)
+    (base / "ansible_collections" / "kubeinfer" / "llm").symlink_to(REPO)
+    return str(base)
+
+
+@dataclass
+class PlaybookRun:
+    """What one ``ansible-playbook`` run left: its exit code and output, and the results asked for.
+
+    ``results`` holds every task's result for localhost, in order, when the run used the json callback
+    (``results=True``); ``saved`` holds the variable named by ``save=`` as the play registered it, or None
+    when the play ended before the saving task ran.
+    """
+
+    argv: list[str]
+    returncode: int
+    stdout: str
+    stderr: str
+    results: list[dict[str, Any]] = field(default_factory=list)
+    saved: dict[str, Any] | None = None
+
+    @property
+    def output(self) -> str:
+        return self.stdout + self.stderr
+
+    def recap(self) -> dict[str, int]:
+        """The PLAY RECAP counters for localhost (default callback only): ok, changed, failed, ..."""
+        line = next(x for x in self.stdout.splitlines()[::-1] if x.startswith("localhost") and "ok=" in x)
+        return {k: int(v) for k, v in (item.split("=") for item in line.split(":", 1)[1].split())}
+
+
+class PlaybookRunner:
+    """Runs a generated local play with ``ansible-playbook`` and this venv's interpreter against the local cluster.
+
+    Each call writes a fresh playbook under ``workdir``. The play runs on localhost with a local connection,
+    no facts, this checkout as ``kubeinfer.llm`` and K8S_AUTH_KUBECONFIG set to the cluster's kubeconfig.
+    """
+
+    def __init__(self, workdir: Path, kubeconfig: str, collections_path: str) -> None:
+        self.workdir, self.kubeconfig, self.collections_path = workdir, kubeconfig, collections_path
+        self.runs = 0
+
+    def __call__(self, tasks: Sequence[Mapping[str, Any]] = (), *, roles: Sequence[Mapping[str, Any]] = (),
+                 name: str = "Integration test", results: bool = False, save: str | None = None,
+                 check: bool = False, diff: bool = False, verbosity: int = 0, extra_args: Sequence[str] = (),
+                 env: Mapping[str, str | None] | None = None, timeout: float = 600) -> PlaybookRun:
+        """Run ``roles`` then ``tasks`` in one play.
+
+        results: use the json callback and return every task's result (the output is then one JSON document;
+            a run that prints none fails the test with its output).
+        save: also register-dump this variable to a file after the tasks, read back into ``PlaybookRun.saved``.
+        check, diff, verbosity: ``--check``, ``--diff``, ``-v`` repeated; extra_args go before the playbook path.
+        env: added to the environment; a None value removes the variable.
+        """
+        self.runs += 1
+        stem = f"{self.runs}-{uuid.uuid4().hex[:6]}"
+        tasks = list(tasks)
+        saved_to = None
+        if save is not None:
+            saved_to = self.workdir / f"result{stem}.json"
+            tasks.append({"name": "Save the result", "check_mode": False, "changed_when": False,
+                          "ansible.builtin.copy": {"content": "{{ " + save + " | to_json }}", "dest": str(saved_to), "mode": "0600"}})
+        play: dict[str, Any] = {"name": name, "hosts": "localhost", "connection": "local", "gather_facts": False}
+        if roles:
+            play["roles"] = list(roles)
+        play["tasks"] = tasks
+        playbook = self.workdir / f"play{stem}.yml"
+        playbook.write_text(json.dumps([play]))  # JSON is YAML
+
+        run_env = dict(os.environ)
+        run_env.update({
+            "ANSIBLE_COLLECTIONS_PATH": self.collections_path,
+            "K8S_AUTH_KUBECONFIG": self.kubeconfig,
+            "ANSIBLE_NOCOLOR": "1",
+            "ANSIBLE_FORCE_COLOR": "0",
+            "ANSIBLE_LOCALHOST_WARNING": "false",
+            "ANSIBLE_LOCAL_TEMP": str(self.workdir / "ansible-tmp"),
+            "PATH": f"{BIN}{os.pathsep}{os.environ.get('PATH', '')}",
+        })
+        if results:
+            run_env["ANSIBLE_STDOUT_CALLBACK"] = "ansible.builtin.json"
+        for key, value in (env or {}).items():
+            if value is None:
+                run_env.pop(key, None)
+            else:
+                run_env[key] = value
+
+        argv = [str(BIN / "ansible-playbook"), "-i", "localhost,", "-e", f"ansible_python_interpreter={sys.executable}"]
+        if check:
+            argv.append("--check")
+        if diff:
+            argv.append("--diff")
+        if verbosity:
+            argv.append("-" + "v" * verbosity)
+        argv += [*extra_args, str(playbook)]
+        proc = subprocess.run(argv, env=run_env, capture_output=True, text=True, timeout=timeout, check=False)
+
+        run = PlaybookRun(argv=argv, returncode=proc.returncode, stdout=proc.stdout, stderr=proc.stderr)
+        if results:
+            try:
+                doc = json.loads(proc.stdout)
+            except ValueError:
+                raise AssertionError(f"ansible-playbook printed no JSON (rc {proc.returncode}): {proc.stdout[-3000:]} {proc.stderr[-3000:]}") from None
+            run.results = [task["hosts"]["localhost"] for play_doc in doc["plays"] for task in play_doc["tasks"]]
+        if saved_to is not None and saved_to.exists():
+            run.saved = json.loads(saved_to.read_text())
+        return run
+
+
+@pytest.fixture(scope="session")
+def playbook_runner(kubeconfig: str, collections_path: str) -> Callable[[Path], PlaybookRunner]:
+    """A ``PlaybookRunner`` for a given working directory (for fixtures wider than one test)."""
+    return lambda workdir: PlaybookRunner(workdir, kubeconfig, collections_path)
+
+
+@pytest.fixture
+def playbook(tmp_path: Path, playbook_runner: Callable[[Path], PlaybookRunner]) -> PlaybookRunner:
+    """A ``PlaybookRunner`` writing into this test's tmp_path."""
+    return playbook_runner(tmp_path)
