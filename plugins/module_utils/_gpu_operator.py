@@ -145,18 +145,22 @@ def validate(params: Mapping[str, Any]) -> dict[str, Any]:
     source = chart_source(params.get("chart_ref"), params.get("chart_repo_url"), params.get("chart_version"))
     # The typed options are checked once without the cluster; the real computation follows the reads.
     driver = parse_driver_enabled(params.get("driver_enabled", "auto"))
-    gpu_operator_values(
-        driver_enabled=True if driver == "auto" else driver,
-        toolkit_enabled=params.get("toolkit_enabled", True),
-        device_plugin_enabled=params.get("device_plugin_enabled", True),
-        dcgm_exporter_enabled=params.get("dcgm_exporter_enabled", True),
-        service_monitor=params.get("dcgm_service_monitor", False),
-        mig_strategy=params.get("mig_strategy", "single"),
-        time_slicing_replicas=params.get("time_slicing_replicas"),
-        values=params.get("values") or {},
-        namespace=namespace,
-    )
+    gpu_operator_values(driver_enabled=True if driver == "auto" else driver, **typed_options(params, namespace))
     return source
+
+
+def typed_options(params: Mapping[str, Any], namespace: str) -> dict[str, Any]:
+    """The module's typed options, as gpu_operator_values() takes them."""
+    return {
+        "toolkit_enabled": params.get("toolkit_enabled", True),
+        "device_plugin_enabled": params.get("device_plugin_enabled", True),
+        "dcgm_exporter_enabled": params.get("dcgm_exporter_enabled", True),
+        "service_monitor": params.get("dcgm_service_monitor", False),
+        "mig_strategy": params.get("mig_strategy", "single"),
+        "time_slicing_replicas": params.get("time_slicing_replicas"),
+        "values": params.get("values") or {},
+        "namespace": namespace,
+    }
 
 
 def parse_driver_enabled(value: Any) -> bool | str:
@@ -267,19 +271,8 @@ def _install(kube: Kube, helm: Helm, params: Mapping[str, Any], source: Mapping[
     deployed_driver = (deployed.get("driver") or {}).get("enabled") if isinstance(deployed.get("driver"), dict) else None
     if driver == "auto" and not isinstance(deployed_driver, bool):
         nodes = kube.list("v1", "Node", label_selector=params.get("node_selector") or None)
-    computed = gpu_operator_values(
-        driver_enabled=driver,
-        nodes=nodes,
-        toolkit_enabled=params.get("toolkit_enabled", True),
-        device_plugin_enabled=params.get("device_plugin_enabled", True),
-        dcgm_exporter_enabled=params.get("dcgm_exporter_enabled", True),
-        service_monitor=params.get("dcgm_service_monitor", False),
-        mig_strategy=params.get("mig_strategy", "single"),
-        time_slicing_replicas=params.get("time_slicing_replicas"),
-        values=params.get("values") or {},
-        namespace=namespace,
-        deployed_values=deployed if release else None,
-    )
+    computed = gpu_operator_values(driver_enabled=driver, nodes=nodes, deployed_values=deployed if release else None,
+                                   **typed_options(params, namespace))
     values = computed["values"]
     result.update(values=values, driver_enabled=computed["driver_enabled"], driver_reason=computed["driver_reason"],
                   chart_source={k: source.get(k) for k in ("type", "chart", "repo", "version")},

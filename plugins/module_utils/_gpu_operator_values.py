@@ -97,7 +97,9 @@ def resolve_driver_enabled(driver_enabled: bool | str, nodes: Iterable[Mapping[s
         return deployed, f"auto: kept driver.enabled={str(deployed).lower()} of the installed release"
     evidence = [reason for node in (nodes or []) for reason in driver_evidence(node)]
     if evidence:
-        return False, "auto: a driver is already installed (" + "; ".join(evidence) + ")"
+        # Three pieces of evidence make the case; a thousand nodes' worth would drown the message.
+        shown = "; ".join(evidence[:3]) + (f"; and {len(evidence) - 3} more" if len(evidence) > 3 else "")
+        return False, "auto: a driver is already installed (" + shown + ")"
     return True, "auto: no selected GPU node shows an installed driver"
 
 

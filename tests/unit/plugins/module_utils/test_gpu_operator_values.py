@@ -230,3 +230,12 @@ def test_standin_schema_rejects_wrong_keys(tmp_path: Path) -> None:
     done = subprocess.run([HELM, "template", "x", str(STANDIN), "--values", str(values_file)], capture_output=True, text=True, check=False)
     assert done.returncode != 0
     assert "/driver/enabled" in done.stderr and "/mig/strategy" in done.stderr
+
+
+def test_driver_reason_stays_short_on_large_clusters() -> None:
+    from ansible_collections.kubeinfer.llm.plugins.module_utils._gpu_operator_values import resolve_driver_enabled
+    nodes = [{"metadata": {"name": f"gpu-{i}", "labels": {"nvidia.com/gpu.present": "true"}}} for i in range(1000)]
+    enabled, reason = resolve_driver_enabled("auto", nodes, None)
+    assert enabled is False
+    assert "gpu-0" in reason and "gpu-999" not in reason and "more" in reason
+    assert len(reason) < 400
