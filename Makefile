@@ -80,6 +80,8 @@ lint: venv
 	ruff check plugins tests tools bench
 	mypy plugins/module_utils
 	ansible-lint roles playbooks molecule
+	@# ansible-lint installs a copy of the collection under .ansible/; nothing may load a stale copy later.
+	rm -rf .ansible
 
 unit: venv collection lint
 	pytest -q tests/unit
