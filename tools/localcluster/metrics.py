@@ -292,10 +292,18 @@ def http_ok(url: str) -> bool:
 
 
 def wait_for(what: str, predicate, timeout: float = 60, interval: float = 0.5) -> None:
+    """Poll until predicate() holds. An API error counts as "not yet": the aggregator answers 503
+    while the adapter restarts (after a ConfigMap change), which is exactly what we wait out."""
     deadline = time.monotonic() + timeout
-    while not predicate():
+    last = ""
+    while True:
+        try:
+            if predicate():
+                return
+        except RuntimeError as e:
+            last = f" (last error: {e})"
         if time.monotonic() > deadline:
-            die(f"timed out after {timeout:.0f}s waiting for {what}")
+            die(f"timed out after {timeout:.0f}s waiting for {what}{last}")
         time.sleep(interval)
 
 
