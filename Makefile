@@ -23,12 +23,18 @@ export K8S_AUTH_KUBECONFIG := $(KUBEINFER_KUBECONFIG)
 export ANSIBLE_PYTHON_INTERPRETER := $(PY)
 export PATH := $(VENV)/bin:$(BIN_PATH):$(PATH)
 
-.PHONY: help venv binaries collection cluster-up cluster-down kubeconfig demo teardown bench-gpu-node bench-autoscale test sanity unit integration molecule lint build clean
+.PHONY: help deps venv binaries collection cluster-up cluster-down kubeconfig demo teardown bench-gpu-node bench-autoscale test sanity unit integration molecule lint build clean
 
 help:
 	@echo "make demo    - build what is missing, start the local cluster, run playbooks/site.yml"
 	@echo "make test    - sanity, unit, integration and Molecule tests on the local cluster"
 	@echo "make cluster-up | cluster-down | kubeconfig"
+
+# Debian packages the local cluster needs: rsync (sanity copy), prometheus (metrics chain), curl and jq
+# (scripts), iproute2 and util-linux (the simulator's network namespace: ip, unshare, setsid).
+DEBIAN_PACKAGES := rsync prometheus curl jq iproute2 util-linux
+deps:
+	@tools/install-debian-packages.sh $(DEBIAN_PACKAGES)
 
 venv: $(VENV)/.stamp
 $(VENV)/.stamp: requirements.txt
@@ -46,7 +52,7 @@ collection:
 
 # The control plane, then the host processes around it: Prometheus, Prometheus Adapter and
 # their sync loop (metrics.sh), and the GPU Operator stand-in's reconcile loop.
-cluster-up: binaries
+cluster-up: deps binaries
 	$(CLUSTER) up
 	tools/localcluster/metrics.sh up
 	tools/localcluster/standin-operator.sh start
@@ -57,7 +63,7 @@ cluster-down:
 kubeconfig:
 	@$(CLUSTER) kubeconfig
 
-demo: venv binaries collection cluster-up
+demo: deps venv binaries collection cluster-up
 	env_vars=$$(tools/localcluster/demo-env.sh up) && \
 	  ansible-playbook -i localhost, -c local playbooks/site.yml \
 	    -e @tools/localcluster/demo-vars.yml -e @$$env_vars
@@ -69,7 +75,7 @@ teardown: venv collection
 	ansible-playbook -i localhost, -c local playbooks/teardown.yml -e @tools/localcluster/demo-vars.yml
 	tools/localcluster/demo-env.sh down
 
-test: venv binaries collection
+test: deps venv binaries collection
 	$(MAKE) --no-print-directory CLUSTER_NAME=kubeinfer-test sanity unit integration molecule
 
 # ansible-test wants the collection under ansible_collections/<ns>/<name>; it runs on a copy.
@@ -86,7 +92,7 @@ lint: venv
 unit: venv collection lint
 	pytest -q tests/unit
 
-integration: venv collection cluster-up
+integration: deps venv collection cluster-up
 	pytest -q tests/integration
 
 molecule: venv collection binaries

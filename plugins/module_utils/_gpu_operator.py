@@ -10,6 +10,11 @@ import tarfile
 from typing import Any, Mapping
 
 from ansible_collections.kubeinfer.llm.plugins.module_utils._errors import KubeInferError
+from ansible_collections.kubeinfer.llm.plugins.module_utils._gpu_discovery import (
+    nfd_gpu_node,
+    probe_nodes,
+    probe_options,
+)
 from ansible_collections.kubeinfer.llm.plugins.module_utils._gpu_operator_values import (
     CHART_NAME,
     DEFAULT_CHART_REPO_URL,
@@ -20,8 +25,6 @@ from ansible_collections.kubeinfer.llm.plugins.module_utils._gpu_operator_values
 from ansible_collections.kubeinfer.llm.plugins.module_utils._helm import Helm, values_differ
 from ansible_collections.kubeinfer.llm.plugins.module_utils._resources import Kube, ensure
 
-DEFAULT_NODE_SELECTOR = "feature.node.kubernetes.io/pci-10de.present=true"
-"""NFD's label for nodes with an NVIDIA PCI device (vendor 0x10de); the GPU Operator itself selects on it."""
 MANAGED_BY_LABEL = "app.kubernetes.io/managed-by"
 MANAGED_BY = "kubeinfer.llm"
 # helm list statuses in which a new upgrade may run; the pending-* ones mean another operation runs or was cut off.
@@ -143,6 +146,7 @@ def validate(params: Mapping[str, Any]) -> dict[str, Any]:
     if params.get("state", "present") == "absent":
         return {}
     source = chart_source(params.get("chart_ref"), params.get("chart_repo_url"), params.get("chart_version"))
+    probe_options(params)
     # The typed options are checked once without the cluster; the real computation follows the reads.
     driver = parse_driver_enabled(params.get("driver_enabled", "auto"))
     gpu_operator_values(driver_enabled=True if driver == "auto" else driver, **typed_options(params, namespace))
@@ -173,6 +177,15 @@ def parse_driver_enabled(value: Any) -> bool | str:
     if text in ("false", "no", "off", "0"):
         return False
     raise KubeInferError(f"driver_enabled: must be true, false or auto, got {value!r}")
+
+
+def probe_candidates(kube: Kube, node_selector: str | None) -> list[dict[str, Any]]:
+    """The nodes to probe: those ``node_selector`` matches; without one, the nodes NFD found an NVIDIA PCI
+    device on; on a cluster NFD has not run on yet (a fresh one: the operator chart installs NFD), every node."""
+    if node_selector:
+        return kube.list("v1", "Node", label_selector=node_selector)
+    nodes = kube.list("v1", "Node")
+    return [n for n in nodes if nfd_gpu_node(n)] or nodes
 
 
 # -- reporting --------------------------------------------------------------------------
@@ -267,11 +280,13 @@ def _install(kube: Kube, helm: Helm, params: Mapping[str, Any], source: Mapping[
     deployed = helm.values(name, namespace) if release else {}
 
     driver = parse_driver_enabled(params.get("driver_enabled", "auto"))
-    nodes: list[dict[str, Any]] = []
+    probes: dict[str, dict[str, Any]] | None = None
     deployed_driver = (deployed.get("driver") or {}).get("enabled") if isinstance(deployed.get("driver"), dict) else None
-    if driver == "auto" and not isinstance(deployed_driver, bool):
-        nodes = kube.list("v1", "Node", label_selector=params.get("node_selector") or None)
-    computed = gpu_operator_values(driver_enabled=driver, nodes=nodes, deployed_values=deployed if release else None,
+    if driver == "auto" and not isinstance(deployed_driver, bool) and not check_mode:
+        probes = probe_nodes(kube, [n["metadata"]["name"] for n in probe_candidates(kube, params.get("node_selector"))],
+                             **probe_options(params))
+        result["driver_probe"] = probes
+    computed = gpu_operator_values(driver_enabled=driver, probes=probes, deployed_values=deployed if release else None,
                                    **typed_options(params, namespace))
     values = computed["values"]
     result.update(values=values, driver_enabled=computed["driver_enabled"], driver_reason=computed["driver_reason"],

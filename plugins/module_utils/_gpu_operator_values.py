@@ -5,9 +5,10 @@
 from __future__ import annotations
 
 import copy
-from typing import Any, Iterable, Mapping, Sequence
+from typing import Any, Iterable, Mapping
 
 from ansible_collections.kubeinfer.llm.plugins.module_utils._errors import KubeInferError
+from ansible_collections.kubeinfer.llm.plugins.module_utils._gpu_discovery import host_driver
 
 # Pinned chart: the newest GPU Operator release when this was written (tag v26.7.0, 2026-08-20).
 # Its values.yaml is the source of every key below. Chart versions carry the "v".
@@ -26,13 +27,6 @@ TIME_SLICING_CONFIGMAP = "time-slicing-config"
 TIME_SLICING_CONFIG_KEY = "any"
 GPU_RESOURCE = "nvidia.com/gpu"
 
-# Node labels that show an NVIDIA driver stack already works on the node. Written by GPU Feature
-# Discovery (which needs a working driver) or by NFD rules of an NVIDIA stack.
-GPU_PRESENT_LABEL = "nvidia.com/gpu.present"
-DRIVER_LABEL_KEYS = ("nvidia.com/cuda.driver.major",)
-DRIVER_LABEL_PREFIXES = ("nvidia.com/cuda.driver-version.",)
-
-
 def deep_merge(base: Mapping[str, Any], override: Mapping[str, Any]) -> dict[str, Any]:
     """A new dict: ``base`` with ``override`` merged in. Nested mappings merge key by key; any other
     value in ``override`` (lists, scalars, None) replaces the one in ``base``. Inputs are not changed."""
@@ -45,48 +39,23 @@ def deep_merge(base: Mapping[str, Any], override: Mapping[str, Any]) -> dict[str
     return merged
 
 
-def _quantity_count(value: Any) -> int:
-    """An extended-resource quantity ("8", 8) as an int; 0 when absent or not a whole number."""
-    try:
-        return int(str(value).strip())
-    except (TypeError, ValueError):
-        return 0
+def _names(nodes: Iterable[str], limit: int = 5) -> str:
+    """Node names for a message: a few, and how many more (a thousand would drown it)."""
+    names = sorted(nodes)
+    return ", ".join(names[:limit]) + (f" and {len(names) - limit} more" if len(names) > limit else "")
 
 
-def driver_evidence(node: Mapping[str, Any]) -> list[str]:
-    """Why a Node (a dict as the API returns it) looks like it already has a working NVIDIA driver.
-
-    Evidence, per node: the label ``nvidia.com/gpu.present=true``; a ``nvidia.com/cuda.driver.major``
-    or ``nvidia.com/cuda.driver-version.*`` label (GPU Feature Discovery, which only runs on a working
-    driver); ``status.allocatable["nvidia.com/gpu"] > 0`` (a device plugin already serves GPUs).
-    """
-    metadata = node.get("metadata") or {}
-    labels = metadata.get("labels") or {}
-    name = metadata.get("name", "<unnamed>")
-    evidence = []
-    if str(labels.get(GPU_PRESENT_LABEL, "")).lower() == "true":
-        evidence.append(f"node {name} has label {GPU_PRESENT_LABEL}=true")
-    for key in sorted(labels):
-        if key in DRIVER_LABEL_KEYS or key.startswith(DRIVER_LABEL_PREFIXES):
-            evidence.append(f"node {name} has label {key}={labels[key]}")
-    allocatable = (node.get("status") or {}).get("allocatable") or {}
-    count = _quantity_count(allocatable.get(GPU_RESOURCE))
-    if count > 0:
-        evidence.append(f"node {name} has allocatable {GPU_RESOURCE}={count}")
-    return evidence
-
-
-def resolve_driver_enabled(driver_enabled: bool | str, nodes: Iterable[Mapping[str, Any]] | None = None,
+def resolve_driver_enabled(driver_enabled: bool | str, probes: Mapping[str, Mapping[str, Any]] | None = None,
                            deployed_values: Mapping[str, Any] | None = None) -> tuple[bool, str]:
     """Turn ``driver_enabled`` (true, false or 'auto') into a bool and the reason for it.
 
-    'auto' means: install the driver containers unless a selected GPU node shows a working driver
-    already (see driver_evidence), because the driver DaemonSet fails on nodes whose host already
-    loaded the NVIDIA kernel modules. The catch: once the operator runs with its own driver, its
-    GPU Feature Discovery and device plugin produce the very same labels and allocatable GPUs. So
-    when the release is already installed, 'auto' keeps the ``driver.enabled`` of ``deployed_values``
-    (the release's current user values); without that, a second run would turn the driver off.
-    With no nodes given, 'auto' resolves to true (the chart default).
+    'auto' decides from ``probes``, the answers of the GPU node probe (_gpu_discovery.probe_nodes) by node
+    name: the driver containers are installed unless every node with an NVIDIA PCI device already has a
+    host driver, found the way the operator's validator finds one. A mix of both is refused: the driver
+    DaemonSet fails on nodes whose host loaded the kernel module, and without it the others never get one.
+    No label counts as evidence (see _gpu_discovery). Once the release is installed, 'auto' keeps its
+    ``driver.enabled`` (``deployed_values``, the release's user values), so a re-run probes nothing and
+    changes nothing. ``probes`` None (check mode, where no probe pod may run) gives the chart default, true.
     """
     if isinstance(driver_enabled, bool):
         return driver_enabled, f"driver_enabled set to {str(driver_enabled).lower()}"
@@ -95,12 +64,24 @@ def resolve_driver_enabled(driver_enabled: bool | str, nodes: Iterable[Mapping[s
     deployed = ((deployed_values or {}).get("driver") or {}).get("enabled")
     if isinstance(deployed, bool):
         return deployed, f"auto: kept driver.enabled={str(deployed).lower()} of the installed release"
-    evidence = [reason for node in (nodes or []) for reason in driver_evidence(node)]
-    if evidence:
-        # Three pieces of evidence make the case; a thousand nodes' worth would drown the message.
-        shown = "; ".join(evidence[:3]) + (f"; and {len(evidence) - 3} more" if len(evidence) > 3 else "")
-        return False, "auto: a driver is already installed (" + shown + ")"
-    return True, "auto: no selected GPU node shows an installed driver"
+    if probes is None:
+        return True, "auto: not probed in check mode; showing the chart default, driver.enabled=true"
+    gpu_nodes = {name: answer for name, answer in probes.items() if answer.get("nvidia_pci")}
+    if not gpu_nodes:
+        return True, f"auto: none of the {len(probes)} probed node(s) has an NVIDIA PCI device; chart default driver.enabled=true"
+    with_driver = sorted(n for n, a in gpu_nodes.items() if host_driver(a))
+    without = sorted(n for n in gpu_nodes if n not in with_driver)
+    if with_driver and without:
+        raise KubeInferError(
+            f"driver_enabled: auto found a pre-installed NVIDIA driver on {_names(with_driver)} but none on {_names(without)}. "
+            "One ClusterPolicy cannot serve both: the operator's driver fails where the host loaded the kernel module, and "
+            "without it the other nodes get no driver. Install the driver on the remaining nodes, or narrow node_selector "
+            "to one kind, or set driver_enabled explicitly")
+    if with_driver:
+        versions = sorted({str(gpu_nodes[n].get("driver")) for n in with_driver})
+        return False, (f"auto: every GPU node has a pre-installed driver ({_names(with_driver)}; "
+                       f"nvidia-smi on the host, kernel module {', '.join(versions)})")
+    return True, f"auto: no GPU node has a host driver ({_names(without)}), so the operator installs it"
 
 
 def time_slicing_config(replicas: int, mig_strategy: str = "single") -> str:
@@ -139,7 +120,7 @@ def _check_bool(name: str, value: Any) -> None:
 
 def gpu_operator_values(
     driver_enabled: bool | str = "auto",
-    nodes: Sequence[Mapping[str, Any]] | None = None,
+    probes: Mapping[str, Mapping[str, Any]] | None = None,
     toolkit_enabled: bool = True,
     device_plugin_enabled: bool = True,
     dcgm_exporter_enabled: bool = True,
@@ -162,7 +143,7 @@ def gpu_operator_values(
     deep-merged on top (user values win, see deep_merge). ``operator.defaultRuntime`` is not set:
     the chart dropped it in v25.3 (the toolkit configures the runtime through CDI).
 
-    ``driver_enabled`` 'auto' is resolved from ``nodes`` and ``deployed_values`` by
+    ``driver_enabled`` 'auto' is resolved from ``probes`` and ``deployed_values`` by
     resolve_driver_enabled; a ``driver.enabled`` in ``values`` still wins, and the returned
     ``driver_enabled`` is the final one.
     """
@@ -171,6 +152,11 @@ def gpu_operator_values(
         _check_bool(name, flag)
     if mig_strategy not in MIG_STRATEGIES:
         raise KubeInferError(f"mig_strategy must be one of {', '.join(MIG_STRATEGIES)}, got {mig_strategy!r}")
+    if mig_strategy == "mixed":
+        raise KubeInferError(
+            "mig_strategy: mixed is not supported. Fully partitioned nodes then advertise nvidia.com/mig-<profile> and no "
+            f"{GPU_RESOURCE}, which the vLLM chart does not request and the verification does not count; use single, "
+            f"which advertises each MIG device as {GPU_RESOURCE}")
     if service_monitor and not dcgm_exporter_enabled:
         raise KubeInferError("service_monitor needs dcgm_exporter_enabled: the ServiceMonitor scrapes the DCGM exporter")
     if time_slicing_replicas is not None:
@@ -181,7 +167,7 @@ def gpu_operator_values(
     if values is not None and not isinstance(values, Mapping):
         raise KubeInferError(f"values must be a mapping, got {type(values).__name__}")
 
-    driver, reason = resolve_driver_enabled(driver_enabled, nodes, deployed_values)
+    driver, reason = resolve_driver_enabled(driver_enabled, probes, deployed_values)
     computed: dict[str, Any] = {
         "driver": {"enabled": driver},
         "toolkit": {"enabled": toolkit_enabled},

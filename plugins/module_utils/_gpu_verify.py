@@ -9,6 +9,7 @@ import time
 from typing import Any, Callable, Mapping
 
 from ansible_collections.kubeinfer.llm.plugins.module_utils._errors import KubeInferError
+from ansible_collections.kubeinfer.llm.plugins.module_utils._gpu_discovery import nfd_gpu_node
 from ansible_collections.kubeinfer.llm.plugins.module_utils._gpu_operator_values import (
     CLUSTER_POLICY_NAME,
     CLUSTER_POLICY_READY_STATE,
@@ -16,7 +17,7 @@ from ansible_collections.kubeinfer.llm.plugins.module_utils._gpu_operator_values
 )
 from ansible_collections.kubeinfer.llm.plugins.module_utils._nvidia_smi import parse_nvidia_smi
 from ansible_collections.kubeinfer.llm.plugins.module_utils._resources import ApiError, Kube
-from ansible_collections.kubeinfer.llm.plugins.module_utils._waiter import pod_finished, unschedulable_reason, wait_for
+from ansible_collections.kubeinfer.llm.plugins.module_utils._waiter import pod_finished, pod_ready, unschedulable_reason, wait_for
 
 DEFAULT_TEST_POD_IMAGE = "nvcr.io/nvidia/cuda:12.4.1-base-ubuntu22.04"
 TEST_POD_CONTAINER = "nvidia-smi"
@@ -63,6 +64,45 @@ def node_view(obj: Mapping[str, Any]) -> dict[str, Any]:
             "unschedulable": bool((obj.get("spec") or {}).get("unschedulable"))}
 
 
+def is_operand(obj: Mapping[str, Any]) -> bool:
+    """Whether a DaemonSet is an operand the operator made for the ClusterPolicy (its controller owner).
+
+    The chart's own DaemonSets, such as the node-feature-discovery worker that runs on every node, are not:
+    a CPU node whose NFD worker is unwell must not block the GPU verification.
+    """
+    owners = (obj.get("metadata") or {}).get("ownerReferences") or []
+    return any(o.get("kind") == "ClusterPolicy" and str(o.get("apiVersion", "")).startswith("nvidia.com/") for o in owners)
+
+
+def pod_waiting_reason(pod: Mapping[str, Any]) -> str | None:
+    """Why a pod is not ready: the first waiting or failed (init) container, with its reason and message."""
+    status = pod.get("status") or {}
+    for kind, key in (("init container", "initContainerStatuses"), ("container", "containerStatuses")):
+        for cs in status.get(key) or []:
+            state = cs.get("state") or {}
+            waiting = state.get("waiting") or {}
+            term = state.get("terminated") or {}
+            if waiting:
+                return f"{kind} {cs.get('name')} waiting ({waiting.get('reason') or 'Waiting'}): {waiting.get('message') or ''}".rstrip(": ")
+            if term and term.get("exitCode") not in (0, None):
+                return f"{kind} {cs.get('name')} exited {term.get('exitCode')} ({term.get('reason') or 'Error'}): {term.get('message') or ''}".rstrip(": ")
+            if kind == "container" and not cs.get("ready"):
+                return f"container {cs.get('name')} not ready"
+    for cond in status.get("conditions") or []:
+        if cond.get("status") == "False" and cond.get("message"):
+            return f"{cond.get('type')}: {cond['message']}"
+    return None
+
+
+def policy_message(policy: Mapping[str, Any]) -> str:
+    """The message of the ClusterPolicy's first condition that is not fine, if any."""
+    for cond in policy.get("conditions") or []:
+        bad = (cond.get("type") == "Ready" and cond.get("status") != "True") or (cond.get("type") == "Error" and cond.get("status") == "True")
+        if bad and cond.get("message"):
+            return str(cond["message"])
+    return ""
+
+
 def problems_of(policy: Mapping[str, Any], daemonsets: list[dict[str, Any]], nodes: list[dict[str, Any]],
                 node_selector: str | None) -> list[str]:
     """Every reason the operator is not ready yet, each naming its object."""
@@ -72,24 +112,53 @@ def problems_of(policy: Mapping[str, Any], daemonsets: list[dict[str, Any]], nod
     elif not policy["state"]:
         problems.append(f"ClusterPolicy {policy['name']} has no status.state yet (the operator has not reconciled it)")
     elif policy["state"] != CLUSTER_POLICY_READY_STATE:
-        problems.append(f"ClusterPolicy {policy['state']}")
+        message = policy_message(policy)
+        problems.append(f"ClusterPolicy {policy['state']}" + (f" ({message})" if message else ""))
+    if policy["exists"] and not daemonsets:
+        problems.append("no operand DaemonSet owned by the ClusterPolicy exists yet (the operator has not created them)")
     for ds in daemonsets:
         if not ds["is_ready"]:
-            problems.append(f"DaemonSet {ds['name']} has {ds['ready']}/{ds['desired']} pods ready and {ds['available']} available")
+            text = f"operand DaemonSet {ds['name']} has {ds['ready']}/{ds['desired']} pods ready and {ds['available']} available"
+            if ds.get("not_ready_pod"):
+                text += f"; {ds['not_ready_pod']}"
+            problems.append(text)
     if not nodes:
-        problems.append(f"no node matches node_selector {node_selector!r}" if node_selector else "the cluster has no nodes")
+        problems.append(f"no node matches node_selector {node_selector!r}" if node_selector
+                        else "no node carries a node-feature-discovery NVIDIA PCI label yet")
     for node in nodes:
         if node["allocatable_gpu"] < 1:
             problems.append(f"node {node['name']} has 0 allocatable {GPU_RESOURCE}")
     return problems
 
 
+def _explain_daemonsets(kube: Kube, namespace: str, objs: list[dict[str, Any]], views: list[dict[str, Any]]) -> None:
+    """For each operand that is not ready, name one of its pods that is not, and why (one pod list, only when needed)."""
+    if all(v["is_ready"] for v in views):
+        return
+    pods = kube.list("v1", "Pod", namespace)
+    for obj, view in zip(objs, views):
+        if view["is_ready"]:
+            continue
+        match = ((obj.get("spec") or {}).get("selector") or {}).get("matchLabels") or {}
+        for pod in sorted(pods, key=lambda p: str((p.get("metadata") or {}).get("name"))):
+            labels = (pod.get("metadata") or {}).get("labels") or {}
+            if not match or any(labels.get(k) != v for k, v in match.items()) or pod_ready(pod):
+                continue
+            node = (pod.get("spec") or {}).get("nodeName") or "no node"
+            view["not_ready_pod"] = f"pod {pod['metadata']['name']} on {node}: {pod_waiting_reason(pod) or 'not ready'}"
+            break
+
+
 def observe(kube: Kube, namespace: str, node_selector: str | None) -> dict[str, Any]:
-    """One read of the ClusterPolicy, the operand DaemonSets and the GPU nodes."""
+    """One read of the ClusterPolicy, the operand DaemonSets and the GPU nodes (plus the pods of an operand not ready)."""
     policy = cluster_policy_view(kube.get("nvidia.com/v1", "ClusterPolicy", CLUSTER_POLICY_NAME))
-    daemonsets = [daemonset_view(d) for d in kube.list("apps/v1", "DaemonSet", namespace)]
-    nodes = [node_view(n) for n in kube.list("v1", "Node", label_selector=node_selector or None)]
-    return {"cluster_policy": policy, "daemonsets": sorted(daemonsets, key=lambda d: str(d["name"])),
+    operands = sorted((d for d in kube.list("apps/v1", "DaemonSet", namespace) if is_operand(d)),
+                      key=lambda d: str(d["metadata"]["name"]))
+    daemonsets = [daemonset_view(d) for d in operands]
+    _explain_daemonsets(kube, namespace, operands, daemonsets)
+    listed = kube.list("v1", "Node", label_selector=node_selector or None)
+    nodes = [node_view(n) for n in listed if node_selector or nfd_gpu_node(n)]
+    return {"cluster_policy": policy, "daemonsets": daemonsets,
             "nodes": sorted(nodes, key=lambda n: str(n["name"])),
             "problems": problems_of(policy, daemonsets, nodes, node_selector)}
 

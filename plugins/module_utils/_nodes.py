@@ -5,9 +5,10 @@
 from __future__ import annotations
 
 import re
-from typing import Any
+from typing import Any, Mapping
 
 from ansible_collections.kubeinfer.llm.plugins.module_utils._errors import KubeInferError
+from ansible_collections.kubeinfer.llm.plugins.module_utils._gpu_discovery import nfd_gpu_node, probe_nodes
 from ansible_collections.kubeinfer.llm.plugins.module_utils._resources import ApiError, Kube
 
 EFFECTS = ("NoSchedule", "PreferNoSchedule", "NoExecute")
@@ -85,14 +86,42 @@ def _comparable(taints: list[dict[str, Any]]) -> list[tuple[str, str, str]]:
     return sorted((t["key"], t.get("value") or "", t.get("effect", "")) for t in taints)
 
 
+def discover(kube: Kube, probe: Mapping[str, Any], check_mode: bool) -> tuple[list[dict[str, Any]], str]:
+    """The GPU nodes when no selection is given, and how they were found.
+
+    The nodes node-feature-discovery labelled with an NVIDIA PCI device; on a cluster without those labels
+    (a fresh one, before the GPU Operator chart installs NFD), the nodes on which the probe pod finds one.
+    Check mode runs no probe pod, so it then selects nothing and says so.
+    """
+    nodes = kube.list("v1", "Node")
+    labelled = [n for n in nodes if nfd_gpu_node(n)]
+    if labelled or not nodes:
+        return labelled, "node-feature-discovery labels"
+    if check_mode:
+        return [], "none: no node has a node-feature-discovery GPU label, and check mode runs no probe pod"
+    answers = probe_nodes(kube, [n["metadata"]["name"] for n in nodes], **probe)
+    return [n for n in nodes if answers[n["metadata"]["name"]]["nvidia_pci"]], "probe pods (NVIDIA PCI device in sysfs)"
+
+
 def reconcile(kube: Kube, names: list[str] | None, label_selector: str | None, labels: dict[str, Any],
               taints: list[dict[str, Any]], state: str, require_match: bool, check_mode: bool,
-              want_diff: bool) -> dict[str, Any]:
-    """Apply labels and taints to the selected nodes and report per node what changed."""
+              want_diff: bool, probe: Mapping[str, Any] | None = None) -> dict[str, Any]:
+    """Apply labels and taints to the selected nodes and report per node what changed.
+
+    With neither ``names`` nor ``label_selector``, the GPU nodes are discovered (see discover) with the
+    probe options ``probe`` (as _gpu_discovery.probe_options returns them).
+    """
     validate(labels, taints)
+    selected_by = "names" if names else "label_selector"
     if not names and not label_selector:
-        raise KubeInferError("names: give names, label_selector or both to select nodes")
-    nodes = kube.list("v1", "Node", label_selector=label_selector)
+        if probe is None:
+            raise KubeInferError("names: give names, label_selector or both to select nodes")
+        nodes, selected_by = discover(kube, probe, check_mode)
+        if not nodes and require_match and not check_mode:
+            raise KubeInferError("names: no node has an NVIDIA PCI device, by node-feature-discovery's labels or the probe; "
+                                 "select the GPU nodes with names or label_selector", matched=[], changed=False)
+    else:
+        nodes = kube.list("v1", "Node", label_selector=label_selector)
     if names:
         wanted = set(names)
         nodes = [n for n in nodes if n["metadata"]["name"] in wanted]
@@ -100,7 +129,7 @@ def reconcile(kube: Kube, names: list[str] | None, label_selector: str | None, l
         if missing and require_match:
             where = f" matching label_selector {label_selector!r}" if label_selector else ""
             raise KubeInferError(f"names: no node{where} is named {', '.join(missing)}", matched=[], changed=False)
-    if not nodes and require_match:
+    if not nodes and require_match and label_selector:
         raise KubeInferError(f"label_selector: no node matches {label_selector!r}", matched=[], changed=False)
 
     results: list[dict[str, Any]] = []
@@ -115,6 +144,7 @@ def reconcile(kube: Kube, names: list[str] | None, label_selector: str | None, l
     out: dict[str, Any] = {
         "changed": bool(changed),
         "matched": [r["name"] for r in results],
+        "selected_by": selected_by,
         "changed_nodes": [r["name"] for r in changed],
         "nodes": results,
         "api_requests": dict(kube.requests),

@@ -33,6 +33,10 @@ GPU_RESOURCE = "nvidia.com/gpu"
 GPU_MEMORY_LABEL = "nvidia.com/gpu.memory"
 """GPU feature discovery's label: memory of one GPU in MiB."""
 GPU_PRODUCT_LABEL = "nvidia.com/gpu.product"
+GPU_REPLICAS_LABEL = "nvidia.com/gpu.replicas"
+SHARED_SUFFIX = "-SHARED"
+"""GFD appends it to the product label when the device plugin time-slices the GPUs (replicas > 1, resource not
+renamed): NVIDIA/k8s-device-plugin v0.20 internal/lm/resource.go. The chart's affinity accepts both forms."""
 GPU_TAINT_KEY = "nvidia.com/gpu"
 CHART_NAME = "vllm"
 DEFAULT_PORT = 8000
@@ -298,8 +302,17 @@ def node_ineligible_reason(node: dict[str, Any], values: dict[str, Any]) -> str 
         if labels.get(key) != str(value):
             return f"node selector {key}={value} does not match"
     products = scheduling.get("gpuProducts") or []
-    if products and labels.get(GPU_PRODUCT_LABEL) not in products:
-        return f"{GPU_PRODUCT_LABEL}={labels.get(GPU_PRODUCT_LABEL)} is not one of {products}"
+    product = labels.get(GPU_PRODUCT_LABEL)
+    if products and product not in products and product not in [p + SHARED_SUFFIX for p in products]:
+        return f"{GPU_PRODUCT_LABEL}={product} is not one of {products} (or their {SHARED_SUFFIX} forms)"
+    shares = gpu_count(labels.get(GPU_REPLICAS_LABEL))
+    utilization = float((values.get("vllm") or {}).get("gpuMemoryUtilization") or 0)
+    if shares > 1 and utilization * shares > 1:
+        # vLLM refuses to start when free device memory is below gpu_memory_utilization x total, and the device plugin
+        # hands out time-sliced replicas of one GPU to different pods: all of them must fit in its memory together.
+        return (f"its GPUs are time-sliced {shares} ways ({GPU_REPLICAS_LABEL}={shares}), and {shares} replicas at "
+                f"gpu_memory_utilization {utilization:g} would need {utilization * shares:.2g} of one GPU's memory; "
+                f"set gpu_memory_utilization to at most {1 / shares:.2g}")
     tolerations = pod_tolerations(values)
     for taint in spec.get("taints") or []:
         if taint.get("effect") in ("NoSchedule", "NoExecute") and not tolerates(tolerations, taint):

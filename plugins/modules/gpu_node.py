@@ -10,6 +10,11 @@ short_description: Label and taint GPU nodes in one pass
 version_added: 0.1.0
 description:
   - Sets or removes labels and taints on the nodes selected by O(names), O(label_selector) or both.
+  - With neither, it selects the GPU nodes itself. Those are the nodes carrying one of the node-feature-discovery labels that the
+    GPU Operator keys on (C(feature.node.kubernetes.io/pci-10de.present), C(pci-0302_10de.present),
+    C(pci-0300_10de.present)). On a cluster where no node has such a label yet (a fresh one: the GPU Operator chart installs
+    node-feature-discovery), it runs the GPU node probe on every node instead (see O(probe_image)) and selects the nodes with
+    an NVIDIA PCI device. Check mode runs no probe pod and then selects nothing.
   - Costs one list call, then one patch for each node that actually changes; a node already in the
     desired state is not written to. RV(api_requests) reports the counts.
   - Every input is validated before the first write, so bad input leaves the cluster unchanged.
@@ -21,6 +26,7 @@ author:
 extends_documentation_fragment:
   - kubeinfer.llm.k8s_auth
   - kubeinfer.llm.k8s_auth.ATTRIBUTES
+  - kubeinfer.llm.gpu_probe
 attributes:
   check_mode:
     description: Computes the change from the listed nodes and writes nothing.
@@ -44,6 +50,7 @@ options:
   require_match:
     description:
       - Fail, before any write, when the selection matches no node or a name in O(names) does not exist.
+      - Without O(names) and O(label_selector), fail when no GPU node is found (never in check mode).
     type: bool
     default: true
   labels:
@@ -86,6 +93,15 @@ options:
 """
 
 EXAMPLES = r"""
+- name: Label and taint the GPU nodes, found by node-feature-discovery's labels or, on a fresh cluster, a probe pod
+  kubeinfer.llm.gpu_node:
+    labels:
+      kubeinfer.io/accelerator: nvidia
+    taints:
+      - key: nvidia.com/gpu
+        value: present
+        effect: NoSchedule
+
 - name: Label and taint the GPU nodes so that only inference lands on them
   kubeinfer.llm.gpu_node:
     label_selector: nvidia.com/gpu.present=true
@@ -114,6 +130,11 @@ matched:
   elements: str
   returned: always
   sample: [gpu-0, gpu-1]
+selected_by:
+  description: How the nodes were selected, V(names), V(label_selector), or how the GPU nodes were found.
+  type: str
+  returned: always
+  sample: node-feature-discovery labels
 changed_nodes:
   description: Names of the nodes that were (or, in check mode, would be) patched.
   type: list
@@ -150,7 +171,9 @@ nodes:
       elements: dict
       sample: [{key: nvidia.com/gpu, value: present, effect: NoSchedule}]
 api_requests:
-  description: API requests made, by verb. A run with nothing to change shows only C(list).
+  description:
+    - API requests made, by verb. A run with nothing to change shows only C(list).
+    - A discovery by probe adds one C(create) and one C(delete) per node, and a C(list) per poll.
   type: dict
   returned: always
   sample: {list: 1, patch: 2}
@@ -160,6 +183,7 @@ from ansible.module_utils.basic import AnsibleModule
 
 from ansible_collections.kubeinfer.llm.plugins.module_utils._client import build_api_client, connection_spec
 from ansible_collections.kubeinfer.llm.plugins.module_utils._errors import KubeInferError
+from ansible_collections.kubeinfer.llm.plugins.module_utils._gpu_discovery import PROBE_SPEC, probe_options
 from ansible_collections.kubeinfer.llm.plugins.module_utils._nodes import EFFECTS, reconcile
 from ansible_collections.kubeinfer.llm.plugins.module_utils._resources import Kube
 
@@ -178,15 +202,16 @@ def main() -> None:
                 "state": {"type": "str", "choices": ["present", "absent"], "default": "present"},
             }},
             state={"type": "str", "choices": ["present", "absent"], "default": "present"},
+            **PROBE_SPEC,
         ),
-        required_one_of=[("names", "label_selector")],
         supports_check_mode=True,
     )
     p = module.params
     try:
+        probe = probe_options(p)
         kube = Kube(build_api_client(p))
         result = reconcile(kube, p["names"], p["label_selector"], p["labels"], p["taints"], p["state"],
-                           p["require_match"], module.check_mode, module._diff)
+                           p["require_match"], module.check_mode, module._diff, probe)
     except KubeInferError as e:
         module.fail_json(msg=e.msg, **e.result)
     module.exit_json(**result)

@@ -28,6 +28,7 @@ author:
 extends_documentation_fragment:
   - kubeinfer.llm.k8s_auth
   - kubeinfer.llm.k8s_auth.ATTRIBUTES
+  - kubeinfer.llm.gpu_probe
 attributes:
   check_mode:
     description:
@@ -74,20 +75,27 @@ options:
   driver_enabled:
     description:
       - Whether the operator installs the NVIDIA driver containers (C(driver.enabled)).
-      - V(auto) lists the nodes matching O(node_selector) once and turns the driver off when one of them already shows a
-        working driver (label C(nvidia.com/gpu.present=true), a C(nvidia.com/cuda.driver.*) label, or allocatable
-        C(nvidia.com/gpu)); otherwise on. Once the release exists, V(auto) keeps the release's current C(driver.enabled),
-        because the operator's own driver produces the same evidence.
+      - V(auto) decides the way the operator's validator does. Before the first install it runs the GPU node probe
+        (see O(probe_image)) on the nodes O(node_selector) selects and turns the driver off only when every node with an
+        NVIDIA PCI device already has a host driver; when none has one, it is on. A mix of both fails before the
+        install, naming the nodes: one ClusterPolicy cannot serve both.
+      - No node label counts as evidence of a driver. The operator writes C(nvidia.com/gpu.present) from
+        node-feature-discovery's PCI labels alone, and GPU Feature Discovery's C(nvidia.com/cuda.driver.*) labels come
+        from the operator's own driver as well.
+      - Once the release exists, V(auto) keeps its current C(driver.enabled) and probes nothing. In check mode no probe
+        runs and the chart default (true) is shown.
       - A C(driver.enabled) in O(values) wins over this option.
     type: str
     choices: ['true', 'false', auto]
     default: auto
   node_selector:
     description:
-      - Label selector of the GPU nodes that O(driver_enabled=auto) looks at. The default is the label node-feature-discovery
-        sets on nodes with an NVIDIA PCI device.
+      - Label selector of the nodes that O(driver_enabled=auto) probes.
+      - Empty (the default) probes the nodes carrying one of the node-feature-discovery labels the GPU Operator keys on
+        (C(feature.node.kubernetes.io/pci-10de.present), C(pci-0302_10de.present), C(pci-0300_10de.present)), or every
+        node when none does yet (a fresh cluster: the chart installs node-feature-discovery).
     type: str
-    default: feature.node.kubernetes.io/pci-10de.present=true
+    default: ""
   toolkit_enabled:
     description: Whether the operator installs the NVIDIA container toolkit (C(toolkit.enabled)).
     type: bool
@@ -107,7 +115,11 @@ options:
     type: bool
     default: false
   mig_strategy:
-    description: How MIG devices are advertised (C(mig.strategy)).
+    description:
+      - How MIG devices are advertised (C(mig.strategy)).
+      - V(mixed) is refused before any write. Fully partitioned nodes then advertise C(nvidia.com/mig-<profile>) and
+        no C(nvidia.com/gpu), which the vLLM chart of this collection does not request and gpu_operator_info does not
+        count. Use V(single), which advertises MIG devices as C(nvidia.com/gpu).
     type: str
     choices: [none, single, mixed]
     default: single
@@ -212,7 +224,15 @@ driver_reason:
   description: Why C(driver.enabled) has its value.
   type: str
   returned: when O(state=present)
-  sample: "auto: a driver is already installed (node gpu-0 has label nvidia.com/gpu.present=true)"
+  sample: "auto: no GPU node has a host driver (gpu-0, gpu-1), so the operator installs it"
+driver_probe:
+  description:
+    - The GPU node probe's answer per node, when O(driver_enabled=auto) ran it.
+    - C(nvidia_pci) lists the PCI class codes of the node's NVIDIA devices; C(nvidia_smi) is the host's nvidia-smi path
+      or null; C(driver) the loaded kernel module's version or null.
+  type: dict
+  returned: when the probe ran
+  sample: {gpu-0: {nvidia_pci: ["0302"], nvidia_smi: null, driver: null}}
 chart_source:
   description: The chart source passed to helm.
   type: dict
@@ -262,7 +282,8 @@ from ansible.module_utils.basic import AnsibleModule
 
 from ansible_collections.kubeinfer.llm.plugins.module_utils._client import build_api_client, connection_spec
 from ansible_collections.kubeinfer.llm.plugins.module_utils._errors import KubeInferError
-from ansible_collections.kubeinfer.llm.plugins.module_utils._gpu_operator import DEFAULT_NODE_SELECTOR, reconcile, validate
+from ansible_collections.kubeinfer.llm.plugins.module_utils._gpu_discovery import PROBE_SPEC
+from ansible_collections.kubeinfer.llm.plugins.module_utils._gpu_operator import reconcile, validate
 from ansible_collections.kubeinfer.llm.plugins.module_utils._gpu_operator_values import (
     DEFAULT_CHART_REPO_URL,
     DEFAULT_CHART_VERSION,
@@ -283,7 +304,7 @@ def main() -> None:
             chart_repo_url={"type": "str", "default": DEFAULT_CHART_REPO_URL},
             chart_version={"type": "str", "default": DEFAULT_CHART_VERSION},
             driver_enabled={"type": "str", "choices": ["true", "false", "auto"], "default": "auto"},
-            node_selector={"type": "str", "default": DEFAULT_NODE_SELECTOR},
+            node_selector={"type": "str", "default": ""},
             toolkit_enabled={"type": "bool", "default": True},
             device_plugin_enabled={"type": "bool", "default": True},
             dcgm_exporter_enabled={"type": "bool", "default": True},
@@ -296,6 +317,7 @@ def main() -> None:
             atomic={"type": "bool", "default": False},
             helm_binary={"type": "path"},
             state={"type": "str", "choices": ["present", "absent"], "default": "present"},
+            **PROBE_SPEC,
         ),
         supports_check_mode=True,
     )

@@ -11,6 +11,10 @@ version_added: 0.1.0
 description:
   - Reads the ClusterPolicy's C(status.state) and conditions, the readiness of the operand DaemonSets in O(namespace),
     and the allocatable C(nvidia.com/gpu) of every GPU node (nodes matching O(node_selector)).
+  - The operands are the DaemonSets the operator made for the ClusterPolicy (its controller owner reference). The chart's
+    own node-feature-discovery worker runs on every node and is not one of them, so a CPU node cannot block the check.
+    For an operand that is not ready, RV(problems) names one of its pods, its node and the container that waits, with the
+    reason (for example the driver validation waiting for a driver that is not installed).
   - With O(run_test_pod=true), it then runs a pod that requests one C(nvidia.com/gpu), tolerates the C(nvidia.com/gpu)
     taint and runs C(nvidia-smi) once. It waits for the pod to end, reads its log through the API server, parses it into
     RV(nvidia_smi) (GPU names, memory, driver and CUDA versions), and deletes the pod, also when anything fails.
@@ -44,10 +48,11 @@ options:
     default: gpu-operator
   node_selector:
     description:
-      - Label selector of the GPU nodes to check. The default is the label node-feature-discovery sets on nodes with an
-        NVIDIA PCI device; clusters without NFD can use V(nvidia.com/gpu.present=true).
+      - Label selector of the GPU nodes to check.
+      - Empty (the default) checks the nodes carrying one of the node-feature-discovery labels the GPU Operator keys on
+        (C(feature.node.kubernetes.io/pci-10de.present), C(pci-0302_10de.present), C(pci-0300_10de.present)).
     type: str
-    default: feature.node.kubernetes.io/pci-10de.present=true
+    default: ""
   wait_timeout:
     description:
       - Seconds to keep re-reading while a problem remains (ClusterPolicy not ready, DaemonSets or GPUs missing) before
@@ -136,7 +141,9 @@ cluster_policy:
       elements: dict
       sample: [{type: Ready, status: "True", reason: Reconciled}]
 daemonsets:
-  description: The DaemonSets in O(namespace) and their readiness.
+  description:
+    - The operand DaemonSets in O(namespace) (owned by the ClusterPolicy) and their readiness.
+    - C(not_ready_pod) names a pod that is not ready, its node and why, when the DaemonSet is not ready.
   type: list
   elements: dict
   returned: always
@@ -195,7 +202,6 @@ from ansible.module_utils.basic import AnsibleModule
 
 from ansible_collections.kubeinfer.llm.plugins.module_utils._client import build_api_client, connection_spec
 from ansible_collections.kubeinfer.llm.plugins.module_utils._errors import KubeInferError
-from ansible_collections.kubeinfer.llm.plugins.module_utils._gpu_operator import DEFAULT_NODE_SELECTOR
 from ansible_collections.kubeinfer.llm.plugins.module_utils._gpu_operator_values import DEFAULT_NAMESPACE
 from ansible_collections.kubeinfer.llm.plugins.module_utils._gpu_verify import DEFAULT_TEST_POD_IMAGE, verify
 from ansible_collections.kubeinfer.llm.plugins.module_utils._resources import Kube
@@ -205,7 +211,7 @@ def main() -> None:
     module = AnsibleModule(
         argument_spec=connection_spec(
             namespace={"type": "str", "default": DEFAULT_NAMESPACE},
-            node_selector={"type": "str", "default": DEFAULT_NODE_SELECTOR},
+            node_selector={"type": "str", "default": ""},
             wait_timeout={"type": "int", "default": 0},
             fail_on_not_ready={"type": "bool", "default": False},
             run_test_pod={"type": "bool", "default": False},
