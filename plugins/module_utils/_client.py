@@ -43,6 +43,9 @@ def connection_spec(**extra: dict[str, Any]) -> dict[str, dict[str, Any]]:
     return spec
 
 
+USER_AGENT = "kubeinfer.llm"
+
+
 def build_api_client(params: dict[str, Any]) -> Any:
     """Build a kubernetes ApiClient from the connection options.
 
@@ -81,4 +84,7 @@ def build_api_client(params: dict[str, Any]) -> Any:
         configuration.key_file = params["client_key"]
     if params.get("proxy"):
         configuration.proxy = params["proxy"]
-    return k8s_client.ApiClient(configuration)
+    api_client = k8s_client.ApiClient(configuration)
+    # Names the collection in the API server's audit log, apart from other clients of the same library.
+    api_client.user_agent = USER_AGENT
+    return api_client

@@ -66,7 +66,7 @@ for p in @PATHS@; do
 done
 drv=none
 if [ -r /proc/driver/nvidia/version ]; then
-  drv=$(sed -n 's/.*Kernel Module[^0-9]*\([0-9][0-9.]*\).*/\1/p' /proc/driver/nvidia/version | head -n 1)
+  drv=$(sed -n 's/.*Kernel Module[^.]* \([0-9][0-9]*\.[0-9.]*\).*/\1/p' /proc/driver/nvidia/version | head -n 1)
   [ -n "$drv" ] || drv=unknown
 fi
 printf 'nvidia-pci=%s\nnvidia-smi=%s\ndriver=%s\n' "$pci" "$smi" "$drv" > /dev/termination-log
@@ -209,7 +209,9 @@ PROBE_SPEC: dict[str, dict[str, Any]] = {
 
 def probe_options(params: Mapping[str, Any]) -> dict[str, Any]:
     """The probe_* module options, checked, as probe_nodes() takes them."""
-    timeout = params.get("probe_timeout") or DEFAULT_PROBE_TIMEOUT
+    timeout = params.get("probe_timeout")
+    if timeout is None:
+        timeout = DEFAULT_PROBE_TIMEOUT
     if timeout <= 0:
         raise KubeInferError(f"probe_timeout: must be a positive number of seconds, got {timeout}")
     if not params.get("probe_image"):

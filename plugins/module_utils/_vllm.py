@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import copy
 import json
+import math
 import re
 from typing import Any, Callable
 
@@ -312,7 +313,7 @@ def node_ineligible_reason(node: dict[str, Any], values: dict[str, Any]) -> str 
         # hands out time-sliced replicas of one GPU to different pods: all of them must fit in its memory together.
         return (f"its GPUs are time-sliced {shares} ways ({GPU_REPLICAS_LABEL}={shares}), and {shares} replicas at "
                 f"gpu_memory_utilization {utilization:g} would need {utilization * shares:.2g} of one GPU's memory; "
-                f"set gpu_memory_utilization to at most {1 / shares:.2g}")
+                f"set gpu_memory_utilization to at most {math.floor(1000 / shares) / 1000:g}")  # rounded down: it must fit
     tolerations = pod_tolerations(values)
     for taint in spec.get("taints") or []:
         if taint.get("effect") in ("NoSchedule", "NoExecute") and not tolerates(tolerations, taint):

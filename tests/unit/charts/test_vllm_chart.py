@@ -327,6 +327,23 @@ def test_shm_only_with_more_than_one_gpu(values_file: Path) -> None:
         assert shm == [] and mounted == []
 
 
+def test_affinity_and_the_capacity_planner_accept_the_same_products(tmp_path: Path) -> None:
+    """The planner (vllm_release's preflight) must count exactly the nodes the rendered affinity lets the pods onto."""
+    from ansible_collections.kubeinfer.llm.plugins.module_utils._vllm import node_ineligible_reason
+
+    products = ["NVIDIA-A100-SXM4-80GB", "NVIDIA-H100-80GB-HBM3"]
+    values = {"scheduling": {"gpuProducts": products}}
+    pod = only(render(VALUES_FILES[0], extra_values=values, tmp=tmp_path), "Deployment")["spec"]["template"]["spec"]
+    (term,) = pod["affinity"]["nodeAffinity"]["requiredDuringSchedulingIgnoredDuringExecution"]["nodeSelectorTerms"]
+    (expr,) = term["matchExpressions"]
+    assert expr["key"] == "nvidia.com/gpu.product" and expr["operator"] == "In"
+    for label in [*products, *(p + "-SHARED" for p in products), "NVIDIA-L4", "NVIDIA-L4-SHARED",
+                  "NVIDIA-A100-SXM4-80GB-SHARED-SHARED", "NVIDIA-H100-80GB-HBM3-shared"]:
+        node = {"metadata": {"name": "n", "labels": {"nvidia.com/gpu.product": label}}, "spec": {},
+                "status": {"allocatable": {"nvidia.com/gpu": "8"}, "conditions": [{"type": "Ready", "status": "True"}]}}
+        assert (label in expr["values"]) == (node_ineligible_reason(node, values) is None), label
+
+
 @pytest.mark.parametrize("values_file", VALUES_FILES, ids=ids)
 def test_tolerations_and_affinity(values_file: Path) -> None:
     sched = effective(values_file)["scheduling"]
@@ -339,7 +356,9 @@ def test_tolerations_and_affinity(values_file: Path) -> None:
     assert len(tolerations) == int(sched["gpuToleration"]) + len(sched["tolerations"])
     if sched["gpuProducts"]:
         terms = pod["affinity"]["nodeAffinity"]["requiredDuringSchedulingIgnoredDuringExecution"]["nodeSelectorTerms"]
-        assert terms == [{"matchExpressions": [{"key": "nvidia.com/gpu.product", "operator": "In", "values": sched["gpuProducts"]}]}]
+        # Each product and its -SHARED form, the product label GPU Feature Discovery writes under time-slicing.
+        shared = [form for product in sched["gpuProducts"] for form in (product, product + "-SHARED")]
+        assert terms == [{"matchExpressions": [{"key": "nvidia.com/gpu.product", "operator": "In", "values": shared}]}]
     else:
         assert "affinity" not in pod
     assert pod.get("nodeSelector", {}) == sched["nodeSelector"]

@@ -1,6 +1,10 @@
 """A small stateful stand-in for an API server behind kubernetes.client.ApiClient: objects by path, apply, merge patch
 with resourceVersion preconditions, create, delete, dry runs and label-selected lists. For unit tests of the
-adapter and HPA logic; the real behaviour is covered by the integration tests."""
+adapter, HPA and GPU node probe logic; the real behaviour is covered by the integration tests.
+
+A POST without ``metadata.name`` takes ``generateName`` plus a counter, as the API server names such objects
+(with random letters there). ``on_create`` hooks run on every stored POST and may change the object, the way a
+kubelet later fills in a pod's status; ``on_request`` hooks run before each request."""
 from __future__ import annotations
 
 import copy
@@ -11,7 +15,8 @@ from typing import Any, Callable
 from .fake_api import FakeApiException, FakeResponse
 
 PLURALS = {"ConfigMap": "configmaps", "Deployment": "deployments", "Pod": "pods", "HorizontalPodAutoscaler": "horizontalpodautoscalers",
-           "APIService": "apiservices", "CustomResourceDefinition": "customresourcedefinitions", "ScaledObject": "scaledobjects"}
+           "APIService": "apiservices", "CustomResourceDefinition": "customresourcedefinitions", "ScaledObject": "scaledobjects",
+           "Node": "nodes", "DaemonSet": "daemonsets", "Namespace": "namespaces"}
 
 
 def merge(base: Any, patch: Any) -> Any:
@@ -44,6 +49,9 @@ class FakeCluster:
         self.answers: dict[tuple[str, str], Any] = {}
         self.calls: list[dict[str, Any]] = []
         self.version = 100
+        self.generated = 0
+        self.on_create: list[Callable[[dict[str, Any]], None]] = []
+        self.on_request: list[Callable[[str, str], None]] = []
 
     # -- setup helpers ----------------------------------------------------------------------------
     @staticmethod
@@ -71,6 +79,8 @@ class FakeCluster:
         headers = header_params or {}
         self.calls.append({"path": path, "method": method, "query": query, "body": copy.deepcopy(body),
                            "content_type": headers.get("Content-Type")})
+        for hook in self.on_request:
+            hook(method, path)
         answer = self.answers.get((method, path))
         if answer is not None:
             if isinstance(answer, Exception):
@@ -86,11 +96,22 @@ class FakeCluster:
                 return FakeResponse({"items": [o for o in items if _matches(o, query.get("labelSelector"))]})
             raise FakeApiException(404, f"{path} not found")
         if method == "POST":
-            name = body["metadata"]["name"]
+            body = copy.deepcopy(body)
+            meta = body.setdefault("metadata", {})
+            if not meta.get("name"):
+                if not meta.get("generateName"):
+                    raise FakeApiException(422, "name or generateName is required")
+                self.generated += 1
+                meta["name"] = f"{meta['generateName']}{self.generated:05d}"
+            name = meta["name"]
             target = f"{path}/{name}"
             if target in self.objects:
                 raise FakeApiException(409, f"{name} already exists")
-            return FakeResponse(self._store(target, copy.deepcopy(body), dry))
+            stored = self._store(target, body, dry)
+            if not dry:
+                for created in self.on_create:
+                    created(stored)
+            return FakeResponse(stored)
         if method == "PATCH":
             kind = headers.get("Content-Type")
             current = self.objects.get(path)
@@ -117,6 +138,52 @@ class FakeCluster:
         obj.setdefault("metadata", {})["resourceVersion"] = str(self.version)
         self.objects[path] = obj
         return obj
+
+
+# -- the kubelet's part for the GPU node probe pods (_gpu_discovery.probe_nodes) ---------------------------
+def probe_pods(cluster: FakeCluster, namespace: str = "kube-system") -> list[dict[str, Any]]:
+    prefix = f"/api/v1/namespaces/{namespace}/pods/"
+    return [o for p, o in cluster.objects.items() if p.startswith(prefix) and o["metadata"]["name"].startswith("kubeinfer-gpu-probe-")]
+
+
+def pod_succeeded(message: str) -> Callable[[dict[str, Any]], None]:
+    """A pod's end: exit 0, with ``message`` as the container's termination message."""
+    def finish(pod: dict[str, Any]) -> None:
+        pod["status"] = {"phase": "Succeeded", "containerStatuses": [
+            {"name": "probe", "state": {"terminated": {"exitCode": 0, "reason": "Completed", "message": message}}}]}
+    return finish
+
+
+def pod_failed(code: int, reason: str, message: str = "") -> Callable[[dict[str, Any]], None]:
+    def finish(pod: dict[str, Any]) -> None:
+        pod["status"] = {"phase": "Failed", "containerStatuses": [
+            {"name": "probe", "state": {"terminated": {"exitCode": code, "reason": reason, "message": message}}}]}
+    return finish
+
+
+def answer_probes(cluster: FakeCluster, answers: dict[str, Callable[[dict[str, Any]], None]], after_lists: int = 0,
+                  namespace: str = "kube-system") -> None:
+    """End each probe pod that has no status yet by its node's entry in ``answers`` (see pod_succeeded), once the pods of
+    ``namespace`` have been listed more than ``after_lists`` times. A node without an entry keeps its pod pending."""
+    lists = [0]
+    collection = f"/api/v1/namespaces/{namespace}/pods"
+
+    def on_request(method: str, path: str) -> None:
+        if method != "GET" or path != collection:
+            return
+        lists[0] += 1
+        if lists[0] > after_lists:
+            for pod in probe_pods(cluster, namespace):
+                finish = answers.get(pod["spec"]["nodeName"])
+                if finish is not None and not pod.get("status"):
+                    finish(pod)
+
+    cluster.on_request.append(on_request)
+
+
+def probe_answer(pci: str = "0302", smi: str = "none", driver: str = "none") -> str:
+    """The probe's termination message (see _gpu_discovery.PROBE_SCRIPT)."""
+    return f"nvidia-pci={pci}\nnvidia-smi={smi}\ndriver={driver}\n"
 
 
 class FakeForward:

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import json
+import subprocess
 import tarfile
 from pathlib import Path
 from typing import Any
@@ -13,6 +14,7 @@ from ansible_collections.kubeinfer.llm.plugins.module_utils._gpu_operator import
     chart_matches,
     chart_source,
     parse_driver_enabled,
+    probe_candidates,
     reconcile,
     validate,
     value_changes,
@@ -21,9 +23,10 @@ from ansible_collections.kubeinfer.llm.plugins.module_utils._helm import Helm
 from ansible_collections.kubeinfer.llm.plugins.module_utils._resources import Kube
 
 from .fake_api import FakeApiClient
+from .fake_cluster import FakeCluster, answer_probes, pod_succeeded, probe_answer, probe_pods
 
 REPO = Path(__file__).resolve().parents[4]
-STANDIN = REPO / "tests" / "gpu-operator-standin"
+NFD_3D = "feature.node.kubernetes.io/pci-0302_10de.present"
 NODES_PATH = "/api/v1/nodes"
 NS_PATH = "/api/v1/namespaces/gpu-operator"
 CM_PATH = "/api/v1/namespaces/gpu-operator/configmaps/time-slicing-config"
@@ -33,10 +36,11 @@ def params(**overrides: Any) -> dict[str, Any]:
     base: dict[str, Any] = {
         "release_name": "gpu-operator", "namespace": "gpu-operator", "create_namespace": True, "chart_ref": None,
         "chart_repo_url": "https://helm.ngc.nvidia.com/nvidia", "chart_version": "v26.7.0", "driver_enabled": "auto",
-        "node_selector": "feature.node.kubernetes.io/pci-10de.present=true", "toolkit_enabled": True,
+        "node_selector": "", "toolkit_enabled": True,
         "device_plugin_enabled": True, "dcgm_exporter_enabled": True, "dcgm_service_monitor": False,
         "mig_strategy": "single", "time_slicing_replicas": None, "values": {}, "wait": True, "timeout": 600,
         "atomic": False, "helm_binary": None, "state": "present",
+        "probe_image": "validator:test", "probe_namespace": "kube-system", "probe_timeout": 30,
     }
     base.update(overrides)
     return base
@@ -70,14 +74,38 @@ class FakeHelm:
         return 1, "", f"unexpected helm call {argv}"
 
 
-def run(api: FakeApiClient, fake: FakeHelm, check: bool = False, diff: bool = False, **overrides: Any) -> dict[str, Any]:
+def run(api: Any, fake: FakeHelm, check: bool = False, diff: bool = False, **overrides: Any) -> dict[str, Any]:
     kube = Kube(api)
     helm = Helm(fake, "/bin/helm", {"kubeconfig": "/k"})
     return reconcile(kube, helm, params(**overrides), check, diff)
 
 
 def gpu_node(name: str, **labels: str) -> dict[str, Any]:
-    return {"metadata": {"name": name, "labels": labels}, "status": {"allocatable": {}}}
+    return {"apiVersion": "v1", "kind": "Node", "metadata": {"name": name, "labels": labels}, "status": {"allocatable": {}}}
+
+
+HOSTED = probe_answer(smi="/usr/bin/nvidia-smi", driver="550.54.15")
+
+
+def probed_cluster(*nodes: dict[str, Any], **answers: str) -> FakeCluster:
+    """A fake API server with ``nodes`` whose probe pods answer by node name (``gpu_0=...`` for node gpu-0)."""
+    cluster = FakeCluster()
+    for n in nodes:
+        cluster.add(n)
+    answer_probes(cluster, {name.replace("_", "-"): pod_succeeded(message) for name, message in answers.items()})
+    return cluster
+
+
+def probed_nodes(cluster: FakeCluster) -> list[str]:
+    return sorted(c["body"]["spec"]["nodeName"] for c in cluster.calls if c["method"] == "POST" and c["path"].endswith("/pods"))
+
+
+@pytest.fixture(scope="module")
+def upstream_chart() -> Path:
+    """The published chart archive, sha256 checked by tools/localcluster/upstream-chart.sh."""
+    done = subprocess.run([str(REPO / "tools" / "localcluster" / "upstream-chart.sh")], capture_output=True, text=True, check=False)
+    assert done.returncode == 0, done.stderr
+    return Path(done.stdout.strip())
 
 
 # -- chart sources ----------------------------------------------------------------------
@@ -98,16 +126,19 @@ def test_oci_mirror_and_archive_url_sources() -> None:
         chart_source("oci://registry.example.com/nvidia/gpu-operator:v26.7.0")
 
 
-def test_local_directory_and_archive_use_their_own_version(tmp_path: Path) -> None:
-    local = chart_source(str(STANDIN))
-    assert local["type"] == "local" and local["chart"] == str(STANDIN) and local["name"] == "gpu-operator"
-    assert local["version"] is None, "helm ignores --version for a local chart"
-    archive = tmp_path / "gpu-operator-v26.7.0.tgz"
-    with tarfile.open(archive, "w:gz") as tar:
-        tar.add(STANDIN, arcname="gpu-operator")
-    assert chart_source(str(archive))["expected_version"] == "v26.7.0"
+def test_local_directory_and_archive_use_their_own_version(upstream_chart: Path, tmp_path: Path) -> None:
+    archive = chart_source(str(upstream_chart))
+    assert archive["type"] == "local" and archive["chart"] == str(upstream_chart) and archive["name"] == "gpu-operator"
+    assert archive["version"] is None, "helm ignores --version for a local chart"
+    assert archive["expected_version"] == "v26.7.0"
     with pytest.raises(KubeInferError, match="^chart_version: the local chart .* is version v26.7.0, not v25.10.0"):
-        chart_source(str(archive), chart_version="v25.10.0")
+        chart_source(str(upstream_chart), chart_version="v25.10.0")
+    with tarfile.open(upstream_chart) as tar:
+        tar.extractall(tmp_path, filter="data")
+    local = chart_source(str(tmp_path / "gpu-operator"), chart_version="26.7.0")
+    assert local["type"] == "local" and local["name"] == "gpu-operator" and local["expected_version"] == "v26.7.0"
+    with pytest.raises(KubeInferError, match="^chart_version: the local chart .* is version v26.7.0, not v26.3.0"):
+        chart_source(str(tmp_path / "gpu-operator"), chart_version="v26.3.0")
 
 
 def test_missing_or_bogus_local_chart_names_chart_ref(tmp_path: Path) -> None:
@@ -138,6 +169,9 @@ def test_chart_match_ignores_the_v_prefix() -> None:
     ({"timeout": 0}, "^timeout: "),
     ({"chart_version": ""}, "^chart_version: "),
     ({"dcgm_service_monitor": True, "dcgm_exporter_enabled": False}, "^service_monitor needs dcgm_exporter_enabled"),
+    ({"mig_strategy": "mixed"}, "^mig_strategy: mixed is not supported"),
+    ({"probe_timeout": 0}, "^probe_timeout: must be a positive number"),
+    ({"probe_image": ""}, "^probe_image: must not be empty"),
 ])
 def test_bad_inputs_fail_before_any_request(overrides: dict[str, Any], message: str) -> None:
     api, fake = FakeApiClient(), FakeHelm()
@@ -158,47 +192,110 @@ def test_validate_state_absent_skips_chart_checks() -> None:
 
 
 # -- reconcile --------------------------------------------------------------------------------
-def test_fresh_install_resolves_auto_from_nodes_and_upgrades_once() -> None:
-    api = FakeApiClient({("GET", NODES_PATH): {"items": [gpu_node("gpu-0", **{"nvidia.com/gpu.present": "true"})]}})
+def test_probe_candidates() -> None:
+    labelled = [gpu_node("gpu-0", **{NFD_3D: "true"}), gpu_node("gpu-1", **{"feature.node.kubernetes.io/pci-10de.present": "true"})]
+    cluster = FakeCluster()
+    for n in [*labelled, gpu_node("cpu-0", **{"nvidia.com/gpu.present": "true"})]:
+        cluster.add(n)
+    kube = Kube(cluster)
+    assert [n["metadata"]["name"] for n in probe_candidates(kube, None)] == ["gpu-0", "gpu-1"], "the NFD-labelled nodes only"
+    assert [n["metadata"]["name"] for n in probe_candidates(kube, "nvidia.com/gpu.present=true")] == ["cpu-0"]
+    assert cluster.calls[-1]["query"] == {"labelSelector": "nvidia.com/gpu.present=true"}
+    fresh = FakeCluster()
+    for n in (gpu_node("node-a"), gpu_node("node-b")):
+        fresh.add(n)
+    assert [n["metadata"]["name"] for n in probe_candidates(Kube(fresh), "")] == ["node-a", "node-b"], "no NFD yet: every node"
+
+
+def test_fresh_install_probes_the_gpu_nodes_and_installs_the_driver_where_none_is() -> None:
+    # The labels that used to turn the driver off: written by the operator (gpu.present) and by GFD on its own driver.
+    gpu = gpu_node("gpu-0", **{NFD_3D: "true", "nvidia.com/gpu.present": "true", "nvidia.com/cuda.driver.major": "550"})
+    cluster = probed_cluster(gpu, gpu_node("cpu-0"), gpu_0=probe_answer(), cpu_0=probe_answer(pci=""))
     fake = FakeHelm()
-    result = run(api, fake)
-    assert result["changed"] is True
-    assert result["driver_enabled"] is False and "gpu-0" in result["driver_reason"]
+    result = run(cluster, fake)
+    assert probed_nodes(cluster) == ["gpu-0"], "only the NFD-labelled node is probed"
+    assert result["driver_probe"] == {"gpu-0": {"nvidia_pci": ["0302"], "nvidia_smi": None, "driver": None}}
+    assert result["driver_enabled"] is True
+    assert result["driver_reason"] == "auto: no GPU node has a host driver (gpu-0), so the operator installs it"
+    assert probe_pods(cluster) == [], "the probe pod is deleted"
+    pod = next(c["body"] for c in cluster.calls if c["method"] == "POST")
+    assert pod["metadata"]["namespace"] == "kube-system" and pod["spec"]["containers"][0]["image"] == "validator:test"
     assert len(fake.upgrades) == 1
     argv = fake.upgrades[0]["argv"]
     assert argv[1:5] == ["upgrade", "--install", "gpu-operator", "gpu-operator"]
     assert argv[argv.index("--repo") + 1] == "https://helm.ngc.nvidia.com/nvidia"
     assert argv[argv.index("--version") + 1] == "v26.7.0"
-    assert fake.upgrades[0]["values"]["driver"] == {"enabled": False}
-    assert api.calls[0]["query"]["labelSelector"] == "feature.node.kubernetes.io/pci-10de.present=true"
+    assert fake.upgrades[0]["values"]["driver"] == {"enabled": True}
     assert result["release"]["revision"] == 1 and result["release"]["chart_version"] == "v26.7.0"
     assert any("upgrade --install" in c and "<values-file>" in c for c in result["helm_commands"])
     assert result["changes"] == ["release: (none) -> gpu-operator-v26.7.0"]
+    assert result["api_requests"] == {"list": 2, "create": 1, "delete": 1}
+
+
+def test_fresh_cluster_without_nfd_probes_every_node_and_keeps_a_host_driver() -> None:
+    cluster = probed_cluster(gpu_node("node-a"), gpu_node("node-b"), gpu_node("node-c"),
+                             node_a=HOSTED, node_b=HOSTED, node_c=probe_answer(pci=""))
+    fake = FakeHelm()
+    result = run(cluster, fake)
+    assert probed_nodes(cluster) == ["node-a", "node-b", "node-c"]
+    assert result["driver_enabled"] is False and "node-a, node-b" in result["driver_reason"]
+    assert fake.upgrades[0]["values"]["driver"] == {"enabled": False}
+    assert probe_pods(cluster) == []
+
+
+def test_node_selector_picks_the_nodes_to_probe() -> None:
+    cluster = probed_cluster(gpu_node("gpu-0", pool="a100", **{NFD_3D: "true"}), gpu_node("gpu-1", **{NFD_3D: "true"}),
+                             gpu_0=HOSTED, gpu_1=probe_answer())
+    result = run(cluster, FakeHelm(), node_selector="pool=a100")
+    assert probed_nodes(cluster) == ["gpu-0"] and result["driver_enabled"] is False
+
+
+def test_a_mix_of_host_driver_and_none_fails_before_the_install() -> None:
+    cluster = probed_cluster(gpu_node("gpu-0", **{NFD_3D: "true"}), gpu_node("gpu-1", **{NFD_3D: "true"}),
+                             gpu_0=HOSTED, gpu_1=probe_answer())
+    fake = FakeHelm()
+    with pytest.raises(KubeInferError, match="^driver_enabled: auto found a pre-installed NVIDIA driver on gpu-0 but none on gpu-1") as err:
+        run(cluster, fake)
+    assert fake.upgrades == [] and probe_pods(cluster) == []
+    assert err.value.result["driver_probe"]["gpu-0"]["driver"] == "550.54.15", "the failure still shows what the probe found"
+    assert err.value.result["api_requests"]["create"] == 2
+
+
+def test_explicit_driver_or_check_mode_runs_no_probe() -> None:
+    cluster = probed_cluster(gpu_node("gpu-0", **{NFD_3D: "true"}), gpu_0=HOSTED)
+    explicit = run(cluster, FakeHelm(), driver_enabled="true")
+    assert explicit["driver_enabled"] is True and "driver_probe" not in explicit
+    checked = run(cluster, FakeHelm(), check=True)
+    assert checked["driver_enabled"] is True and "driver_probe" not in checked
+    assert checked["driver_reason"].startswith("auto: not probed in check mode")
+    assert checked["changed"] is True and checked["release_would_change"] is True
+    assert not [c for c in cluster.calls if c["method"] != "GET"] and probed_nodes(cluster) == []
 
 
 def test_rerun_with_same_values_runs_no_upgrade_and_no_api_request() -> None:
-    api = FakeApiClient({("GET", NODES_PATH): {"items": []}})
+    cluster = probed_cluster(gpu_node("gpu-0", **{NFD_3D: "true"}), gpu_0=probe_answer())
     fake = FakeHelm()
-    run(api, fake)
-    api.calls.clear()
-    again = run(api, fake)
+    run(cluster, fake)
+    cluster.calls.clear()
+    again = run(cluster, fake)
     assert again["changed"] is False and again["changes"] == []
     assert len(fake.upgrades) == 1
     assert not any(" upgrade " in c for c in again["helm_commands"])
-    # auto keeps the installed release's driver.enabled, so the nodes are not even listed
-    assert again["api_requests"] == {} and api.calls == []
+    # auto keeps the installed release's driver.enabled, so nothing is probed, not even listed
+    assert again["api_requests"] == {} and cluster.calls == []
     assert again["driver_reason"].startswith("auto: kept driver.enabled=true")
+    assert "driver_probe" not in again
 
 
 def test_changed_value_upgrades_and_reports_the_change() -> None:
     api = FakeApiClient({("GET", NODES_PATH): {"items": []}})
     fake = FakeHelm()
     run(api, fake)
-    result = run(api, fake, mig_strategy="mixed", diff=True)
+    result = run(api, fake, mig_strategy="none", diff=True)
     assert result["changed"] is True and len(fake.upgrades) == 2
-    assert result["changes"] == ["values.mig.strategy: single -> mixed"]
+    assert result["changes"] == ["values.mig.strategy: single -> none"]
     assert result["diff"]["before"]["values"]["mig"] == {"strategy": "single"}
-    assert result["diff"]["after"]["values"]["mig"] == {"strategy": "mixed"}
+    assert result["diff"]["after"]["values"]["mig"] == {"strategy": "none"}
     assert result["release"]["revision"] == 2
 
 
@@ -260,7 +357,7 @@ def test_time_slicing_in_check_mode_with_missing_namespace_writes_nothing() -> N
     fake = FakeHelm()
     result = reconcile(Kube(api), Helm(fake, "/bin/helm", {}), params(time_slicing_replicas=2), True, False)
     assert result["changed"] is True and result["namespace_created"] is True
-    assert [c["method"] for c in api.calls] == ["GET", "GET"], "only the node list and the namespace read"
+    assert [c["path"] for c in api.calls] == [NS_PATH], "only the namespace read: check mode runs no probe"
     assert fake.upgrades == []
 
 

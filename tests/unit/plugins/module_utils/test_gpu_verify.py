@@ -10,6 +10,9 @@ from ansible_collections.kubeinfer.llm.plugins.module_utils._errors import KubeI
 from ansible_collections.kubeinfer.llm.plugins.module_utils._gpu_verify import (
     daemonset_view,
     failure_reason,
+    is_operand,
+    pod_waiting_reason,
+    policy_message,
     smoke_pod,
     verify,
 )
@@ -27,24 +30,43 @@ POD_PATH = f"{PODS_PATH}/{POD}"
 LOG_PATH = f"{POD_PATH}/log"
 
 
-def node(name: str, gpus: int) -> dict[str, Any]:
-    return {"metadata": {"name": name, "labels": {"nvidia.com/gpu.product": "NVIDIA-A100-SXM4-80GB"}},
+NFD_LABEL = "feature.node.kubernetes.io/pci-0302_10de.present"
+# How the operator owns its operands (gpu-operator controllers: controllerutil.SetControllerReference to the ClusterPolicy).
+POLICY_OWNER = {"apiVersion": "nvidia.com/v1", "kind": "ClusterPolicy", "name": "cluster-policy", "uid": "u-1",
+                "controller": True, "blockOwnerDeletion": True}
+
+
+def node(name: str, gpus: int, nfd: bool = True) -> dict[str, Any]:
+    labels = {"nvidia.com/gpu.product": "NVIDIA-A100-SXM4-80GB", **({NFD_LABEL: "true"} if nfd else {})}
+    return {"metadata": {"name": name, "labels": labels},
             "status": {"allocatable": {"nvidia.com/gpu": str(gpus)}, "capacity": {"nvidia.com/gpu": str(gpus)}}}
 
 
-def daemonset(name: str, desired: int, ready: int) -> dict[str, Any]:
-    return {"metadata": {"name": name, "generation": 1},
+def daemonset(name: str, desired: int, ready: int, operand: bool = True) -> dict[str, Any]:
+    meta: dict[str, Any] = {"name": name, "generation": 1}
+    if operand:
+        meta["ownerReferences"] = [POLICY_OWNER]
+    return {"metadata": meta, "spec": {"selector": {"matchLabels": {"app": name}}},
             "status": {"observedGeneration": 1, "desiredNumberScheduled": desired, "currentNumberScheduled": desired,
                        "numberReady": ready, "numberAvailable": ready, "updatedNumberScheduled": desired}}
+
+
+# The chart's own NFD worker runs on every node, CPU nodes included; one of them is unwell.
+NFD_WORKER = daemonset("gpu-operator-node-feature-discovery-worker", 5, 4, operand=False)
 
 
 def answers(state: str | None = "ready", gpus: tuple[int, ...] = (8, 8), ds_ready: int = 2) -> dict[tuple[str, str], Any]:
     policy = {"metadata": {"name": "cluster-policy"}, "status": {"state": state} if state else {}}
     return {
         ("GET", CP_PATH): policy,
-        ("GET", DS_PATH): {"items": [daemonset("nvidia-device-plugin-daemonset", 2, ds_ready)]},
+        ("GET", DS_PATH): {"items": [daemonset("nvidia-device-plugin-daemonset", 2, ds_ready), NFD_WORKER]},
         ("GET", NODES_PATH): {"items": [node(f"gpu-{i}", n) for i, n in enumerate(gpus)]},
     }
+
+
+def waiting_pod(name: str, app: str, node_name: str, **state: Any) -> dict[str, Any]:
+    return {"metadata": {"name": name, "labels": {"app": app}}, "spec": {"nodeName": node_name},
+            "status": {"phase": "Pending", "initContainerStatuses": [{"name": "toolkit-validation", "ready": False, "state": state}]}}
 
 
 def params(**overrides: Any) -> dict[str, Any]:
@@ -73,6 +95,7 @@ def test_ready_stack_reports_facts_with_reads_only() -> None:
     assert result["ready"] is True and result["problems"] == [] and result["changed"] is False
     assert result["cluster_policy"]["state"] == "ready"
     assert [n["allocatable_gpu"] for n in result["nodes"]] == [8, 8]
+    assert [d["name"] for d in result["daemonsets"]] == ["nvidia-device-plugin-daemonset"], "the NFD worker is no operand"
     assert result["daemonsets"][0]["is_ready"] is True
     assert {c["method"] for c in api.calls} == {"GET"}
     assert api.calls[-1]["query"]["labelSelector"] == "nvidia.com/gpu.present=true"
@@ -87,11 +110,61 @@ def test_not_ready_policy_names_the_cause_and_fails_on_request() -> None:
     assert not any(c["method"] == "POST" for c in api.calls), "no test pod on a stack that is not ready"
 
 
-def test_node_without_gpus_and_unready_daemonset_are_named() -> None:
-    result = verify(Kube(FakeApiClient(answers(gpus=(8, 0), ds_ready=1))), params(), check_mode=False)
+def test_node_without_gpus_and_unready_daemonset_are_named_with_the_waiting_pod() -> None:
+    base = answers(gpus=(8, 0), ds_ready=1)
+    ready_pod = {"metadata": {"name": "nvidia-device-plugin-daemonset-aaaaa", "labels": {"app": "nvidia-device-plugin-daemonset"}},
+                 "spec": {"nodeName": "gpu-0"},
+                 "status": {"phase": "Running", "conditions": [{"type": "Ready", "status": "True"}]}}
+    stuck = waiting_pod("nvidia-device-plugin-daemonset-bbbbb", "nvidia-device-plugin-daemonset", "gpu-1",
+                        waiting={"reason": "PodInitializing"})
+    other = waiting_pod("gpu-operator-node-feature-discovery-worker-ccccc", "gpu-operator-node-feature-discovery-worker", "cpu-0",
+                        waiting={"reason": "ImagePullBackOff"})
+    base[("GET", PODS_PATH)] = {"items": [other, stuck, ready_pod]}
+    api = FakeApiClient(base)
+    result = verify(Kube(api), params(), check_mode=False)
     assert "node gpu-1 has 0 allocatable nvidia.com/gpu" in result["problems"]
-    assert "DaemonSet nvidia-device-plugin-daemonset has 1/2 pods ready and 1 available" in result["problems"]
+    assert ("operand DaemonSet nvidia-device-plugin-daemonset has 1/2 pods ready and 1 available; pod "
+            "nvidia-device-plugin-daemonset-bbbbb on gpu-1: init container toolkit-validation waiting (PodInitializing)") in result["problems"]
+    assert result["daemonsets"][0]["not_ready_pod"].startswith("pod nvidia-device-plugin-daemonset-bbbbb on gpu-1")
+    assert not any("node-feature-discovery" in p for p in result["problems"])
     assert result["ready"] is False
+    assert [c["path"] for c in api.calls].count(PODS_PATH) == 1, "one pod list, only because an operand is not ready"
+
+
+def test_a_ready_stack_lists_no_pods() -> None:
+    api = FakeApiClient(answers())
+    verify(Kube(api), params(), check_mode=False)
+    assert PODS_PATH not in [c["path"] for c in api.calls]
+
+
+def test_only_the_nfd_worker_is_no_operand_yet() -> None:
+    base = answers()
+    base[("GET", DS_PATH)] = {"items": [NFD_WORKER]}
+    result = verify(Kube(FakeApiClient(base)), params(), check_mode=False)
+    assert result["daemonsets"] == []
+    assert result["problems"] == ["no operand DaemonSet owned by the ClusterPolicy exists yet (the operator has not created them)"]
+
+
+def test_empty_node_selector_checks_only_nfd_gpu_nodes() -> None:
+    base = answers()
+    base[("GET", NODES_PATH)] = {"items": [node("gpu-0", 8), node("cpu-0", 0, nfd=False), node("gpu-1", 4)]}
+    api = FakeApiClient(base)
+    result = verify(Kube(api), params(node_selector=""), check_mode=False)
+    assert [n["name"] for n in result["nodes"]] == ["gpu-0", "gpu-1"], "a CPU node with 0 GPUs is no problem"
+    assert result["ready"] is True
+    assert "labelSelector" not in api.calls[-1]["query"]
+    base[("GET", NODES_PATH)] = {"items": [node("cpu-0", 0, nfd=False)]}
+    result = verify(Kube(FakeApiClient(base)), params(node_selector=""), check_mode=False)
+    assert result["problems"] == ["no node carries a node-feature-discovery NVIDIA PCI label yet"]
+
+
+def test_not_ready_policy_shows_its_condition_message() -> None:
+    base = answers(state="notReady")
+    base[("GET", CP_PATH)]["status"]["conditions"] = [
+        {"type": "Ready", "status": "False", "reason": "OperandNotReady", "message": "ClusterPolicy is not ready, states not ready: [state-driver]"},
+        {"type": "Error", "status": "False", "message": "old"}]
+    result = verify(Kube(FakeApiClient(base)), params(), check_mode=False)
+    assert result["problems"] == ["ClusterPolicy notReady (ClusterPolicy is not ready, states not ready: [state-driver])"]
 
 
 def test_missing_policy_and_no_matching_node() -> None:
@@ -174,6 +247,41 @@ def test_smoke_pod_shape() -> None:
     assert container["name"] == "nvidia-smi" and container["command"] == ["nvidia-smi"] and container["image"] == "img"
     assert container["resources"]["limits"] == {"nvidia.com/gpu": 1}
     assert pod["metadata"]["labels"]["a"] == "1" and pod["metadata"]["generateName"]
+
+
+@pytest.mark.parametrize("owners, operand", [
+    ([POLICY_OWNER], True),
+    ([dict(POLICY_OWNER, apiVersion="nvidia.com/v2")], True),
+    ([{"apiVersion": "apps/v1", "kind": "Deployment", "name": "gpu-operator"}], False),
+    ([dict(POLICY_OWNER, apiVersion="example.com/v1")], False),  # a ClusterPolicy of another API group
+    ([], False),
+    (None, False),
+])
+def test_is_operand(owners: Any, operand: bool) -> None:
+    assert is_operand({"metadata": {"name": "x", "ownerReferences": owners}}) is operand
+
+
+@pytest.mark.parametrize("status, reason", [
+    ({"initContainerStatuses": [{"name": "driver-validation", "state": {"waiting": {"reason": "CrashLoopBackOff", "message": "back-off 5m"}}}]},
+     "init container driver-validation waiting (CrashLoopBackOff): back-off 5m"),
+    ({"initContainerStatuses": [{"name": "driver-validation", "state": {"terminated": {"exitCode": 0}}}],
+      "containerStatuses": [{"name": "nvidia-device-plugin", "ready": False, "state": {"waiting": {"reason": "ContainerCreating"}}}]},
+     "container nvidia-device-plugin waiting (ContainerCreating)"),
+    ({"initContainerStatuses": [{"name": "toolkit-validation", "state": {"terminated": {"exitCode": 1, "reason": "Error", "message": "no runtime"}}}]},
+     "init container toolkit-validation exited 1 (Error): no runtime"),
+    ({"containerStatuses": [{"name": "dcgm-exporter", "ready": False, "state": {"running": {}}}]}, "container dcgm-exporter not ready"),
+    ({"conditions": [{"type": "PodScheduled", "status": "False", "message": "0/3 nodes are available"}]}, "PodScheduled: 0/3 nodes are available"),
+    ({"containerStatuses": [{"name": "c", "ready": True, "state": {"running": {}}}]}, None),
+])
+def test_pod_waiting_reason(status: dict[str, Any], reason: str | None) -> None:
+    assert pod_waiting_reason({"metadata": {"name": "p"}, "status": status}) == reason
+
+
+def test_policy_message() -> None:
+    assert policy_message({"conditions": [{"type": "Ready", "status": "True", "message": "fine"}]}) == ""
+    assert policy_message({"conditions": [{"type": "Error", "status": "True", "message": "bad config"}]}) == "bad config"
+    assert policy_message({"conditions": [{"type": "Ready", "status": "False"}, {"type": "Error", "status": "True", "message": "x"}]}) == "x"
+    assert policy_message({}) == ""
 
 
 def test_daemonset_view_and_failure_reason_edges() -> None:

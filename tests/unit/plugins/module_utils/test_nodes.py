@@ -7,6 +7,7 @@ from ansible_collections.kubeinfer.llm.plugins.module_utils._errors import KubeI
 from ansible_collections.kubeinfer.llm.plugins.module_utils._resources import Kube
 
 from .fake_api import FakeApiClient, FakeApiException
+from .fake_cluster import FakeCluster, answer_probes, pod_succeeded, probe_answer, probe_pods
 
 TAINT = {"key": "nvidia.com/gpu", "value": "present", "effect": "NoSchedule", "state": "present"}
 
@@ -80,6 +81,11 @@ def test_names_filter_and_missing_name_fails_before_write() -> None:
     assert result["matched"] == ["gpu-1"]
 
 
+def test_selected_by_names_or_label_selector() -> None:
+    assert run(cluster(node("gpu-0")))["selected_by"] == "label_selector"
+    assert run(cluster(node("gpu-0")), names=["gpu-0"], label_selector=None)["selected_by"] == "names"
+
+
 def test_selector_matching_nothing_fails_when_required() -> None:
     with pytest.raises(KubeInferError, match="label_selector"):
         run(cluster())
@@ -134,3 +140,78 @@ def test_repeated_conflicts_fail_with_the_requests_made() -> None:
     with pytest.raises(KubeInferError) as err:
         run(api)
     assert err.value.result["api_requests"]["patch"] == _nodes.CONFLICT_ATTEMPTS
+
+
+# -- discovery: neither names nor label_selector ---------------------------------------------------------
+PROBE = {"namespace": "kube-system", "image": "validator:test", "timeout": 30.0}
+
+
+def fake_cluster(*nodes: dict) -> FakeCluster:
+    fake = FakeCluster()
+    for n in nodes:
+        fake.add(dict(n, apiVersion="v1", kind="Node"))
+    return fake
+
+
+def discover(fake: FakeCluster, **kw) -> dict:
+    return run(fake, names=None, label_selector=None, probe=PROBE, **kw)
+
+
+def test_without_a_selection_or_probe_options_it_refuses() -> None:
+    api = cluster(node("gpu-0"))
+    with pytest.raises(KubeInferError, match="^names: give names, label_selector or both"):
+        run(api, names=None, label_selector=None)
+    assert api.calls == []
+
+
+@pytest.mark.parametrize("label", ["feature.node.kubernetes.io/pci-10de.present", "feature.node.kubernetes.io/pci-0302_10de.present",
+                                   "feature.node.kubernetes.io/pci-0300_10de.present"])
+def test_nfd_labelled_nodes_are_selected_without_a_probe(label: str) -> None:
+    fake = fake_cluster(node("gpu-0", {label: "true"}), node("cpu-0", {"nvidia.com/gpu.present": "true"}), node("cpu-1"))
+    result = discover(fake)
+    assert result["matched"] == ["gpu-0"] and result["changed_nodes"] == ["gpu-0"]
+    assert result["selected_by"] == "node-feature-discovery labels"
+    assert result["api_requests"] == {"list": 1, "patch": 1}, "no probe pod"
+    assert fake.objects["/api/v1/nodes/gpu-0"]["metadata"]["labels"]["role"] == "inference"
+    assert "role" not in fake.objects["/api/v1/nodes/cpu-0"]["metadata"]["labels"]
+
+
+def test_without_nfd_labels_the_probe_finds_the_gpu_nodes() -> None:
+    fake = fake_cluster(node("node-a"), node("node-b"), node("node-c"))
+    answer_probes(fake, {"node-a": pod_succeeded(probe_answer("0302,0302")), "node-b": pod_succeeded(probe_answer(pci="")),
+                         "node-c": pod_succeeded(probe_answer("0300", "/usr/bin/nvidia-smi", "550.54.15"))})
+    result = discover(fake)
+    assert result["matched"] == ["node-a", "node-c"]
+    assert result["selected_by"] == "probe pods (NVIDIA PCI device in sysfs)"
+    assert sorted(c["body"]["spec"]["nodeName"] for c in fake.calls if c["method"] == "POST") == ["node-a", "node-b", "node-c"]
+    assert probe_pods(fake) == [], "the probe pods are deleted"
+    assert result["api_requests"] == {"list": 2, "create": 3, "delete": 3, "patch": 2}
+    assert fake.objects["/api/v1/nodes/node-c"]["spec"]["taints"] == [{"key": "nvidia.com/gpu", "effect": "NoSchedule", "value": "present"}]
+    assert fake.objects["/api/v1/nodes/node-b"]["spec"] == {"taints": []}, "the CPU node is left alone"
+
+
+def test_check_mode_without_nfd_labels_creates_nothing_and_selects_nothing() -> None:
+    fake = fake_cluster(node("node-a"), node("node-b"))
+    result = discover(fake, check_mode=True)
+    assert result["matched"] == [] and result["changed"] is False
+    assert result["selected_by"].startswith("none: no node has a node-feature-discovery GPU label, and check mode runs no probe pod")
+    assert [c["method"] for c in fake.calls] == ["GET"]
+
+
+def test_no_gpu_node_found_fails_when_required() -> None:
+    fake = fake_cluster(node("cpu-0"))
+    answer_probes(fake, {"cpu-0": pod_succeeded(probe_answer(pci=""))})
+    with pytest.raises(KubeInferError, match="^names: no node has an NVIDIA PCI device") as err:
+        discover(fake)
+    assert err.value.result == {"matched": [], "changed": False}
+    assert not [c for c in fake.calls if c["method"] == "PATCH"] and probe_pods(fake) == []
+    assert discover(fake_cluster(), require_match=False)["matched"] == []
+    with pytest.raises(KubeInferError, match="^names: no node has an NVIDIA PCI device"):
+        discover(fake_cluster())
+
+
+def test_names_narrow_a_label_selection_as_before() -> None:
+    fake = fake_cluster(node("gpu-0", {"gpu": "true"}), node("gpu-1", {"gpu": "true"}))
+    result = run(fake, names=["gpu-1"], probe=PROBE)
+    assert result["matched"] == ["gpu-1"] and result["selected_by"] == "names"
+    assert not [c for c in fake.calls if c["method"] == "POST"]

@@ -200,6 +200,42 @@ def test_node_eligibility() -> None:
     assert _vllm.node_ineligible_reason(prefer, values) is None
 
 
+def test_shared_product_label_of_time_sliced_gpus_is_eligible() -> None:
+    values: dict[str, Any] = {"scheduling": {"gpuProducts": ["NVIDIA-A100-SXM4-80GB", "NVIDIA-H100-80GB-HBM3"]}}
+    assert _vllm.node_ineligible_reason(node("s", product="NVIDIA-H100-80GB-HBM3-SHARED"), values) is None
+    assert _vllm.node_ineligible_reason(node("a", product="NVIDIA-A100-SXM4-80GB"), values) is None
+    for product in ("NVIDIA-L4-SHARED", "NVIDIA-H100-80GB-HBM3-SHARED-SHARED", "SHARED", "NVIDIA-H100-80GB-HBM3-shared"):
+        reason = _vllm.node_ineligible_reason(node("x", product=product), values)
+        assert reason == (f"nvidia.com/gpu.product={product} is not one of ['NVIDIA-A100-SXM4-80GB', 'NVIDIA-H100-80GB-HBM3'] "
+                          "(or their -SHARED forms)")
+    assert _vllm.node_ineligible_reason(node("any", product="NVIDIA-L4-SHARED"), {}) is None, "no products: any GPU"
+
+
+def sliced(replicas: str, product: str = "NVIDIA-A100-SXM4-80GB-SHARED") -> dict[str, Any]:
+    return node("ts", product=product, labels={"nvidia.com/gpu.replicas": replicas})
+
+
+def test_time_sliced_gpus_need_memory_for_every_share() -> None:
+    reason = _vllm.node_ineligible_reason(sliced("4"), {"vllm": {"gpuMemoryUtilization": 0.9}})
+    assert reason == ("its GPUs are time-sliced 4 ways (nvidia.com/gpu.replicas=4), and 4 replicas at gpu_memory_utilization 0.9 "
+                      "would need 3.6 of one GPU's memory; set gpu_memory_utilization to at most 0.25")
+    assert _vllm.node_ineligible_reason(sliced("4"), {"vllm": {"gpuMemoryUtilization": 0.25}}) is None, "4 x 0.25 fills it exactly"
+    assert _vllm.node_ineligible_reason(sliced("2"), {"vllm": {"gpuMemoryUtilization": 0.45}}) is None
+    assert _vllm.node_ineligible_reason(sliced("1"), {"vllm": {"gpuMemoryUtilization": 0.9}}) is None, "1 replica is no sharing"
+    assert _vllm.node_ineligible_reason(sliced("junk"), {"vllm": {"gpuMemoryUtilization": 0.9}}) is None
+    assert _vllm.node_ineligible_reason(sliced("8"), {}) is None, "the sim engine has no vllm section and holds no GPU memory"
+    plan = _vllm.plan_capacity([sliced("4")], [], 1, 1, {"vllm": {"gpuMemoryUtilization": 0.9}}, "serve", "llama")
+    assert not plan["fits"] and "time-sliced 4 ways" in plan["ineligible_nodes"]["ts"]
+
+
+@pytest.mark.parametrize("shares", range(2, 17))
+def test_the_suggested_gpu_memory_utilization_is_accepted(shares: int) -> None:
+    reason = str(_vllm.node_ineligible_reason(sliced(str(shares)), {"vllm": {"gpuMemoryUtilization": 0.9}}))
+    limit = float(reason.rsplit("at most ", 1)[1])
+    assert 0 < limit <= 1 / shares
+    assert _vllm.node_ineligible_reason(sliced(str(shares)), {"vllm": {"gpuMemoryUtilization": limit}}) is None, reason
+
+
 def test_pod_gpus_counts_requests_or_limits_and_init_containers() -> None:
     p = pod("a", "n", 2)
     p["spec"]["containers"].append({"name": "d", "resources": {"requests": {"nvidia.com/gpu": "1"}}})
