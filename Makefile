@@ -51,11 +51,11 @@ collection:
 	@ln -sfn $(REPO) $(COLL_LINK)
 
 # The control plane, then the host processes around it: Prometheus, Prometheus Adapter and
-# their sync loop (metrics.sh), and the GPU Operator stand-in's reconcile loop.
+# their sync loop (metrics.sh), and the simulation of what the GPU stack does on the nodes (gpu_sim.py).
 cluster-up: deps binaries
 	$(CLUSTER) up
 	tools/localcluster/metrics.sh up
-	tools/localcluster/standin-operator.sh start
+	tools/localcluster/gpu_sim.py start
 
 cluster-down:
 	$(CLUSTER) down

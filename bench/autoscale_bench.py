@@ -477,6 +477,8 @@ class Scenario:
     def setup(self) -> None:
         self.kubeconfig = tool("cluster.sh", "kubeconfig", cluster=self.cluster)
         self.prometheus_url = tool("metrics.sh", "prometheus-url", cluster=self.cluster)
+        # The nodes start bare: the published GPU Operator chart and the simulated GPU stack make GPUs allocatable.
+        tool("gpu-stack.sh", "up", cluster=self.cluster, timeout=600)
         suffix = self.namespace.rsplit("-", 1)[1]
         self.releases = [Release(f"{key}-{suffix}", model, f"{self.namespace}-{key}") for key, model in MODELS.items()]
         start_sims(self.releases, self.cluster)

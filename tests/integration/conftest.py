@@ -43,7 +43,7 @@ def _cluster_name() -> str:
 
 def _start_hint(name: str) -> str:
     return (f"Start the local cluster first: KUBEINFER_CLUSTER={name} tools/localcluster/cluster.sh up "
-            f"(or make CLUSTER_NAME={name} cluster-up, which also starts the metrics chain and the stand-in operator loop).")
+            f"(or make CLUSTER_NAME={name} cluster-up, which also starts the metrics chain and the GPU stack simulation, tools/localcluster/gpu_sim.py).")
 
 
 @pytest.fixture(scope="session")
@@ -205,3 +205,105 @@ def playbook_runner(kubeconfig: str, collections_path: str) -> Callable[[Path], 
 def playbook(tmp_path: Path, playbook_runner: Callable[[Path], PlaybookRunner]) -> PlaybookRunner:
     """A ``PlaybookRunner`` writing into this test's tmp_path."""
     return playbook_runner(tmp_path)
+
+
+# -- the GPU stack, the simulated hardware and the audit log ---------------------------------------------------------
+TOOLS = REPO / "tools" / "localcluster"
+
+
+def _pinned(name: str) -> str:
+    for line in (TOOLS / "versions.env").read_text().splitlines():
+        if line.startswith(name + "="):
+            return line.split("=", 1)[1].strip()
+    raise AssertionError(f"{name} not pinned in tools/localcluster/versions.env")
+
+
+def _cache() -> Path:
+    return Path(os.environ.get("KUBEINFER_CACHE") or Path.home() / ".cache" / "kubeinfer")
+
+
+def helm_binary() -> str:
+    """HELM_BINARY, else the helm that tools/localcluster/build.sh built."""
+    return os.environ.get("HELM_BINARY") or str(_cache() / f"helm-{_pinned('HELM_VERSION')}" / "helm")
+
+
+def _tool(*argv: str, timeout: float = 600) -> str:
+    env = dict(os.environ, KUBEINFER_CLUSTER=_cluster_name(), HELM_BINARY=helm_binary())
+    proc = subprocess.run([str(TOOLS / argv[0]), *argv[1:]], capture_output=True, text=True, timeout=timeout, check=False, env=env)
+    if proc.returncode != 0:
+        raise AssertionError(f"{' '.join(argv)} exited {proc.returncode}: {proc.stderr[-3000:]}")
+    return proc.stdout
+
+
+def gpu_stack_down() -> None:
+    """No GPU Operator release in the cluster (helm uninstall; NFD's prune job then strips its labels)."""
+    _tool("gpu-stack.sh", "down")
+
+
+def cluster_nodes() -> None:
+    """Create the cluster's simulated nodes that are missing, as ``cluster.sh up`` does, and wait until they are Ready."""
+    _tool("cluster.sh", "nodes", timeout=300)
+
+
+def sim_hardware(node: str, host_driver: str) -> None:
+    """Change a simulated node's hardware: a pre-installed host driver of that version, or "none"."""
+    _tool("gpu_sim.py", "hardware", node, "--host-driver", host_driver, timeout=60)
+
+
+@pytest.fixture(scope="module")
+def gpu_stack(api: client.ApiClient) -> None:
+    """The published GPU Operator chart installed and the GPU nodes advertising nvidia.com/gpu (tools/localcluster/gpu-stack.sh).
+
+    Module-scoped and idempotent: test_gpu_operator.py uninstalls the release, and the next module that needs GPUs
+    installs it again. The nodes start bare, so without this no pod requesting a GPU can be scheduled.
+    """
+    _tool("gpu-stack.sh", "up")
+
+
+class Audit:
+    """The API server's audit log (tools/localcluster/kwok/audit-policy.yaml: one Metadata event per write)."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+
+    def mark(self) -> int:
+        """A position to count from; the log is append-only."""
+        return self.path.stat().st_size
+
+    def events(self, since: int, agent: str) -> list[dict[str, Any]]:
+        with self.path.open("rb") as f:
+            f.seek(since)
+            lines = f.read().decode("utf-8", "replace").splitlines()
+        out = []
+        for line in lines:
+            try:
+                event = json.loads(line)
+            except ValueError:
+                continue  # the last line may still be being written
+            if str(event.get("userAgent", "")).startswith(agent):
+                out.append(event)
+        return out
+
+    def requests(self, since: int, agent: str) -> list[dict[str, Any]]:
+        return self.events(since, agent)
+
+    def writes(self, since: int, agent: str) -> list[str]:
+        """Write requests from user agents starting with ``agent``, as ``verb resource namespace/name`` (dry runs excluded)."""
+        out = []
+        for event in self.events(since, agent):
+            if event.get("verb") not in ("create", "update", "patch", "delete", "deletecollection"):
+                continue
+            if "dryRun=All" in str(event.get("requestURI", "")):
+                continue
+            ref = event.get("objectRef") or {}
+            out.append(f"{event['verb']} {ref.get('resource')} {ref.get('namespace', '')}/{ref.get('name', '')}")
+        return out
+
+
+@pytest.fixture(scope="session")
+def audit(kubeconfig: str) -> Audit:
+    path = Path(kubeconfig).parent / "logs" / "audit.log"
+    if not path.is_file():
+        pytest.fail(f"no audit log at {path}: the cluster was created without tools/localcluster/kwok/audit-policy.yaml; "
+                    "re-create it with tools/localcluster/cluster.sh down && up", pytrace=False)
+    return Audit(path)

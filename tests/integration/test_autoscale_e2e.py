@@ -48,7 +48,7 @@ def bench() -> ModuleType:
     return load_bench()
 
 
-def test_load_on_model_a_scales_a_only(bench: ModuleType) -> None:
+def test_load_on_model_a_scales_a_only(bench: ModuleType, gpu_stack: None) -> None:
     cluster = os.environ.get("KUBEINFER_CLUSTER") or "kubeinfer"
     try:
         bench.tool("metrics.sh", "prometheus-url", cluster=cluster)

@@ -97,7 +97,7 @@ def wait_ready_pod(core: client.CoreV1Api, ns: str, selector: str, timeout: floa
 
 
 @pytest.fixture(scope="module")
-def release(api: client.ApiClient, kubeconfig: str, simulator: int, prometheus_url: str,
+def release(api: client.ApiClient, kubeconfig: str, simulator: int, prometheus_url: str, gpu_stack: None,
             playbook_runner: Callable[[Path], PlaybookRunner], tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[str, str]]:
     """The vllm chart (engine sim) installed with helm in a fresh namespace; its pod forwards port 8000 to the simulator.
 

@@ -3,6 +3,13 @@
 # kube-controller-manager and kube-scheduler (built by build.sh) run by
 # kwokctl --runtime binary, with kwok simulating GPU and CPU nodes.
 #
+# Nodes start bare, as a freshly joined node would: no NFD label, no
+# nvidia.com/* label, no nvidia.com/gpu resource. Their simulated hardware
+# (PCI devices, GPUs, host driver) lives outside the API in
+# $STATE_DIR/gpu-hardware.json; gpu_sim.py (started by `make cluster-up`, or
+# `gpu_sim.py start`) plays NFD, the GPU Operator's operands and the kubelet
+# from it.
+#
 # Usage: cluster.sh up | down | status | kubeconfig | kwok-url
 #        cluster.sh forward NAMESPACE POD HOST_PORT [POD_PORT]
 #        cluster.sh unforward NAMESPACE POD
@@ -12,10 +19,13 @@
 #   KUBEINFER_CACHE   binary cache and state root   (~/.cache/kubeinfer)
 #   KUBEINFER_CLUSTER cluster name                  (kubeinfer)
 #   KWOK_WORKDIR      kwokctl state                 ($KUBEINFER_CACHE/kwok)
-#   GPU_NODES         simulated GPU nodes           (2)
-#   GPU_PER_NODE      nvidia.com/gpu per GPU node   (8)
-#   GPU_PRODUCT       nvidia.com/gpu.product label  (NVIDIA-A100-SXM4-80GB)
-#   GPU_MEMORY        nvidia.com/gpu.memory (MiB)   (81920)
+#   GPU_NODES         bare GPU nodes, no host driver (2)     kwok-gpu-NNNN
+#   GPU_DRIVER_NODES  GPU nodes with a host driver  (0)      kwok-gpudrv-NNNN
+#   HOST_DRIVER_VERSION  their driver version       (550.54.15)
+#   CUDA_VERSION      CUDA version of the drivers   (12.4)
+#   GPU_PER_NODE      GPUs per GPU node             (8)
+#   GPU_PRODUCT       GPU model (GFD product label) (NVIDIA-A100-SXM4-80GB)
+#   GPU_MEMORY        memory per GPU (MiB)          (81920)
 #   GPU_NODE_CPU / GPU_NODE_MEMORY                  (128 / 1Ti)
 #   CPU_NODES         CPU-only nodes                (1)
 #   CPU_NODE_CPU / CPU_NODE_MEMORY                  (16 / 64Gi)
@@ -31,6 +41,7 @@ CACHE=${KUBEINFER_CACHE:-$HOME/.cache/kubeinfer}
 NAME=${KUBEINFER_CLUSTER:-kubeinfer}
 export KWOK_WORKDIR=${KWOK_WORKDIR:-$CACHE/kwok}
 GPU_NODES=${GPU_NODES:-2}
+GPU_DRIVER_NODES=${GPU_DRIVER_NODES:-0}
 GPU_PER_NODE=${GPU_PER_NODE:-8}
 GPU_PRODUCT=${GPU_PRODUCT:-NVIDIA-A100-SXM4-80GB}
 GPU_MEMORY=${GPU_MEMORY:-81920}
@@ -83,6 +94,8 @@ options:
   etcdVersion: ${ETCD_VERSION#v}
   kwokVersion: $KWOK_VERSION
   bindAddress: 127.0.0.1
+  # One audit event per request, so that tests count a run's writes by user agent.
+  kubeAuditPolicy: $here/kwok/audit-policy.yaml
   kubeApiserverBinary: $K8S_DIR/kube-apiserver
   kubeControllerManagerBinary: $K8S_DIR/kube-controller-manager
   kubeSchedulerBinary: $K8S_DIR/kube-scheduler
@@ -149,15 +162,17 @@ apply_simulation() {
 }
 
 gpu_node_name() { printf 'kwok-gpu-%04d' "$1"; }
+gpudrv_node_name() { printf 'kwok-gpudrv-%04d' "$1"; }
 cpu_node_name() { printf 'kwok-cpu-%04d' "$1"; }
 
 # One multi-document file for all nodes. Status is kept on create (the node
-# strategy does not reset it), and kwok's node stage preserves capacity.
+# strategy does not reset it), and kwok's node stage preserves capacity (and
+# the nvidia.com/* resources gpu_sim.py adds later). GPU nodes are bare: what
+# makes them GPU nodes is their entry in the hardware file.
 write_nodes() {
   local out=$STATE_DIR/nodes.yaml i name
   {
-    for ((i = 1; i <= GPU_NODES; i++)); do
-      name=$(gpu_node_name "$i")
+    for name in $(desired_node_names | grep -v '^kwok-cpu-'); do
       cat <<EOF
 ---
 apiVersion: v1
@@ -171,17 +186,12 @@ metadata:
     type: kwok
     $SIM_NODE_LABEL: "true"
     node-role.kubernetes.io/gpu-worker: ""
-    feature.node.kubernetes.io/pci-10de.present: "true"
-    nvidia.com/gpu.present: "true"
-    nvidia.com/gpu.product: $GPU_PRODUCT
-    nvidia.com/gpu.memory: "$GPU_MEMORY"
-    nvidia.com/gpu.count: "$GPU_PER_NODE"
   annotations:
     kwok.x-k8s.io/node: fake
     node.alpha.kubernetes.io/ttl: "0"
 status:
-  capacity: {cpu: "$GPU_NODE_CPU", memory: $GPU_NODE_MEMORY, pods: "$NODE_PODS", nvidia.com/gpu: "$GPU_PER_NODE"}
-  allocatable: {cpu: "$GPU_NODE_CPU", memory: $GPU_NODE_MEMORY, pods: "$NODE_PODS", nvidia.com/gpu: "$GPU_PER_NODE"}
+  capacity: {cpu: "$GPU_NODE_CPU", memory: $GPU_NODE_MEMORY, pods: "$NODE_PODS"}
+  allocatable: {cpu: "$GPU_NODE_CPU", memory: $GPU_NODE_MEMORY, pods: "$NODE_PODS"}
   nodeInfo: {architecture: amd64, operatingSystem: linux, osImage: "Ubuntu 22.04.4 LTS (kwok simulated)"}
 EOF
     done
@@ -213,10 +223,20 @@ EOF
   echo "$out"
 }
 
-desired_node_names() {
+desired_node_names() { desired_node_kinds | cut -d' ' -f1; }
+
+desired_node_kinds() { # NAME KIND, one a line
   local i
-  for ((i = 1; i <= GPU_NODES; i++)); do gpu_node_name "$i"; echo; done
-  for ((i = 1; i <= CPU_NODES; i++)); do cpu_node_name "$i"; echo; done
+  for ((i = 1; i <= GPU_NODES; i++)); do echo "$(gpu_node_name "$i") gpu"; done
+  for ((i = 1; i <= GPU_DRIVER_NODES; i++)); do echo "$(gpudrv_node_name "$i") gpudrv"; done
+  for ((i = 1; i <= CPU_NODES; i++)); do echo "$(cpu_node_name "$i") cpu"; done
+}
+
+# The simulated hardware of every wanted node: entries of existing nodes are
+# kept (a test may have swapped them), new nodes get one, others are dropped.
+write_hardware() {
+  desired_node_kinds | GPU_PER_NODE=$GPU_PER_NODE GPU_PRODUCT=$GPU_PRODUCT GPU_MEMORY=$GPU_MEMORY \
+    KUBEINFER_CACHE=$CACHE KUBEINFER_CLUSTER=$NAME "$here/gpu_sim.py" init-hardware
 }
 
 # Create missing nodes in bulk, delete simulated nodes beyond the wanted
@@ -243,15 +263,16 @@ ensure_nodes() {
   if [ "$missing" -gt 0 ]; then
     local file
     file=$(write_nodes)
-    log "creating $missing nodes ($GPU_NODES GPU x $GPU_PER_NODE $GPU_PRODUCT, $CPU_NODES CPU)"
+    log "creating $missing nodes ($GPU_NODES bare GPU + $GPU_DRIVER_NODES GPU with host driver, x $GPU_PER_NODE $GPU_PRODUCT; $CPU_NODES CPU)"
     # kubectl create sends one POST per document from a single process;
     # AlreadyExists for the nodes we keep is expected and filtered out.
     kc create -f "$file" -o name 2>&1 >/dev/null | grep -v 'AlreadyExists' >&2 || true
   fi
+  write_hardware
 }
 
 wait_nodes_ready() {
-  local want=$(( GPU_NODES + CPU_NODES )) ready deadline=$(( $(date +%s) + UP_TIMEOUT ))
+  local want=$(( GPU_NODES + GPU_DRIVER_NODES + CPU_NODES )) ready deadline=$(( $(date +%s) + UP_TIMEOUT ))
   while :; do
     ready=$(kc get nodes -l "$SIM_NODE_LABEL=true" \
       -o jsonpath='{range .items[*]}{.status.conditions[?(@.type=="Ready")].status}{"\n"}{end}' \
@@ -327,7 +348,7 @@ ours() {
 # The metrics chain (metrics.sh) and the simulators (sim.sh) are host processes
 # of this cluster too; they stop by their own PID files.
 stop_host_processes() {
-  KUBEINFER_CACHE=$CACHE KUBEINFER_CLUSTER=$NAME "$here/standin-operator.sh" stop || log "standin-operator.sh stop failed"
+  KUBEINFER_CACHE=$CACHE KUBEINFER_CLUSTER=$NAME "$here/gpu_sim.py" stop || log "gpu_sim.py stop failed"
   KUBEINFER_CACHE=$CACHE KUBEINFER_CLUSTER=$NAME "$here/metrics.sh" down || log "metrics.sh down failed"
   KUBEINFER_CACHE=$CACHE KUBEINFER_CLUSTER=$NAME "$here/sim.sh" stop --all || log "sim.sh stop --all failed"
 }
@@ -359,7 +380,7 @@ cmd_down() {
   for pid in $pids; do
     ! ours "$pid" || die "process $pid of cluster $NAME still running"
   done
-  rm -rf "$CLUSTER_DIR" "$STATE_DIR/created-with"
+  rm -rf "$CLUSTER_DIR" "$STATE_DIR/created-with" "$STATE_DIR/gpu-hardware.json"
 }
 
 cmd_status() {
@@ -425,5 +446,5 @@ case "${1:-}" in
   nodes) ensure_nodes; wait_nodes_ready ;;
   forward) shift; cmd_forward "$@" ;;
   unforward) shift; cmd_unforward "$@" ;;
-  *) sed -n '2,25p' "$0" | sed 's/^# \{0,1\}//'; exit 2 ;;
+  *) sed -n '2,33p' "$0" | sed 's/^# \{0,1\}//'; exit 2 ;;
 esac
