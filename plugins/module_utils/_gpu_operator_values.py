@@ -27,6 +27,7 @@ TIME_SLICING_CONFIGMAP = "time-slicing-config"
 TIME_SLICING_CONFIG_KEY = "any"
 GPU_RESOURCE = "nvidia.com/gpu"
 
+
 def deep_merge(base: Mapping[str, Any], override: Mapping[str, Any]) -> dict[str, Any]:
     """A new dict: ``base`` with ``override`` merged in. Nested mappings merge key by key; any other
     value in ``override`` (lists, scalars, None) replaces the one in ``base``. Inputs are not changed."""

@@ -12,7 +12,7 @@ description:
   - Sets or removes labels and taints on the nodes selected by O(names), O(label_selector) or both.
   - With neither, it selects the GPU nodes itself. Those are the nodes carrying one of the node-feature-discovery labels that the
     GPU Operator keys on (C(feature.node.kubernetes.io/pci-10de.present), C(pci-0302_10de.present),
-    C(pci-0300_10de.present)). On a cluster where no node has such a label yet (a fresh one: the GPU Operator chart installs
+    C(pci-0300_10de.present)). On a cluster where no node has such a label yet (a fresh one, since the GPU Operator chart installs
     node-feature-discovery), it runs the GPU node probe on every node instead (see O(probe_image)) and selects the nodes with
     an NVIDIA PCI device. Check mode runs no probe pod and then selects nothing.
   - Costs one list call, then one patch for each node that actually changes; a node already in the

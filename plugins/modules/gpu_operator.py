@@ -78,7 +78,7 @@ options:
       - V(auto) decides the way the operator's validator does. Before the first install it runs the GPU node probe
         (see O(probe_image)) on the nodes O(node_selector) selects and turns the driver off only when every node with an
         NVIDIA PCI device already has a host driver; when none has one, it is on. A mix of both fails before the
-        install, naming the nodes: one ClusterPolicy cannot serve both.
+        install, naming the nodes, since one ClusterPolicy cannot serve both.
       - No node label counts as evidence of a driver. The operator writes C(nvidia.com/gpu.present) from
         node-feature-discovery's PCI labels alone, and GPU Feature Discovery's C(nvidia.com/cuda.driver.*) labels come
         from the operator's own driver as well.
@@ -93,7 +93,7 @@ options:
       - Label selector of the nodes that O(driver_enabled=auto) probes.
       - Empty (the default) probes the nodes carrying one of the node-feature-discovery labels the GPU Operator keys on
         (C(feature.node.kubernetes.io/pci-10de.present), C(pci-0302_10de.present), C(pci-0300_10de.present)), or every
-        node when none does yet (a fresh cluster: the chart installs node-feature-discovery).
+        node when none does yet (a fresh cluster, where the chart installs node-feature-discovery).
     type: str
     default: ""
   toolkit_enabled:

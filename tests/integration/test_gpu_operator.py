@@ -182,8 +182,8 @@ def test_bare_nodes_site_steps_rerun_without_writes_and_teardown_restores(
     assert node_state(core) == fresh
 
 
-def test_preinstalled_driver_turns_the_driver_off(fresh: dict[str, Any], run: Runner, api: client.ApiClient,
-                                                   kubeconfig: str, uninstall_after: None) -> None:
+def test_preinstalled_driver_turns_the_driver_off(
+        fresh: dict[str, Any], run: Runner, api: client.ApiClient, kubeconfig: str, uninstall_after: None) -> None:
     for name in GPU_NODES:
         sim_hardware(name, HOST_DRIVER)
     try:
@@ -205,8 +205,8 @@ def test_preinstalled_driver_turns_the_driver_off(fresh: dict[str, Any], run: Ru
             sim_hardware(name, "none")
 
 
-def test_driver_forced_off_on_bare_nodes_names_the_operand(fresh: dict[str, Any], run: Runner, api: client.ApiClient,
-                                                            uninstall_after: None) -> None:
+def test_driver_forced_off_on_bare_nodes_names_the_operand(
+        fresh: dict[str, Any], run: Runner, api: client.ApiClient, uninstall_after: None) -> None:
     result = run("gpu_operator", {"chart_ref": chart(), "namespace": NAMESPACE, "driver_enabled": "false", "timeout": 300})
     assert not result.get("failed"), result.get("msg")
     assert result["driver_reason"] == "driver_enabled set to false" and "driver_probe" not in result

@@ -240,7 +240,9 @@ class Pass:
     def __init__(self, api: Api) -> None:
         self.api, self.hw = api, load_hw()
         api.cache.clear()
-        self.nodes = {n["metadata"]["name"]: n for n in api.items("/api/v1/nodes")}
+        # Only the nodes whose hardware is known (cluster.sh's): a node a test creates with its own labels and
+        # allocatable GPUs stands for a machine outside this simulation, and is left as the test made it.
+        self.nodes = {n["metadata"]["name"]: n for n in api.items("/api/v1/nodes") if n["metadata"]["name"] in self.hw}
         self.labels = {name: dict(labels(n)) for name, n in self.nodes.items()}
         self.notes = {name: dict(n["metadata"].get("annotations") or {}) for name, n in self.nodes.items()}
         self.sim_pods = api.items("/api/v1/pods?labelSelector=kubeinfer.io%2Fsim-kubelet%3Dgpu-sim")

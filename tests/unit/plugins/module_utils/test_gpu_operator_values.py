@@ -199,7 +199,6 @@ def test_deep_merge() -> None:
     assert base == {"a": {"b": 1, "c": [1, 2]}, "d": 1}
 
 
-
 def test_driver_reason_stays_short_on_large_clusters() -> None:
     enabled, reason = resolve_driver_enabled("auto", {f"gpu-{i:04d}": HOSTED for i in range(1000)})
     assert enabled is False
