@@ -536,10 +536,10 @@ def _run(kube: Kube, helm: Helm, p: dict[str, Any], check_mode: bool, want_diff:
     result["gpu_nodes"] = sorted(n["metadata"]["name"] for n in gpu_nodes)
     if not gpu_nodes and p.get("preflight_capacity", True):
         # Say why before the sizing, which would only miss the GPU memory label of nodes it may not use.
-        reasons = {n["metadata"]["name"]: node_ineligible_reason(n, scheduling_values) for n in nodes
-                   if gpu_count((n.get("status", {}).get("allocatable") or {}).get(GPU_RESOURCE))}
-        shown = "; ".join(f"{name}: {why}" for name, why in sorted(reasons.items())[:5]) or f"no node has allocatable {GPU_RESOURCE}"
-        raise KubeInferError(f"no GPU node can take a replica of this release ({shown})", ineligible_nodes=reasons, **result)
+        ineligible = {n["metadata"]["name"]: node_ineligible_reason(n, scheduling_values) for n in nodes
+                      if gpu_count((n.get("status", {}).get("allocatable") or {}).get(GPU_RESOURCE))}
+        shown = "; ".join(f"{node}: {why}" for node, why in sorted(ineligible.items())[:5]) or f"no node has allocatable {GPU_RESOURCE}"
+        raise KubeInferError(f"no GPU node can take a replica of this release ({shown})", ineligible_nodes=ineligible, **result)
     try:
         estimate, budget = sizing(p, gpu_nodes)
     except KubeInferError as e:
