@@ -114,7 +114,17 @@ fi
 want=("$@"); [ ${#want[@]} -eq 0 ] && want=("${all[@]}")
 start=$(date +%s)
 for c in "${want[@]}"; do
-  "$0" --one "$c" > "$CACHE/logs/build-$c.log" 2>&1 || {
-    log "FAILED $c; see $CACHE/logs/build-$c.log"; tail -20 "$CACHE/logs/build-$c.log" >&2; exit 1; }
+  t0=$(date +%s)
+  # A cold Kubernetes build is silent for many minutes: a ticker says every minute that it is still going.
+  ( n=0; while sleep 5; do n=$((n + 5)); [ $((n % 60)) -ne 0 ] || log "still building $c (${n}s; log $CACHE/logs/build-$c.log)"; done ) &
+  ticker=$!
+  rc=0
+  "$0" --one "$c" > "$CACHE/logs/build-$c.log" 2>&1 || rc=$?
+  kill "$ticker" 2>/dev/null || true
+  wait "$ticker" 2>/dev/null || true
+  if [ "$rc" -ne 0 ]; then
+    log "FAILED $c; see $CACHE/logs/build-$c.log"; tail -20 "$CACHE/logs/build-$c.log" >&2; exit 1
+  fi
+  [ $(( $(date +%s) - t0 )) -lt 2 ] || log "built $c in $(( $(date +%s) - t0 ))s"
 done
 log "done in $(( $(date +%s) - start ))s"
