@@ -23,7 +23,7 @@ export K8S_AUTH_KUBECONFIG := $(KUBEINFER_KUBECONFIG)
 export ANSIBLE_PYTHON_INTERPRETER := $(PY)
 export PATH := $(VENV)/bin:$(BIN_PATH):$(PATH)
 
-.PHONY: help deps venv binaries collection cluster-up cluster-down kubeconfig demo teardown bench-gpu-node bench-autoscale test sanity unit integration molecule lint build clean
+.PHONY: help deps venv binaries collection cluster-up cluster-down kubeconfig demo teardown bench-gpu-node bench-autoscale test sanity unit gates integration molecule lint build clean
 
 help:
 	@echo "make demo    - build what is missing, start the local cluster, run playbooks/site.yml"
@@ -76,7 +76,7 @@ teardown: venv collection
 	tools/localcluster/demo-env.sh down
 
 test: deps venv binaries collection
-	$(MAKE) --no-print-directory CLUSTER_NAME=kubeinfer-test sanity unit integration molecule
+	$(MAKE) --no-print-directory CLUSTER_NAME=kubeinfer-test sanity unit gates integration molecule
 
 # ansible-test wants the collection under ansible_collections/<ns>/<name>; it runs on a copy.
 sanity: venv
@@ -88,6 +88,15 @@ lint: venv
 	ansible-lint roles playbooks molecule
 	@# ansible-lint installs a copy of the collection under .ansible/; nothing may load a stale copy later.
 	rm -rf .ansible
+
+# The gates users and Galaxy run, each in a venv of its own (tools/gates/): galaxy-importer on the built
+# tarball, antsibull-docs and antsibull-changelog lint, ansible-builder's build context against the
+# modules' imports, and checkov on the vLLM chart rendered for a matrix of values.
+gates: venv
+	tools/gates/galaxy.sh
+	tools/gates/docs.sh
+	tools/gates/ee.sh
+	tools/gates/checkov.sh
 
 unit: venv collection lint
 	pytest -q tests/unit

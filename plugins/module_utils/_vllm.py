@@ -165,14 +165,60 @@ def build_values(p: dict[str, Any], budget_seconds: int) -> dict[str, Any]:
         scheduling["tolerations"] = list(p["tolerations"])
     if scheduling:
         values["scheduling"] = scheduling
-    if p.get("resources"):
-        values["resources"] = p["resources"]
+    resources = pod_resources(p)
+    if resources:
+        values["resources"] = resources
     image = {k: v for k, v in (p.get("image") or {}).items() if v}
     if image:
         values["image"] = {engine: image}
     if p.get("pod_labels"):
         values["podLabels"] = {str(k): str(v) for k, v in p["pod_labels"].items()}
     return deep_merge(values, p.get("values") or {})
+
+
+SEED_WEIGHTS_GIB = 7e9 * 2 / _sizing.GIB
+"""Weights of the seed's reference model, 7B parameters in bf16 (13.0 GiB), which gets SEED_CPU and SEED_MEMORY_GIB."""
+SEED_CPU = 4
+SEED_MEMORY_GIB = 32
+
+
+def default_resources(p: dict[str, Any]) -> dict[str, dict[str, str]]:
+    """CPU and memory of one vLLM pod sized from the weights, requests == limits (Guaranteed QoS with the GPUs).
+
+    The seed's 4 CPUs and 32 GiB for a 7B bf16 model (13.0 GiB of weights) are the floor. Memory grows in
+    proportion to the weights (32 GiB per 13.0 GiB: the checkpoint passes through host memory and the page
+    cache on its way to the GPUs, beside the Python, CUDA and tokenizer processes of each worker). CPU grows
+    with the square root of that ratio: tokenization, scheduling and the per-GPU worker processes grow much
+    more slowly than the weights. Without a parameter count (neither ``params_billion`` nor a size in the
+    model name) the 7B floor is used; the preflight refuses such a release anyway.
+    """
+    params = p.get("params_billion") or _sizing.params_from_model_name(p.get("model") or "")
+    quantization = p.get("quantization")
+    dtype = quantization if quantization and quantization.lower() in _sizing.BYTES_PER_PARAM else (p.get("dtype") or "auto")
+    try:
+        weights = float(params) * 1e9 * _sizing.bytes_per_param(dtype) / _sizing.GIB if params else SEED_WEIGHTS_GIB
+    except KubeInferError:
+        weights = float(params) * 1e9 * 2.0 / _sizing.GIB
+    ratio = max(1.0, weights / SEED_WEIGHTS_GIB)
+    size = {"cpu": str(math.ceil(SEED_CPU * math.sqrt(ratio) - 1e-9)), "memory": f"{math.ceil(SEED_MEMORY_GIB * ratio - 1e-9)}Gi"}
+    return {"requests": dict(size), "limits": dict(size)}
+
+
+def pod_resources(p: dict[str, Any]) -> dict[str, Any]:
+    """The ``resources`` value: the option as given, with cpu and memory that neither side sets taken from
+    default_resources (engine vllm only; the simulator keeps the chart's small defaults).
+
+    A quantity set on one side only is left to the chart, which copies it to the other side.
+    """
+    given = copy.deepcopy(p.get("resources") or {})
+    if (p.get("engine") or "vllm") != "vllm":
+        return given
+    derived = default_resources(p)
+    for key in ("cpu", "memory"):
+        if not (given.get("requests") or {}).get(key) and not (given.get("limits") or {}).get(key):
+            for side in ("requests", "limits"):
+                given.setdefault(side, {})[key] = derived[side][key]
+    return given
 
 
 def _cache_values(cache: dict[str, Any]) -> dict[str, Any]:

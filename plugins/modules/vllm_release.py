@@ -182,6 +182,9 @@ options:
   resources:
     description:
       - CPU, memory and ephemeral-storage C(requests) and C(limits). GPUs come from O(gpus_per_replica).
+      - With O(engine=vllm), CPU and memory that are not given are sized from the model weights, at least 4 cores and
+        32 GiB (a 7B model in bf16), memory growing with the weights and CPU with its square root, requests equal to
+        limits. The pod is never BestEffort.
     type: dict
   engine:
     description:

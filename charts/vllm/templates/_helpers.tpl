@@ -107,3 +107,71 @@ kubeinfer.io/model: {{ include "vllm.modelLabel" . | quote }}
 {{- end }}
 {{- toYaml $args }}
 {{- end }}
+
+{{/* vllm.testSelectorLabels: the labels of the helm test pod, distinct from vllm.selectorLabels so no ReplicaSet adopts it. */}}
+{{- define "vllm.testSelectorLabels" -}}
+app.kubernetes.io/name: {{ include "vllm.name" . }}-test
+app.kubernetes.io/instance: {{ .Release.Name }}
+{{- end }}
+
+{{/* vllm.runAsUser: the UID the server runs as, from securityContext, else podSecurityContext, else the image's (0 for vllm, 65532 for sim). */}}
+{{- define "vllm.runAsUser" -}}
+{{- $uid := ternary 65532 0 (eq .Values.engine "sim") }}
+{{- if hasKey .Values.podSecurityContext "runAsUser" }}{{ $uid = .Values.podSecurityContext.runAsUser }}{{ end }}
+{{- if hasKey .Values.securityContext "runAsUser" }}{{ $uid = .Values.securityContext.runAsUser }}{{ end }}
+{{- int $uid }}
+{{- end }}
+
+{{/* vllm.podSecurityContext: the engine's default pod securityContext; each key of podSecurityContext replaces the default's. */}}
+{{- define "vllm.podSecurityContext" -}}
+{{- $ctx := dict "seccompProfile" (dict "type" "RuntimeDefault") }}
+{{- if eq .Values.engine "sim" }}
+{{- /* llm-d-inference-sim v0.10.2 is built on distroless/static:nonroot with USER 65532:65532. */}}
+{{- $ctx = merge $ctx (dict "runAsNonRoot" true "runAsUser" 65532 "runAsGroup" 65532 "fsGroup" 65532 "fsGroupChangePolicy" "OnRootMismatch") }}
+{{- end }}
+{{- range $k, $v := .Values.podSecurityContext }}{{ $_ := set $ctx $k $v }}{{ end }}
+{{- toYaml $ctx }}
+{{- end }}
+
+{{/* vllm.securityContext: the server container's default securityContext; each key of securityContext replaces the default's. */}}
+{{- define "vllm.securityContext" -}}
+{{- $ctx := dict "allowPrivilegeEscalation" false "privileged" false "readOnlyRootFilesystem" true "capabilities" (dict "drop" (list "ALL")) }}
+{{- range $k, $v := .Values.securityContext }}{{ $_ := set $ctx $k $v }}{{ end }}
+{{- toYaml $ctx }}
+{{- end }}
+
+{{/* vllm.resources: requests and limits; cpu and memory are always set (given, else the other side, else the engine default), GPUs requests == limits. */}}
+{{- define "vllm.resources" -}}
+{{- $defaults := dict
+      "vllm" (dict "requests" (dict "cpu" "4" "memory" "32Gi") "limits" (dict "cpu" "4" "memory" "32Gi"))
+      "sim" (dict "requests" (dict "cpu" "100m" "memory" "128Mi") "limits" (dict "cpu" "1" "memory" "512Mi")) }}
+{{- $d := index $defaults .Values.engine }}
+{{- $given := .Values.resources }}
+{{- $req := deepCopy ($given.requests | default dict) }}
+{{- $lim := deepCopy ($given.limits | default dict) }}
+{{- range $k := list "cpu" "memory" }}
+{{- $r := get $req $k }}
+{{- $l := get $lim $k }}
+{{- if and (not $r) (not $l) }}
+{{- $r = get $d.requests $k }}
+{{- $l = get $d.limits $k }}
+{{- else if not $r }}
+{{- $r = $l }}
+{{- else if not $l }}
+{{- $l = $r }}
+{{- end }}
+{{- $_ := set $req $k $r }}
+{{- $_ := set $lim $k $l }}
+{{- end }}
+{{- $gpus := int .Values.gpusPerReplica | toString }}
+{{- $_ := set $req "nvidia.com/gpu" $gpus }}
+{{- $_ := set $lim "nvidia.com/gpu" $gpus -}}
+requests:
+  {{- range $k, $v := $req }}
+  {{ $k }}: {{ $v | toString | quote }}
+  {{- end }}
+limits:
+  {{- range $k, $v := $lim }}
+  {{ $k }}: {{ $v | toString | quote }}
+  {{- end }}
+{{- end }}

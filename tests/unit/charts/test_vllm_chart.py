@@ -139,7 +139,8 @@ ids = [p.stem for p in VALUES_FILES]
 
 
 def test_matrix_is_complete() -> None:
-    assert {p.stem for p in VALUES_FILES} >= {"single-gpu", "tp4-pvc", "sim", "apikey-servicemonitor", "offline-hostpath"}
+    assert {p.stem for p in VALUES_FILES} >= {"single-gpu", "tp4-pvc", "sim", "apikey-servicemonitor", "offline-hostpath",
+                                              "nonroot-netpol"}
 
 
 # --- hygiene --------------------------------------------------------------------------------------
@@ -193,6 +194,7 @@ def test_chart_metadata() -> None:
     assert chart["apiVersion"] == "v2"
     assert re.fullmatch(r"\d+\.\d+\.\d+", chart["version"])
     assert chart["kubeVersion"] == ">=1.28.0-0"
+    assert chart["version"] == "0.2.0"  # hardened pods, resources always set, PDB, NetworkPolicy
     assert chart["appVersion"] == values["image"]["vllm"]["tag"]
     assert values["image"]["sim"]["tag"] == VERSIONS["INFERENCE_SIM_VERSION"]
     assert values["engine"] == "vllm"
@@ -261,6 +263,16 @@ def test_schema_describes_every_key_and_closes_every_object() -> None:
         {"sim": {"extraArgs": ["--dtype", "half"]}},
         {"sim": {"timeToFirstToken": "fast"}},
         {"metrics": {"serviceMonitor": {"enabled": True, "selector": {}}}},
+        {"securityContext": {"privileged": True}},
+        {"securityContext": {"runAsUserr": 1000}},
+        {"securityContext": {"capabilities": {"add": ["sys_admin"]}}},
+        {"podSecurityContext": {"hostPID": True}},
+        {"podSecurityContext": {"seccompProfile": {"type": "docker/default"}}},
+        {"networkPolicy": {"enabled": True, "egress": []}},
+        {"networkPolicy": {"allowedNamespaces": ["Not_A_Namespace"]}},
+        {"networkPolicy": {"prometheus": {"podSelector": {"matchExpressions": [{"key": "a", "operator": "Like"}]}}}},
+        {"scratch": {"sizeLimit": "lots"}},
+        {"extraEnv": [{"name": "HOME", "value": "/"}]},
     ],
     ids=lambda b: json.dumps(b)[:60],
 )
@@ -632,3 +644,256 @@ def test_fullname_override_and_release_name() -> None:
     docs = render(VALUES_FILES[0], "fullnameOverride=llama-8b")
     assert only(docs, "Deployment")["metadata"]["name"] == "llama-8b"
     assert only(docs, "Service")["metadata"]["name"] == "llama-8b"
+
+
+# --- hardening -----------------------------------------------------------------------------------
+
+HARDENED_CONTAINER = {"allowPrivilegeEscalation": False, "privileged": False, "readOnlyRootFilesystem": True,
+                      "capabilities": {"drop": ["ALL"]}}
+SIM_USER = 65532  # llm-d-inference-sim v0.10.2: distroless/static:nonroot, USER 65532:65532
+
+
+def pod_spec(docs: list[dict[str, Any]]) -> dict[str, Any]:
+    return only(docs, "Deployment")["spec"]["template"]["spec"]
+
+
+def hook_pod(docs: list[dict[str, Any]]) -> dict[str, Any]:
+    (pod,) = [d for d in docs if d["metadata"].get("annotations", {}).get("helm.sh/hook") == "test"]
+    return pod
+
+
+def qos_class(pod: dict[str, Any]) -> str:
+    """The pod's QoS class, as the kubelet computes it (pkg/apis/core/helper/qos: cpu and memory only)."""
+    requests, limits, guaranteed = {}, {}, True
+    for c in pod["containers"]:
+        res = c.get("resources", {})
+        for k in ("cpu", "memory"):
+            if k in res.get("requests", {}):
+                requests[k] = res["requests"][k]
+            if k in res.get("limits", {}):
+                limits[k] = res["limits"][k]
+            if k not in res.get("limits", {}) or res.get("requests", {}).get(k, res["limits"][k]) != res["limits"][k]:
+                guaranteed = False
+    if not requests and not limits:
+        return "BestEffort"
+    return "Guaranteed" if guaranteed else "Burstable"
+
+
+@pytest.mark.parametrize("values_file", VALUES_FILES, ids=ids)
+def test_server_pod_is_hardened(values_file: Path) -> None:
+    values = effective(values_file)
+    docs = render(values_file)
+    pod = pod_spec(docs)
+    c = container(docs)
+    assert pod["automountServiceAccountToken"] is False
+    assert pod["securityContext"]["seccompProfile"] == {"type": "RuntimeDefault"}
+    for key, value in HARDENED_CONTAINER.items():
+        if key not in values["securityContext"]:
+            assert c["securityContext"][key] == value, key
+    for key, value in values["podSecurityContext"].items():
+        assert pod["securityContext"][key] == value
+    if values["engine"] == "sim":
+        assert {"runAsNonRoot": True, "runAsUser": SIM_USER, "runAsGroup": SIM_USER, "fsGroup": SIM_USER}.items() \
+            <= pod["securityContext"].items()
+    elif not values["podSecurityContext"]:
+        # vllm/vllm-openai v0.11.0 has no USER and no passwd entry but root's: it runs as root, confined.
+        assert not {"runAsNonRoot", "runAsUser"} & pod["securityContext"].keys()
+
+
+@pytest.mark.parametrize("values_file", VALUES_FILES, ids=ids)
+def test_every_writable_path_is_a_volume(values_file: Path) -> None:
+    """A read-only root filesystem: HF_HOME, /tmp and (vllm) HOME are emptyDirs or the model cache."""
+    values = effective(values_file)
+    docs = render(values_file)
+    c = container(docs)
+    env = env_of(c)
+    mounts = {m["mountPath"]: m["name"] for m in c["volumeMounts"]}
+    volumes = {v["name"]: v for v in pod_spec(docs)["volumes"]}
+    assert set(mounts.values()) <= volumes.keys()
+    assert mounts[env["HF_HOME"]["value"]] == "model-cache"
+    assert volumes[mounts["/tmp"]]["emptyDir"] == {"sizeLimit": values["scratch"]["sizeLimit"]}
+    if values["engine"] == "vllm":
+        assert env["HOME"]["value"] == "/home/vllm"
+        assert volumes[mounts["/home/vllm"]]["emptyDir"] == {"sizeLimit": values["scratch"]["sizeLimit"]}
+    else:
+        assert "HOME" not in env and "/home/vllm" not in mounts
+
+
+def test_vllm_as_non_root_gets_a_user_name() -> None:
+    """Another UID has no passwd entry in the vLLM image; torch's getpass.getuser() reads USER before it asks passwd."""
+    assert "USER" not in env_of(container(render(VALUES_DIR / "single-gpu.yaml")))
+    for sets in (("podSecurityContext.runAsUser=2000",), ("securityContext.runAsUser=2000",)):
+        assert env_of(container(render(VALUES_DIR / "single-gpu.yaml", *sets)))["USER"] == {"name": "USER", "value": "vllm"}
+    assert "USER" not in env_of(container(render(VALUES_DIR / "sim.yaml")))
+    # A container-level UID 0 wins over a pod-level non-root UID.
+    both = render(VALUES_DIR / "single-gpu.yaml", "podSecurityContext.runAsUser=2000", "securityContext.runAsUser=0")
+    assert "USER" not in env_of(container(both))
+
+
+def test_security_context_keys_replace_the_defaults(tmp_path: Path) -> None:
+    """Each given key replaces the default's, false and 0 included (a deep merge would drop them)."""
+    seccomp = {"type": "Localhost", "localhostProfile": "vllm.json"}
+    over = {"podSecurityContext": {"runAsNonRoot": False, "runAsUser": 0, "seccompProfile": seccomp},
+            "securityContext": {"readOnlyRootFilesystem": False, "capabilities": {"drop": ["ALL"], "add": ["IPC_LOCK"]}}}
+    docs = render(VALUES_DIR / "sim.yaml", extra_values=over, tmp=tmp_path)
+    pod, c = pod_spec(docs), container(docs)
+    assert pod["securityContext"] == {"runAsNonRoot": False, "runAsUser": 0, "runAsGroup": SIM_USER, "fsGroup": SIM_USER,
+                                      "fsGroupChangePolicy": "OnRootMismatch",
+                                      "seccompProfile": {"type": "Localhost", "localhostProfile": "vllm.json"}}
+    assert c["securityContext"] == {"allowPrivilegeEscalation": False, "privileged": False, "readOnlyRootFilesystem": False,
+                                    "capabilities": {"drop": ["ALL"], "add": ["IPC_LOCK"]}}
+
+
+@pytest.mark.parametrize("values_file", VALUES_FILES, ids=ids)
+def test_helm_test_pod_is_hardened(values_file: Path) -> None:
+    pod = hook_pod(render(values_file))
+    spec = pod["spec"]
+    (c,) = spec["containers"]
+    assert spec["automountServiceAccountToken"] is False
+    assert spec["securityContext"] == {"runAsNonRoot": True, "runAsUser": SIM_USER, "runAsGroup": SIM_USER,
+                                       "seccompProfile": {"type": "RuntimeDefault"}}
+    assert c["securityContext"] == HARDENED_CONTAINER
+    assert c["imagePullPolicy"] == effective(values_file)["image"]["pullPolicy"]
+    assert qos_class(spec) == "Burstable"
+    assert {"cpu", "memory"} <= c["resources"]["requests"].keys() and {"cpu", "memory"} <= c["resources"]["limits"].keys()
+    # The only checkov suppressions in the chart, scoped to this pod (README "checkov").
+    skips = {v.split("=", 1)[0] for k, v in pod["metadata"]["annotations"].items() if k.startswith("checkov.io/skip")}
+    assert skips == {"CKV_K8S_8", "CKV_K8S_9"}
+
+
+# --- resources -----------------------------------------------------------------------------------
+
+
+def test_qos_class_helper_can_tell_best_effort() -> None:
+    assert qos_class({"containers": [{"resources": {"requests": {"nvidia.com/gpu": "1"}}}]}) == "BestEffort"
+    assert qos_class({"containers": [{"resources": {"requests": {"cpu": "1"}, "limits": {"cpu": "1"}}}]}) == "Burstable"
+    assert qos_class({"containers": [{"resources": {"limits": {"cpu": "1", "memory": "1Gi"}}}]}) == "Guaranteed"
+
+
+@pytest.mark.parametrize("values_file", VALUES_FILES, ids=ids)
+def test_cpu_and_memory_always_requested_and_limited(values_file: Path) -> None:
+    values = effective(values_file)
+    docs = render(values_file)
+    res = container(docs)["resources"]
+    for side in ("requests", "limits"):
+        for key in ("cpu", "memory"):
+            assert re.fullmatch(r"[0-9]+(\.[0-9]+)?(m|k|Ki|M|Mi|G|Gi|T|Ti)?", res[side].get(key, "")), (side, key, res[side])
+    for side, other in (("requests", "limits"), ("limits", "requests")):
+        for key in ("cpu", "memory"):
+            given = values["resources"][side].get(key) or values["resources"][other].get(key)
+            if given is not None:
+                assert res[side][key] == str(given)
+    assert qos_class(pod_spec(docs)) != "BestEffort"
+
+
+@pytest.mark.parametrize(("engine", "requests", "limits"), [
+    ("vllm", {"cpu": "4", "memory": "32Gi"}, {"cpu": "4", "memory": "32Gi"}),  # the seed's 7B floor, Guaranteed
+    ("sim", {"cpu": "100m", "memory": "128Mi"}, {"cpu": "1", "memory": "512Mi"}),
+])
+def test_default_resources_per_engine(engine: str, requests: dict[str, str], limits: dict[str, str]) -> None:
+    docs = render(VALUES_DIR / "single-gpu.yaml", f"engine={engine}", "gpusPerReplica=2")
+    res = container(docs)["resources"]
+    assert res["requests"] == {**requests, "nvidia.com/gpu": "2"}
+    assert res["limits"] == {**limits, "nvidia.com/gpu": "2"}
+    assert qos_class(pod_spec(docs)) == ("Guaranteed" if engine == "vllm" else "Burstable")
+
+
+@pytest.mark.parametrize(("sets", "requests", "limits"), [
+    (("resources.requests.cpu=8",), {"cpu": "8", "memory": "32Gi"}, {"cpu": "8", "memory": "32Gi"}),
+    (("resources.limits.memory=64Gi",), {"cpu": "4", "memory": "64Gi"}, {"cpu": "4", "memory": "64Gi"}),
+    (("resources.requests.cpu=2", "resources.limits.cpu=6", "resources.requests.ephemeral-storage=20Gi"),
+     {"cpu": "2", "memory": "32Gi", "ephemeral-storage": "20Gi"}, {"cpu": "6", "memory": "32Gi"}),
+])
+def test_one_sided_resources_are_mirrored(sets: tuple[str, ...], requests: dict[str, str], limits: dict[str, str]) -> None:
+    res = container(render(VALUES_DIR / "single-gpu.yaml", *sets))["resources"]
+    assert res["requests"] == {**requests, "nvidia.com/gpu": "1"}
+    assert res["limits"] == {**limits, "nvidia.com/gpu": "1"}
+
+
+def test_collection_sizing_reaches_the_pod(tmp_path: Path) -> None:
+    """vllm_release's build_values sizes cpu and memory from the weights; the chart renders them as given."""
+    from ansible_collections.kubeinfer.llm.plugins.module_utils._vllm import build_values
+
+    p = {"name": "big", "model": "meta-llama/Llama-3.1-70B-Instruct", "gpus_per_replica": 4, "engine": "vllm"}
+    values = build_values(p, 900)
+    res = container(render(extra_values=values, tmp=tmp_path))["resources"]
+    assert res["requests"] == {"cpu": "13", "memory": "320Gi", "nvidia.com/gpu": "4"}
+    assert res["limits"] == res["requests"]
+
+
+# --- PodDisruptionBudget and NetworkPolicy ---------------------------------------------------------
+
+
+@pytest.mark.parametrize("replicas", [0, 1, 2, 3, 8])
+def test_pdb_only_above_one_replica(replicas: int) -> None:
+    docs = render(VALUES_FILES[0], f"replicaCount={replicas}")
+    pdbs = [d for d in docs if d["kind"] == "PodDisruptionBudget"]
+    if replicas <= 1:
+        assert pdbs == []
+        return
+    (pdb,) = pdbs
+    assert pdb["apiVersion"] == "policy/v1"
+    assert pdb["spec"] == {"maxUnavailable": 1, "unhealthyPodEvictionPolicy": "AlwaysAllow",
+                           "selector": {"matchLabels": only(docs, "Deployment")["spec"]["selector"]["matchLabels"]}}
+    kubernetes_validate.validate(pdb, VALIDATE_VERSION, strict=True)
+
+
+@pytest.mark.parametrize("values_file", VALUES_FILES, ids=ids)
+def test_pdb_follows_the_values_files(values_file: Path) -> None:
+    docs = render(values_file)
+    assert any(d["kind"] == "PodDisruptionBudget" for d in docs) == (effective(values_file)["replicaCount"] > 1)
+
+
+def _ingress_peers(policy: dict[str, Any]) -> list[dict[str, Any]]:
+    (rule,) = policy["spec"]["ingress"]
+    assert rule["ports"] == [{"port": "http", "protocol": "TCP"}]
+    return rule["from"]
+
+
+def test_network_policy_off_by_default() -> None:
+    assert not [d for d in render(VALUES_FILES[0]) if d["kind"] == "NetworkPolicy"]
+
+
+@pytest.mark.parametrize("values_file", VALUES_FILES, ids=ids)
+def test_network_policy(values_file: Path) -> None:
+    values = effective(values_file)
+    docs = render(values_file)
+    policies = {d["metadata"]["name"]: d for d in docs if d["kind"] == "NetworkPolicy"}
+    if not values["networkPolicy"]["enabled"]:
+        assert policies == {}
+        return
+    server, tester = policies["rel-vllm"], policies["rel-vllm-test"]
+    pod_labels = only(docs, "Deployment")["spec"]["template"]["metadata"]["labels"]
+    test_labels = hook_pod(docs)["metadata"]["labels"]
+    assert server["spec"]["podSelector"]["matchLabels"].items() <= pod_labels.items()
+    assert server["spec"]["policyTypes"] == ["Ingress"]
+    peers = _ingress_peers(server)
+    np = values["networkPolicy"]
+    expected: list[dict[str, Any]] = [{"podSelector": {"matchLabels": {"app.kubernetes.io/name": "vllm-test",
+                                                                       "app.kubernetes.io/instance": "rel"}}}]
+    if np["allowedNamespaces"]:
+        expected.append({"namespaceSelector": {"matchExpressions": [
+            {"key": "kubernetes.io/metadata.name", "operator": "In", "values": np["allowedNamespaces"]}]}})
+    expected.append({"namespaceSelector": np["prometheus"]["namespaceSelector"], "podSelector": np["prometheus"]["podSelector"]})
+    assert peers == expected
+    assert peers[0]["podSelector"]["matchLabels"].items() <= test_labels.items(), "the helm test pod must be admitted"
+    # The test pod itself takes no traffic.
+    assert tester["spec"] == {"podSelector": {"matchLabels": peers[0]["podSelector"]["matchLabels"]}, "policyTypes": ["Ingress"]}
+    for policy in (server, tester):
+        kubernetes_validate.validate(policy, VALIDATE_VERSION, strict=True)
+
+
+def test_network_policy_defaults_admit_only_prometheus_and_the_test_pod() -> None:
+    docs = render(VALUES_FILES[0], "networkPolicy.enabled=true")
+    peers = _ingress_peers(next(d for d in docs if d["kind"] == "NetworkPolicy" and d["metadata"]["name"] == "rel-vllm"))
+    assert peers[1:] == [{"namespaceSelector": {"matchLabels": {"kubernetes.io/metadata.name": "monitoring"}},
+                          "podSelector": {"matchLabels": {"app.kubernetes.io/name": "prometheus"}}}]
+    # Not even the release's own namespace is admitted unless it is listed.
+    assert not any("namespaceSelector" in p and "podSelector" not in p for p in peers)
+
+
+def test_model_cache_cannot_shadow_the_scratch_mounts() -> None:
+    for path in ("/tmp", "/home/vllm", "/dev/shm", "/tmp/"):
+        res = template_result(VALUES_FILES[0], f"modelCache.mountPath={path}")
+        assert res.returncode != 0 and "modelCache.mountPath cannot be" in res.stderr, path
+    assert template_result(VALUES_FILES[0], "modelCache.mountPath=/tmp/hf").returncode == 0

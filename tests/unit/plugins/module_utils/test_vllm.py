@@ -78,6 +78,8 @@ def test_build_values_minimal_sets_the_required_keys_only() -> None:
         "fullnameOverride": "llama", "engine": "vllm", "model": {"name": "meta-llama/Llama-3.1-8B-Instruct"},
         "replicaCount": 1, "gpusPerReplica": 1, "probes": {"startup": {"budgetSeconds": 135}},
         "vllm": {"tensorParallelSize": 1, "dtype": "auto", "gpuMemoryUtilization": 0.9},
+        # 8B bf16 = 14.9 GiB of weights, 1.14 x the seed's 7B: memory 32 x 1.14, CPU 4 x sqrt(1.14), rounded up.
+        "resources": {"requests": {"cpu": "5", "memory": "37Gi"}, "limits": {"cpu": "5", "memory": "37Gi"}},
     }
 
 
@@ -109,8 +111,54 @@ def test_build_values_full() -> None:
 def test_build_values_sim_has_no_vllm_section() -> None:
     values = _vllm.build_values(params(engine="sim", model="facebook/opt-125m", max_model_len=2048, image={"tag": "v1"}), 91)
     assert "vllm" not in values
+    assert "resources" not in values, "the simulator loads no weights: the chart's small defaults apply"
     assert values["sim"] == {"maxModelLen": 2048}
     assert values["image"] == {"sim": {"tag": "v1"}}
+
+
+@pytest.mark.parametrize("over, cpu, memory", [
+    ({"model": "mistralai/Mistral-7B-v0.1"}, "4", "32Gi"),  # the seed: 4 cores and 32 GB for 7B
+    ({"model": "facebook/opt-125m"}, "4", "32Gi"),  # small models get the floor
+    ({"model": "my-org/finetune", "params_billion": None}, "4", "32Gi"),  # no size known: the floor
+    ({"model": "meta-llama/Llama-3.1-70B-Instruct"}, "13", "320Gi"),  # 10 x the weights: 10 x memory, sqrt(10) x CPU
+    ({"model": "meta-llama/Llama-3.1-70B-Instruct", "quantization": "fp8"}, "9", "160Gi"),  # half the bytes
+    ({"model": "meta-llama/Llama-3.1-70B-Instruct", "dtype": "float32"}, "18", "640Gi"),
+    ({"model": "my-org/finetune", "params_billion": 14.0}, "6", "64Gi"),  # params_billion wins over the name
+    ({"model": "meta-llama/Llama-3.1-70B-Instruct", "quantization": "bitsandbytes"}, "13", "320Gi"),  # unknown: the dtype's bytes
+])
+def test_build_values_sizes_cpu_and_memory_from_the_weights(over: dict[str, Any], cpu: str, memory: str) -> None:
+    resources = _vllm.build_values(params(**over), 100)["resources"]
+    assert resources == {"requests": {"cpu": cpu, "memory": memory}, "limits": {"cpu": cpu, "memory": memory}}
+
+
+def test_default_resources_grow_with_the_weights() -> None:
+    sizes = [_vllm.default_resources(params(params_billion=b)) for b in (0.5, 7, 8, 13, 34, 70, 180, 405)]
+    cpus = [int(r["requests"]["cpu"]) for r in sizes]
+    memory = [int(r["requests"]["memory"].removesuffix("Gi")) for r in sizes]
+    assert cpus == sorted(cpus) and memory == sorted(memory)
+    assert cpus[0] >= 4 and memory[0] >= 32
+    assert memory[-1] > memory[1] * 50  # 405B is 58 x 7B: memory follows the weights
+
+
+@pytest.mark.parametrize("given, expected", [
+    # A quantity on one side only is left as given: the chart copies it to the other side.
+    ({"requests": {"cpu": "8"}},
+     {"requests": {"cpu": "8", "memory": "37Gi"}, "limits": {"memory": "37Gi"}}),
+    ({"limits": {"memory": "100Gi"}, "requests": {"ephemeral-storage": "20Gi"}},
+     {"requests": {"ephemeral-storage": "20Gi", "cpu": "5"}, "limits": {"memory": "100Gi", "cpu": "5"}}),
+    ({"requests": {"cpu": "2", "memory": "8Gi"}, "limits": {"cpu": "4", "memory": "8Gi"}},
+     {"requests": {"cpu": "2", "memory": "8Gi"}, "limits": {"cpu": "4", "memory": "8Gi"}}),
+])
+def test_given_resources_win_key_by_key(given: dict[str, Any], expected: dict[str, Any]) -> None:
+    p = params(resources=given)
+    before = copy.deepcopy(p)
+    assert _vllm.build_values(p, 100)["resources"] == expected
+    assert p == before
+
+
+def test_sim_keeps_given_resources() -> None:
+    values = _vllm.build_values(params(engine="sim", resources={"limits": {"memory": "1Gi"}}), 100)
+    assert values["resources"] == {"limits": {"memory": "1Gi"}}
 
 
 def test_free_values_win_and_do_not_change_the_options() -> None:
