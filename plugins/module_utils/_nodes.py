@@ -197,14 +197,14 @@ def _reconcile_one(kube: Kube, node: dict[str, Any], labels: dict[str, Any], tai
     }
     if not result["changed"]:
         return result
-    if not check_mode:
-        # resourceVersion makes the patch fail instead of overwriting a concurrent change.
-        patch: dict[str, Any] = {"metadata": {"resourceVersion": meta["resourceVersion"]}}
-        if label_patch:
-            patch["metadata"]["labels"] = label_patch
-        if taints_changed:
-            patch["spec"] = {"taints": new_taints or None}
-        kube.patch("v1", "Node", name, patch)
+    # resourceVersion makes the patch fail instead of overwriting a concurrent change. In check mode it is a
+    # server-side dry run: the API server validates it (admission included) and stores nothing.
+    patch: dict[str, Any] = {"metadata": {"resourceVersion": meta["resourceVersion"]}}
+    if label_patch:
+        patch["metadata"]["labels"] = label_patch
+    if taints_changed:
+        patch["spec"] = {"taints": new_taints or None}
+    kube.patch("v1", "Node", name, patch, dry_run=check_mode)
     if want_diff:
         diffs.append({
             "before_header": f"node/{name}", "after_header": f"node/{name}",

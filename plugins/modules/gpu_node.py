@@ -29,7 +29,7 @@ extends_documentation_fragment:
   - kubeinfer.llm.gpu_probe
 attributes:
   check_mode:
-    description: Computes the change from the listed nodes and writes nothing.
+    description: Sends each patch as a server-side dry run (C(dryRun=All)), so the API server validates it, and writes nothing.
     support: full
   diff_mode:
     description: Returns the labels and taints before and after, one diff per changed node.

@@ -48,11 +48,12 @@ def test_nothing_to_change_makes_no_write() -> None:
     assert [c["method"] for c in api.calls] == ["GET"]
 
 
-def test_check_mode_writes_nothing_but_reports() -> None:
-    api = cluster(node("gpu-0"))
+def test_check_mode_sends_only_server_side_dry_runs_and_reports() -> None:
+    api = cluster(node("gpu-0"), node("gpu-1", {"role": "inference"}, [{"key": "nvidia.com/gpu", "value": "present", "effect": "NoSchedule"}]))
     result = run(api, check_mode=True, want_diff=True)
     assert result["changed"] and result["changed_nodes"] == ["gpu-0"]
-    assert [c["method"] for c in api.calls] == ["GET"]
+    assert [(c["method"], c["path"]) for c in api.calls] == [("GET", "/api/v1/nodes"), ("PATCH", "/api/v1/nodes/gpu-0")]
+    assert api.calls[1]["query"].get("dryRun") == "All"
     assert result["diff"][0]["after"]["labels"] == {"role": "inference"}
 
 
