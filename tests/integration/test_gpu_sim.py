@@ -32,6 +32,8 @@ def gpu_sim(cluster_name: str) -> ModuleType:
         pytest.fail(f"gpu_sim.py is not running for {cluster_name!r}: {proc.stdout.strip()}\n"
                     f"Start it: KUBEINFER_CLUSTER={cluster_name} {GPU_SIM} start", pytrace=False)
     os.environ["KUBEINFER_CLUSTER"] = cluster_name
+    if str(GPU_SIM.parent) not in sys.path:
+        sys.path.insert(0, str(GPU_SIM.parent))  # gpu_sim.py imports kubeapi.py next to it, as its script run does
     spec = importlib.util.spec_from_file_location("gpu_sim", GPU_SIM)
     assert spec and spec.loader
     module = importlib.util.module_from_spec(spec)

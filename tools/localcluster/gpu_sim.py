@@ -50,21 +50,18 @@ State: $KWOK_WORKDIR/kubeinfer-$KUBEINFER_CLUSTER/{gpu-hardware.json,gpu-sim.pid
 from __future__ import annotations
 
 import argparse
-import base64
 import hashlib
 import json
 import os
 import signal
-import ssl
 import subprocess
 import sys
 import time
-import urllib.error
-import urllib.request
 from pathlib import Path
 from typing import Any
 
 import yaml
+from kubeapi import KubeApi
 
 HERE = Path(__file__).resolve().parent
 CACHE = Path(os.environ.get("KUBEINFER_CACHE") or Path.home() / ".cache" / "kubeinfer")
@@ -124,47 +121,12 @@ def now() -> str:
     return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
 
 
-class Api:
-    """JSON calls with the kubeconfig's credentials (the approach of metrics.py), no client library."""
+class Api(KubeApi):
+    """The local cluster's API server (kubeapi.py), plus a per-pass cache of ConfigMaps."""
 
     def __init__(self) -> None:
-        kubectl = CACHE / f"kubernetes-{pinned('KUBERNETES_VERSION')}" / "kubectl"
-        cfg = json.loads(subprocess.run([str(kubectl), "--kubeconfig", str(KUBECONFIG), "config", "view", "--raw",
-                                         "--minify", "-o", "json"], capture_output=True, text=True, check=True).stdout)
-        cluster, user = cfg["clusters"][0]["cluster"], cfg["users"][0]["user"]
-        self.server = cluster["server"].rstrip("/")
-        self.ctx = ssl.create_default_context()
-        if cluster.get("certificate-authority-data"):
-            self.ctx.load_verify_locations(cadata=base64.b64decode(cluster["certificate-authority-data"]).decode())
-        elif cluster.get("certificate-authority"):
-            self.ctx.load_verify_locations(cafile=cluster["certificate-authority"])
-        cert, key = user.get("client-certificate"), user.get("client-key")
-        if user.get("client-certificate-data"):
-            cert, key = str(STATE / "gpu-sim-client.crt"), str(STATE / "gpu-sim-client.key")
-            for path, data in ((cert, user["client-certificate-data"]), (key, user["client-key-data"])):
-                with os.fdopen(os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600), "wb") as f:
-                    f.write(base64.b64decode(data))
-        if cert and key:
-            self.ctx.load_cert_chain(cert, key)
-        self.token = user.get("token")
+        super().__init__(KUBECONFIG, CACHE / f"kubernetes-{pinned('KUBERNETES_VERSION')}" / "kubectl", STATE, "gpu-sim-client")
         self.cache: dict[tuple[str, str], Any] = {}
-
-    def call(self, method: str, path: str, body: Any = None, ctype: str = "application/merge-patch+json") -> Any:
-        req = urllib.request.Request(self.server + path, method=method,
-                                     data=None if body is None else json.dumps(body).encode())
-        req.add_header("Content-Type", ctype)
-        if self.token:
-            req.add_header("Authorization", f"Bearer {self.token}")
-        try:
-            with urllib.request.urlopen(req, context=self.ctx, timeout=10) as resp:
-                return json.loads(resp.read() or b"null")
-        except urllib.error.HTTPError as e:
-            if e.code == 404:
-                return None
-            raise RuntimeError(f"{method} {path}: HTTP {e.code} {e.read()[:300]!r}") from None
-
-    def items(self, path: str) -> list[dict[str, Any]]:
-        return (self.call("GET", path) or {}).get("items") or []
 
 
 def pinned(name: str) -> str:

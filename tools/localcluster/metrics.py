@@ -35,7 +35,6 @@ Only the Python standard library is used.
 
 from __future__ import annotations
 
-import base64
 import fcntl
 import hashlib
 import json
@@ -43,7 +42,6 @@ import os
 import re
 import signal
 import socket
-import ssl
 import subprocess
 import sys
 import time
@@ -52,6 +50,8 @@ import urllib.request
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, Iterator
+
+from kubeapi import KubeApi
 
 HERE = Path(__file__).resolve().parent
 TEMPLATES = HERE / "metrics"
@@ -100,53 +100,9 @@ def die(msg: str) -> None:
 
 # --- Kubernetes API, standard library only -------------------------------------------------
 
-class Api:
-    """GET/DELETE against the cluster with the kubeconfig's credentials (what kubectl would send)."""
-
-    def __init__(self, kubeconfig: Path) -> None:
-        out = subprocess.run([str(KUBECTL), "--kubeconfig", str(kubeconfig), "config", "view", "--raw", "--minify",
-                              "-o", "json"], capture_output=True, text=True, check=True, timeout=30).stdout
-        cfg = json.loads(out)
-        cluster, user = cfg["clusters"][0]["cluster"], cfg["users"][0]["user"]
-        self.server = cluster["server"].rstrip("/")
-        self.ctx = ssl.create_default_context()
-        if cluster.get("certificate-authority-data"):
-            self.ctx.load_verify_locations(cadata=base64.b64decode(cluster["certificate-authority-data"]).decode())
-        elif cluster.get("certificate-authority"):
-            self.ctx.load_verify_locations(cafile=cluster["certificate-authority"])
-        if cluster.get("insecure-skip-tls-verify"):
-            self.ctx.check_hostname = False
-            self.ctx.verify_mode = ssl.CERT_NONE
-        cert, key = user.get("client-certificate"), user.get("client-key")
-        if user.get("client-certificate-data"):
-            STATE.mkdir(parents=True, exist_ok=True)
-            cert, key = str(STATE / "client.crt"), str(STATE / "client.key")
-            for path, data in ((cert, user["client-certificate-data"]), (key, user["client-key-data"])):
-                fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-                with os.fdopen(fd, "wb") as f:
-                    f.write(base64.b64decode(data))
-        if cert and key:
-            self.ctx.load_cert_chain(cert, key)
-        self.token = user.get("token")
-
-    def call(self, method: str, path: str, timeout: float = 10) -> Any:
-        req = urllib.request.Request(self.server + path, method=method)
-        if self.token:
-            req.add_header("Authorization", f"Bearer {self.token}")
-        try:
-            with urllib.request.urlopen(req, context=self.ctx, timeout=timeout) as resp:
-                body = resp.read()
-        except urllib.error.HTTPError as e:
-            if e.code == 404:
-                return None
-            raise RuntimeError(f"{method} {path}: HTTP {e.code} {e.read()[:300]!r}") from None
-        try:
-            return json.loads(body)
-        except ValueError:
-            return body.decode(errors="replace")
-
-    def get(self, path: str, timeout: float = 10) -> Any:
-        return self.call("GET", path, timeout)
+def Api(kubeconfig: Path) -> KubeApi:
+    """The local cluster's API server (kubeapi.py), its client certificate kept in STATE."""
+    return KubeApi(kubeconfig, KUBECTL, STATE)
 
 
 def kubectl(*args: str, stdin: str | None = None, check: bool = True, timeout: float = 60) -> subprocess.CompletedProcess:
