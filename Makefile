@@ -110,7 +110,7 @@ molecule: venv collection binaries
 # gpu_node against one kubernetes.core k8s_taint + k8s patch per node, on 1,000 simulated nodes
 # of a cluster of its own (bench/README.md). The baseline runs on a sample and is extrapolated.
 bench-gpu-node: venv binaries collection
-	BENCH_BASELINE_NODES=$${BENCH_BASELINE_NODES:-200} $(PY) bench/gpu_node_bench.py
+	BENCH_BASELINE_NODES=$${BENCH_BASELINE_NODES:-300} $(PY) bench/gpu_node_bench.py
 
 # The autoscaling chain under real load, end to end, on a cluster of its own (bench/README.md):
 # two models in one namespace, 3 load cycles, medians. About 8 minutes.

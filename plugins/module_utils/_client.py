@@ -51,6 +51,9 @@ def build_api_client(params: dict[str, Any]) -> Any:
 
     Explicit options win over the kubeconfig; with no kubeconfig and no host the
     in-cluster service account is used (AWX execution environments, bring-up pods).
+    A module that sends requests from threads (gpu_node's ``parallel``) gets a urllib3
+    pool of at least that many connections (its default is 5 per CPU), so that none
+    is opened and dropped per request.
     """
     if not HAS_KUBERNETES:
         raise KubeInferError(f"the 'kubernetes' Python library is required: {KUBERNETES_IMPORT_ERROR}")
@@ -84,6 +87,9 @@ def build_api_client(params: dict[str, Any]) -> Any:
         configuration.key_file = params["client_key"]
     if params.get("proxy"):
         configuration.proxy = params["proxy"]
+    concurrency = params.get("parallel")
+    if concurrency:
+        configuration.connection_pool_maxsize = max(configuration.connection_pool_maxsize or 0, concurrency)
     api_client = k8s_client.ApiClient(configuration)
     # Names the collection in the API server's audit log, apart from other clients of the same library.
     api_client.user_agent = USER_AGENT

@@ -1,11 +1,16 @@
 # -*- coding: utf-8 -*-
 # Copyright: contributors to kubeinfer.llm
 # GNU General Public License v3.0+ (see https://www.gnu.org/licenses/gpl-3.0.txt)
-"""Labels and taints on many nodes: one list call, one patch per node that changes. Private to this collection: the interface may change without notice."""
+"""Labels and taints on many nodes: one list call, one patch per node that changes, sent concurrently.
+
+Private to this collection: the interface may change without notice.
+"""
 from __future__ import annotations
 
 import re
-from typing import Any, Mapping
+import threading
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any, Dict, Mapping, Optional, Tuple, Union
 
 from ansible_collections.kubeinfer.llm.plugins.module_utils._errors import KubeInferError
 from ansible_collections.kubeinfer.llm.plugins.module_utils._gpu_discovery import nfd_gpu_node, probe_nodes
@@ -103,14 +108,20 @@ def discover(kube: Kube, probe: Mapping[str, Any], check_mode: bool) -> tuple[li
     return [n for n in nodes if answers[n["metadata"]["name"]]["nvidia_pci"]], "probe pods (NVIDIA PCI device in sysfs)"
 
 
+PARALLEL = 32
+
+
 def reconcile(kube: Kube, names: list[str] | None, label_selector: str | None, labels: dict[str, Any],
               taints: list[dict[str, Any]], state: str, require_match: bool, check_mode: bool,
-              want_diff: bool, probe: Mapping[str, Any] | None = None) -> dict[str, Any]:
+              want_diff: bool, probe: Mapping[str, Any] | None = None, parallel: int = PARALLEL) -> dict[str, Any]:
     """Apply labels and taints to the selected nodes and report per node what changed.
 
     With neither ``names`` nor ``label_selector``, the GPU nodes are discovered (see discover) with the
-    probe options ``probe`` (as _gpu_discovery.probe_options returns them).
+    probe options ``probe`` (as _gpu_discovery.probe_options returns them). At most ``parallel`` patches
+    are in flight at a time; results and diffs are in node-name order whatever order they complete in.
     """
+    if parallel < 1:
+        raise KubeInferError(f"parallel: must be at least 1 (1 patches one node at a time), got {parallel}")
     validate(labels, taints)
     selected_by = "names" if names else "label_selector"
     if not names and not label_selector:
@@ -132,14 +143,15 @@ def reconcile(kube: Kube, names: list[str] | None, label_selector: str | None, l
     if not nodes and require_match and label_selector:
         raise KubeInferError(f"label_selector: no node matches {label_selector!r}", matched=[], changed=False)
 
-    results: list[dict[str, Any]] = []
-    diffs: list[dict[str, Any]] = []
-    try:
-        for node in sorted(nodes, key=lambda n: n["metadata"]["name"]):
-            results.append(_reconcile_with_retry(kube, node, labels, taints, state, check_mode, want_diff, diffs))
-    except ApiError as e:
-        raise KubeInferError(e.msg, nodes=results, changed=any(r["changed"] for r in results),
-                             api_requests=dict(kube.requests)) from e
+    nodes = sorted(nodes, key=lambda n: n["metadata"]["name"])
+    outcomes = _reconcile_all(kube, nodes, labels, taints, state, check_mode, want_diff, parallel)
+    done = [o for o in outcomes if isinstance(o, tuple)]
+    results = [result for result, _diff in done]
+    errors = [o for o in outcomes if isinstance(o, ApiError)]
+    if errors:
+        # The first failure in node-name order; the nodes patched meanwhile are reported with it.
+        raise KubeInferError(errors[0].msg, nodes=results, changed=any(r["changed"] for r in results),
+                             api_requests=dict(kube.requests)) from errors[0]
     changed = [r for r in results if r["changed"]]
     out: dict[str, Any] = {
         "changed": bool(changed),
@@ -150,23 +162,54 @@ def reconcile(kube: Kube, names: list[str] | None, label_selector: str | None, l
         "api_requests": dict(kube.requests),
     }
     if want_diff:
-        out["diff"] = diffs
+        out["diff"] = [d for _result, d in done if d is not None]
     return out
+
+
+Outcome = Union[Tuple[Dict[str, Any], Optional[Dict[str, Any]]], ApiError, None]
+
+
+def _reconcile_all(kube: Kube, nodes: list[dict[str, Any]], labels: dict[str, Any], taints: list[dict[str, Any]],
+                   state: str, check_mode: bool, want_diff: bool, parallel: int) -> list[Outcome]:
+    """Reconcile every node with at most ``parallel`` in flight; one outcome per node, in the order of ``nodes``.
+
+    An outcome is (result, diff), the ApiError the node failed with, or None for a node not started
+    because another one had failed (as a sequential run stops at its first failure).
+    """
+    failed = threading.Event()
+
+    def one(node: dict[str, Any]) -> Outcome:
+        if failed.is_set():
+            return None
+        try:
+            return _reconcile_with_retry(kube, node, labels, taints, state, check_mode, want_diff)
+        except ApiError as e:
+            failed.set()
+            return e
+        except Exception:
+            failed.set()
+            raise
+
+    if parallel == 1 or len(nodes) <= 1:
+        return [one(node) for node in nodes]
+    with ThreadPoolExecutor(max_workers=min(parallel, len(nodes)), thread_name_prefix="gpu_node") as pool:
+        return list(pool.map(one, nodes))
 
 
 CONFLICT_ATTEMPTS = 5
 
 
 def _reconcile_with_retry(kube: Kube, node: dict[str, Any], labels: dict[str, Any], taints: list[dict[str, Any]],
-                          state: str, check_mode: bool, want_diff: bool, diffs: list[dict[str, Any]]) -> dict[str, Any]:
-    """Patch one node; when its kubelet (or anyone) wrote it since the list, re-read it and recompute.
+                          state: str, check_mode: bool, want_diff: bool) -> tuple[dict[str, Any], dict[str, Any] | None]:
+    """Patch one node; when a taint patch meets a concurrent write (409), re-read the node and recompute.
 
+    Only a patch that replaces the taint list carries a resourceVersion, so only it can conflict.
     Each conflict costs one more get and one more patch; the recomputed patch never overwrites
     the concurrent change, because it is made from the node as it is now.
     """
     for attempt in range(1, CONFLICT_ATTEMPTS + 1):
         try:
-            return _reconcile_one(kube, node, labels, taints, state, check_mode, want_diff, diffs)
+            return _reconcile_one(kube, node, labels, taints, state, check_mode, want_diff)
         except ApiError as e:
             if e.status != 409 or attempt == CONFLICT_ATTEMPTS:
                 raise
@@ -178,7 +221,8 @@ def _reconcile_with_retry(kube: Kube, node: dict[str, Any], labels: dict[str, An
 
 
 def _reconcile_one(kube: Kube, node: dict[str, Any], labels: dict[str, Any], taints: list[dict[str, Any]],
-                   state: str, check_mode: bool, want_diff: bool, diffs: list[dict[str, Any]]) -> dict[str, Any]:
+                   state: str, check_mode: bool, want_diff: bool) -> tuple[dict[str, Any], dict[str, Any] | None]:
+    """Patch one node if it needs it; return its result and, when asked for and it changed, its diff."""
     meta = node["metadata"]
     name = meta["name"]
     cur_labels = meta.get("labels") or {}
@@ -196,19 +240,24 @@ def _reconcile_one(kube: Kube, node: dict[str, Any], labels: dict[str, Any], tai
         "taints": new_taints,
     }
     if not result["changed"]:
-        return result
-    # resourceVersion makes the patch fail instead of overwriting a concurrent change. In check mode it is a
-    # server-side dry run: the API server validates it (admission included) and stores nothing.
-    patch: dict[str, Any] = {"metadata": {"resourceVersion": meta["resourceVersion"]}}
-    if label_patch:
-        patch["metadata"]["labels"] = label_patch
+        return result, None
+    # A merge patch of only the changed label keys cannot clobber a concurrent change to other keys, so it
+    # carries no precondition. The taint list is replaced whole: it carries the node's resourceVersion, so
+    # that it fails (409) instead of overwriting a taint written since the node was read. In check mode the
+    # patch is a server-side dry run: the API server validates it (admission included) and stores nothing.
+    metadata: dict[str, Any] = {}
+    patch: dict[str, Any] = {"metadata": metadata}
     if taints_changed:
+        metadata["resourceVersion"] = meta["resourceVersion"]
         patch["spec"] = {"taints": new_taints or None}
+    if label_patch:
+        metadata["labels"] = label_patch
     kube.patch("v1", "Node", name, patch, dry_run=check_mode)
+    diff = None
     if want_diff:
-        diffs.append({
+        diff = {
             "before_header": f"node/{name}", "after_header": f"node/{name}",
             "before": {"labels": cur_labels, "taints": cur_taints},
             "after": {"labels": new_labels, "taints": new_taints},
-        })
-    return result
+        }
+    return result, diff

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import copy
 import json
+import threading
 from collections import Counter
 from dataclasses import dataclass
 from typing import Any
@@ -62,13 +63,15 @@ class Kube:
     """A thin REST layer over an ApiClient that counts its requests by verb.
 
     The counts are returned by modules (``api_requests``) so that idempotence
-    ("a re-run makes no write") can be asserted from the outside.
+    ("a re-run makes no write") can be asserted from the outside. Requests may be
+    sent from several threads at once (gpu_node's patches); the count is locked.
     """
 
     def __init__(self, api_client: Any, field_manager: str = FIELD_MANAGER) -> None:
         self.api_client = api_client
         self.field_manager = field_manager
         self.requests: Counter[str] = Counter()
+        self._count_lock = threading.Lock()
         self._refs: dict[tuple[str, str], Ref] = {}
 
     # -- plumbing -----------------------------------------------------------------
@@ -79,7 +82,8 @@ class Kube:
         headers = {"Accept": "application/json"}
         if content_type:
             headers["Content-Type"] = content_type
-        self.requests[verb or method.lower()] += 1
+        with self._count_lock:
+            self.requests[verb or method.lower()] += 1
         try:
             resp = self.api_client.call_api(
                 path, method, query_params=query or [], header_params=headers, body=body,

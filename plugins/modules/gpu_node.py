@@ -17,10 +17,13 @@ description:
     an NVIDIA PCI device. Check mode runs no probe pod and then selects nothing.
   - Costs one list call, then one patch for each node that actually changes; a node already in the
     desired state is not written to. RV(api_requests) reports the counts.
+  - The patches are sent concurrently, at most O(parallel) at a time; the results and the diff are in node-name order.
   - Every input is validated before the first write, so bad input leaves the cluster unchanged.
-  - Patches carry the node's C(resourceVersion), so a concurrent change (a kubelet's status update, another operator)
-    is never overwritten. On such a conflict the node is read again and the patch recomputed, up to five times;
-    each conflict costs one more get and one more patch.
+  - A concurrent change (a kubelet's status update, another operator) is never overwritten. A label patch is a merge patch of
+    only the label keys that change, so it carries no precondition and cannot conflict. The taint list is replaced whole, so a
+    patch that changes the taints carries the node's C(resourceVersion); on a conflict the node is read again and the patch
+    recomputed, up to five times; each conflict costs one more get and one more patch.
+  - When one node fails, no further node is started; the patches in flight finish, and the failure reports the nodes done.
 author:
   - Kubeinfer maintainers (@kubeinfer)
 extends_documentation_fragment:
@@ -29,7 +32,9 @@ extends_documentation_fragment:
   - kubeinfer.llm.gpu_probe
 attributes:
   check_mode:
-    description: Sends each patch as a server-side dry run (C(dryRun=All)), so the API server validates it, and writes nothing.
+    description:
+      - Sends each patch as a server-side dry run (C(dryRun=All)), so the API server validates it, and writes nothing.
+      - The dry runs are sent concurrently, as the patches are (O(parallel)).
     support: full
   diff_mode:
     description: Returns the labels and taints before and after, one diff per changed node.
@@ -90,6 +95,14 @@ options:
     type: str
     choices: [present, absent]
     default: present
+  parallel:
+    description:
+      - The most node patches in flight at a time. V(1) patches one node after the other.
+      - Each in-flight patch holds one connection to the API server; the client's connection pool is sized to match.
+      - Must be at least V(1); a smaller value fails before any request.
+    type: int
+    default: 32
+    version_added: 0.2.0
 """
 
 EXAMPLES = r"""
@@ -121,6 +134,13 @@ EXAMPLES = r"""
       - key: nvidia.com/gpu
         effect: NoSchedule
         state: absent
+
+- name: Label a large fleet, at most 32 patches in flight
+  kubeinfer.llm.gpu_node:
+    label_selector: node.kubernetes.io/instance-type=p4d.24xlarge
+    labels:
+      kubeinfer.io/accelerator: nvidia
+    parallel: 32
 """
 
 RETURN = r"""
@@ -184,7 +204,7 @@ from ansible.module_utils.basic import AnsibleModule
 from ansible_collections.kubeinfer.llm.plugins.module_utils._client import build_api_client, connection_spec
 from ansible_collections.kubeinfer.llm.plugins.module_utils._errors import KubeInferError
 from ansible_collections.kubeinfer.llm.plugins.module_utils._gpu_discovery import PROBE_SPEC, probe_options
-from ansible_collections.kubeinfer.llm.plugins.module_utils._nodes import EFFECTS, reconcile
+from ansible_collections.kubeinfer.llm.plugins.module_utils._nodes import EFFECTS, PARALLEL, reconcile
 from ansible_collections.kubeinfer.llm.plugins.module_utils._resources import Kube
 
 
@@ -202,6 +222,7 @@ def main() -> None:
                 "state": {"type": "str", "choices": ["present", "absent"], "default": "present"},
             }},
             state={"type": "str", "choices": ["present", "absent"], "default": "present"},
+            parallel={"type": "int", "default": PARALLEL},
             **PROBE_SPEC,
         ),
         supports_check_mode=True,
@@ -211,7 +232,7 @@ def main() -> None:
         probe = probe_options(p)
         kube = Kube(build_api_client(p))
         result = reconcile(kube, p["names"], p["label_selector"], p["labels"], p["taints"], p["state"],
-                           p["require_match"], module.check_mode, module._diff, probe)
+                           p["require_match"], module.check_mode, module._diff, probe, p["parallel"])
     except KubeInferError as e:
         module.fail_json(msg=e.msg, **e.result)
     module.exit_json(**result)

@@ -2,7 +2,9 @@
 from __future__ import annotations
 
 import json
-from typing import Any
+import threading
+import time
+from typing import Any, Callable
 
 
 class FakeResponse:
@@ -36,3 +38,28 @@ class FakeApiClient:
         if answer is None and method == "GET":
             raise FakeApiException(404, f"{path} not found")
         return FakeResponse(answer if answer is not None else body)
+
+
+class InFlight:
+    """An answer (for FakeApiClient or FakeCluster.answers) that holds each call for ``hold`` seconds and records
+    the most calls in flight at once. ``delay`` may give a hold per request body instead."""
+
+    def __init__(self, hold: float = 0.02, delay: Callable[[Any], float] | None = None) -> None:
+        self.hold = hold
+        self.delay = delay
+        self.now = 0
+        self.most = 0
+        self.threads: set[str] = set()
+        self._lock = threading.Lock()
+
+    def __call__(self, body: Any) -> Any:
+        with self._lock:
+            self.now += 1
+            self.most = max(self.most, self.now)
+            self.threads.add(threading.current_thread().name)
+        try:
+            time.sleep(self.delay(body) if self.delay else self.hold)
+        finally:
+            with self._lock:
+                self.now -= 1
+        return body

@@ -1,13 +1,18 @@
 from __future__ import annotations
 
+import threading
+import time
+from collections import Counter
+
 import pytest
 
 from ansible_collections.kubeinfer.llm.plugins.module_utils import _nodes
+from ansible_collections.kubeinfer.llm.plugins.module_utils._client import build_api_client
 from ansible_collections.kubeinfer.llm.plugins.module_utils._errors import KubeInferError
 from ansible_collections.kubeinfer.llm.plugins.module_utils._resources import Kube
 
-from .fake_api import FakeApiClient, FakeApiException
-from .fake_cluster import FakeCluster, answer_probes, pod_succeeded, probe_answer, probe_pods
+from .fake_api import FakeApiClient, FakeApiException, InFlight
+from .fake_cluster import FakeCluster, answer_probes, merge, pod_succeeded, probe_answer, probe_pods
 
 TAINT = {"key": "nvidia.com/gpu", "value": "present", "effect": "NoSchedule", "state": "present"}
 
@@ -141,6 +146,160 @@ def test_repeated_conflicts_fail_with_the_requests_made() -> None:
     with pytest.raises(KubeInferError) as err:
         run(api)
     assert err.value.result["api_requests"]["patch"] == _nodes.CONFLICT_ATTEMPTS
+
+
+# -- concurrency, and conflicts avoided rather than retried -----------------------------------------------
+TAINTED = [{"key": "nvidia.com/gpu", "value": "present", "effect": "NoSchedule"}]
+
+
+def many(count: int, answer: object, **node_kw) -> FakeApiClient:
+    nodes = [node(f"gpu-{i:02d}", **node_kw) for i in range(count)]
+    answers: dict = {("GET", "/api/v1/nodes"): {"items": nodes}}
+    answers.update({("PATCH", f"/api/v1/nodes/{n['metadata']['name']}"): answer for n in nodes})
+    return FakeApiClient(answers)
+
+
+@pytest.mark.parametrize("parallel", [1, 4, 16])
+def test_at_most_parallel_patches_are_in_flight(parallel: int) -> None:
+    flight = InFlight(hold=0.03)
+    api = many(40, flight)
+    result = run(api, parallel=parallel)
+    assert flight.most == parallel, "the pool is bounded by parallel, and fills it"
+    assert result["api_requests"] == {"list": 1, "patch": 40}
+    if parallel == 1:
+        assert flight.threads == {threading.current_thread().name}, "parallel=1 is the old sequential loop"
+
+
+def test_results_and_diff_are_in_node_name_order_whatever_order_the_patches_finish_in() -> None:
+    names = [f"gpu-{i:02d}" for i in range(12)]
+    finished: list[str] = []
+
+    def answer(name: str, hold: float):
+        def patch(body: dict) -> dict:
+            time.sleep(hold)
+            finished.append(name)
+            return body
+        return patch
+
+    # gpu-00 is held longest and finishes last; the list comes back in reverse order.
+    answers: dict = {("GET", "/api/v1/nodes"): {"items": [node(n) for n in reversed(names)]}}
+    answers.update({("PATCH", f"/api/v1/nodes/{n}"): answer(n, 0.01 * (12 - i)) for i, n in enumerate(names)})
+    result = run(FakeApiClient(answers), want_diff=True, parallel=12)
+    assert finished != names, "the patches finished out of order"
+    assert result["matched"] == result["changed_nodes"] == names
+    assert [r["name"] for r in result["nodes"]] == names
+    assert [d["before_header"] for d in result["diff"]] == [f"node/{n}" for n in names]
+
+
+@pytest.mark.parametrize("parallel", [0, -3])
+def test_parallel_below_one_is_refused_before_any_request(parallel: int) -> None:
+    api = cluster(node("gpu-0"))
+    with pytest.raises(KubeInferError, match=f"^parallel: must be at least 1.*got {parallel}"):
+        run(api, parallel=parallel)
+    assert api.calls == []
+
+
+def test_a_label_only_patch_has_no_resource_version() -> None:
+    api = cluster(node("gpu-0", taints=TAINTED))
+    run(api)
+    assert api.calls[1]["body"] == {"metadata": {"labels": {"role": "inference"}}}
+
+
+def test_a_taint_change_carries_the_resource_version() -> None:
+    api = cluster(node("gpu-0", {"role": "inference"}))
+    run(api)
+    assert api.calls[1]["body"] == {"metadata": {"resourceVersion": "7"}, "spec": {"taints": TAINTED}}
+
+
+def writer_before_first_patch(fake: FakeCluster, name: str) -> None:
+    """Just before the first PATCH of node ``name``, a concurrent writer (a kubelet) adds a label to it."""
+    path = f"/api/v1/nodes/{name}"
+    written: list[bool] = []
+
+    def on_request(method: str, req_path: str) -> None:
+        if method == "PATCH" and req_path == path and not written:
+            written.append(True)
+            current = fake.objects[path]
+            fake._store(path, merge(current, {"metadata": {"labels": {"kubelet": "wrote"}}}), False)
+
+    fake.on_request.append(on_request)
+
+
+def test_a_concurrent_write_does_not_conflict_with_a_label_patch() -> None:
+    fake = fake_cluster(node("gpu-0", {"gpu": "true"}, TAINTED))
+    writer_before_first_patch(fake, "gpu-0")
+    result = run(fake)
+    assert result["api_requests"] == {"list": 1, "patch": 1}, "no 409, no re-read"
+    assert fake.objects["/api/v1/nodes/gpu-0"]["metadata"]["labels"] == {"gpu": "true", "kubelet": "wrote", "role": "inference"}
+
+
+def test_a_concurrent_write_makes_a_taint_patch_conflict_and_it_is_reread_and_retried() -> None:
+    fake = fake_cluster(node("gpu-0", {"gpu": "true"}), node("gpu-1", {"gpu": "true"}))
+    writer_before_first_patch(fake, "gpu-1")
+    result = run(fake)
+    assert result["api_requests"] == {"list": 1, "patch": 3, "get": 1}
+    patches = [c for c in fake.calls if c["method"] == "PATCH" and c["path"].endswith("gpu-1")]
+    assert len(patches) == 2
+    assert patches[0]["body"]["metadata"]["resourceVersion"] != patches[1]["body"]["metadata"]["resourceVersion"]
+    stored = fake.objects["/api/v1/nodes/gpu-1"]
+    assert stored["metadata"]["labels"]["kubelet"] == "wrote", "the concurrent change is kept"
+    assert stored["spec"]["taints"] == TAINTED and stored["metadata"]["labels"]["role"] == "inference"
+    assert result["changed_nodes"] == ["gpu-0", "gpu-1"]
+
+
+def test_a_failing_node_reports_the_nodes_done_by_the_others() -> None:
+    gate = threading.Barrier(4, timeout=5)
+
+    def ok(body: dict) -> dict:
+        gate.wait()
+        return body
+
+    def boom(body: dict) -> dict:
+        gate.wait()
+        raise FakeApiException(500, "etcd is unhappy")
+
+    names = [f"gpu-{i}" for i in range(4)]
+    answers: dict = {("GET", "/api/v1/nodes"): {"items": [node(n) for n in names]}}
+    answers.update({("PATCH", f"/api/v1/nodes/{n}"): boom if n == "gpu-2" else ok for n in names})
+    with pytest.raises(KubeInferError, match="gpu-2 failed") as err:
+        run(FakeApiClient(answers), parallel=4)
+    assert [r["name"] for r in err.value.result["nodes"]] == ["gpu-0", "gpu-1", "gpu-3"], "all four were in flight"
+    assert err.value.result["api_requests"] == {"list": 1, "patch": 4} and err.value.result["changed"] is True
+
+
+def test_sequential_stops_at_the_first_failing_node() -> None:
+    api = FakeApiClient({("GET", "/api/v1/nodes"): {"items": [node("gpu-0"), node("gpu-1"), node("gpu-2")]},
+                         ("PATCH", "/api/v1/nodes/gpu-1"): FakeApiException(500, "no")})
+    with pytest.raises(KubeInferError) as err:
+        run(api, parallel=1)
+    assert [r["name"] for r in err.value.result["nodes"]] == ["gpu-0"]
+    assert err.value.result["api_requests"] == {"list": 1, "patch": 2}
+
+
+class RacyCounter(Counter):
+    """A Counter whose read yields to other threads, so that an unlocked ``+= 1`` loses counts."""
+
+    def __getitem__(self, key: str) -> int:
+        value = super().__getitem__(key)
+        time.sleep(0.001)
+        return value
+
+
+def test_request_counts_are_exact_from_many_threads() -> None:
+    kube = Kube(many(60, None))
+    kube.requests = RacyCounter()
+    result = _nodes.reconcile(kube, None, "gpu=true", {"role": "inference"}, [], "present", True, False, False, parallel=16)
+    assert result["api_requests"] == {"list": 1, "patch": 60}
+
+
+def test_the_connection_pool_holds_the_concurrency() -> None:
+    default = build_api_client({"host": "https://127.0.0.1:6443"}).configuration.connection_pool_maxsize
+    big = build_api_client({"host": "https://127.0.0.1:6443", "parallel": default + 7})
+    assert big.rest_client.pool_manager.connection_pool_kw["maxsize"] == default + 7
+    few = build_api_client({"host": "https://127.0.0.1:6443", "parallel": 1})
+    assert few.rest_client.pool_manager.connection_pool_kw["maxsize"] == default, "never below the library's default"
+    module_params = build_api_client({"host": "https://127.0.0.1:6443", "parallel": default + 3})
+    assert module_params.rest_client.pool_manager.connection_pool_kw["maxsize"] == default + 3, "gpu_node's parallel option"
 
 
 # -- discovery: neither names nor label_selector ---------------------------------------------------------
