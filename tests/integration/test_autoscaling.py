@@ -40,7 +40,8 @@ RELEASE = "asim"
 DEPLOYMENT = "asim-vllm"
 QUEUE = 3  # what the simulator reports as vllm:num_requests_waiting
 BUDGET = 420  # the chart's startup budget, which becomes the HPA's scale-down window
-KEDA_CRD = REPO / "tests" / "keda-standin" / "scaledobjects.keda.sh.yaml"
+KEDA_VERSION = "v2.20.2"
+SCALEDOBJECT_CRD = "keda.sh_scaledobjects.yaml"
 
 
 def pinned(name: str) -> str:
@@ -221,17 +222,34 @@ def test_unknown_series_is_named_as_the_missing_link(playbook: PlaybookRunner,
         assert run.returncode == 0 and run.results[0]["rule"] is None, run.output[-3000:]
 
 
-def test_keda_scaled_object_against_the_crd(playbook: PlaybookRunner, kubeconfig: str,
+@pytest.fixture(scope="module")
+def keda_crd() -> Path:
+    """KEDA's real ScaledObject CRD: from ../shared/upstream (unmodified, see its README), else from the KEDA module
+    a user would fetch with Go (config/crd/bases); never an imitation. Fails saying so when neither is there."""
+    shared = REPO.parent / "shared" / "upstream" / "crds" / f"keda-{KEDA_VERSION}" / SCALEDOBJECT_CRD
+    if shared.is_file():
+        return shared
+    proc = subprocess.run(["go", "mod", "download", "-json", f"github.com/kedacore/keda/v2@{KEDA_VERSION}"],
+                          capture_output=True, text=True, timeout=600, check=False)
+    if proc.returncode == 0:
+        crd = Path(json.loads(proc.stdout)["Dir"]) / "config" / "crd" / "bases" / SCALEDOBJECT_CRD
+        if crd.is_file():
+            return crd
+    pytest.fail(f"no KEDA {KEDA_VERSION} ScaledObject CRD: {shared} is missing and `go mod download` of "
+                f"github.com/kedacore/keda/v2@{KEDA_VERSION} failed: {proc.stderr[-1000:]}", pytrace=False)
+
+
+def test_keda_scaled_object_against_the_crd(playbook: PlaybookRunner, kubeconfig: str, keda_crd: Path,
                                             prometheus_url: str, release: tuple[str, str]) -> None:
     ns = release[0]
     kubectl = [str(KUBECTL), "--kubeconfig", kubeconfig]
-    sh(kubectl + ["delete", "--ignore-not-found", "-f", str(KEDA_CRD), "--wait"])
+    sh(kubectl + ["delete", "--ignore-not-found", "-f", str(keda_crd), "--wait"])
     task = {"name": "Scale to zero with KEDA", "ignore_errors": True, "kubeinfer.llm.inference_hpa": {
         "release": RELEASE, "namespace": ns, "kind": "keda", "min_replicas": 0, "max_replicas": 2, "target_queue_depth": 5,
         "prometheus_url": prometheus_url, "verify": False}}
     run = playbook([task], results=True)
     assert run.results[0]["msg"].startswith("KEDA is not installed: no scaledobjects.keda.sh CRD"), run.output[-3000:]
-    sh(kubectl + ["apply", "-f", str(KEDA_CRD)])
+    sh(kubectl + ["apply", "-f", str(keda_crd)])
     try:
         sh(kubectl + ["wait", "--for=condition=Established", "crd/scaledobjects.keda.sh", "--timeout=60s"])
         run = playbook([task, task], results=True)
@@ -244,7 +262,7 @@ def test_keda_scaled_object_against_the_crd(playbook: PlaybookRunner, kubeconfig
         assert trigger["metadata"]["query"] == f'sum(vllm:num_requests_waiting{{namespace="{ns}",kubeinfer_io_release="{RELEASE}"}})'
         assert trigger["metadata"]["serverAddress"] == prometheus_url
     finally:
-        sh(kubectl + ["delete", "--ignore-not-found", "-f", str(KEDA_CRD)])
+        sh(kubectl + ["delete", "--ignore-not-found", "-f", str(keda_crd)])
 
 
 def test_roles_configure_and_verify(playbook: PlaybookRunner,
