@@ -177,11 +177,16 @@ def smoke_pod(namespace: str, image: str, labels: Mapping[str, Any] | None = Non
             "automountServiceAccountToken": False,
             "terminationGracePeriodSeconds": 0,
             "tolerations": [{"key": GPU_RESOURCE, "operator": "Exists", "effect": "NoSchedule"}],
+            # Hardened like the vLLM pod; the CUDA base image runs as root, and nvidia-smi needs no capability.
+            "securityContext": {"seccompProfile": {"type": "RuntimeDefault"}},
             "containers": [{
                 "name": TEST_POD_CONTAINER,
                 "image": image,
                 "command": ["nvidia-smi"],
-                "resources": {"limits": {GPU_RESOURCE: 1}, "requests": {GPU_RESOURCE: 1}},
+                "securityContext": {"allowPrivilegeEscalation": False, "readOnlyRootFilesystem": True,
+                                    "capabilities": {"drop": ["ALL"]}},
+                "resources": {"limits": {GPU_RESOURCE: 1, "cpu": "100m", "memory": "64Mi"},
+                              "requests": {GPU_RESOURCE: 1, "cpu": "10m", "memory": "32Mi"}},
             }],
         },
     }
