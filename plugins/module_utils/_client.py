@@ -7,8 +7,6 @@ from __future__ import annotations
 import os
 from typing import Any
 
-from ansible.module_utils.basic import env_fallback
-
 from ansible_collections.kubeinfer.llm.plugins.module_utils._errors import KubeInferError
 
 try:
@@ -19,29 +17,6 @@ try:
 except ImportError as e:  # pragma: no cover - reported by the module
     HAS_KUBERNETES = False
     KUBERNETES_IMPORT_ERROR = e
-
-# The shared connection options, documented once in the kubeinfer.llm.k8s_auth doc fragment.
-CONNECTION_SPEC: dict[str, dict[str, Any]] = {
-    "kubeconfig": {"type": "path", "fallback": (env_fallback, ["K8S_AUTH_KUBECONFIG", "KUBECONFIG"])},
-    "context": {"type": "str", "fallback": (env_fallback, ["K8S_AUTH_CONTEXT"])},
-    "host": {"type": "str", "fallback": (env_fallback, ["K8S_AUTH_HOST"])},
-    "api_key": {"type": "str", "no_log": True, "fallback": (env_fallback, ["K8S_AUTH_API_KEY"])},
-    "validate_certs": {"type": "bool", "aliases": ["verify_ssl"], "fallback": (env_fallback, ["K8S_AUTH_VERIFY_SSL"])},
-    "ca_cert": {"type": "path", "aliases": ["ssl_ca_cert"], "fallback": (env_fallback, ["K8S_AUTH_SSL_CA_CERT"])},
-    "client_cert": {"type": "path", "aliases": ["cert_file"], "fallback": (env_fallback, ["K8S_AUTH_CERT_FILE"])},
-    "client_key": {"type": "path", "aliases": ["key_file"], "no_log": False, "fallback": (env_fallback, ["K8S_AUTH_KEY_FILE"])},
-    "proxy": {"type": "str", "fallback": (env_fallback, ["K8S_AUTH_PROXY"])},
-}
-
-CONNECTION_KEYS = tuple(CONNECTION_SPEC)
-
-
-def connection_spec(**extra: dict[str, Any]) -> dict[str, dict[str, Any]]:
-    """Return a module argument spec: the connection options plus the module's own."""
-    spec = {k: dict(v) for k, v in CONNECTION_SPEC.items()}
-    spec.update(extra)
-    return spec
-
 
 USER_AGENT = "kubeinfer.llm"
 

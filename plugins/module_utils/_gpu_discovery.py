@@ -199,14 +199,6 @@ def probe_nodes(kube: Kube, node_names: Iterable[str], namespace: str = DEFAULT_
                 pass  # a leftover probe pod ends by itself; the answer matters more than its cleanup
 
 
-PROBE_SPEC: dict[str, dict[str, Any]] = {
-    "probe_image": {"type": "str", "default": DEFAULT_PROBE_IMAGE},
-    "probe_namespace": {"type": "str", "default": DEFAULT_PROBE_NAMESPACE},
-    "probe_timeout": {"type": "int", "default": DEFAULT_PROBE_TIMEOUT},
-}
-"""The probe_* options of every module that may run the probe (doc fragment kubeinfer.llm.gpu_probe)."""
-
-
 def probe_options(params: Mapping[str, Any]) -> dict[str, Any]:
     """The probe_* module options, checked, as probe_nodes() takes them."""
     timeout = params.get("probe_timeout")

@@ -14,11 +14,6 @@ from ansible_collections.kubeinfer.llm.plugins.module_utils._errors import KubeI
 # module.run_command-compatible: (argv, environ_update=...) -> (rc, stdout, stderr)
 RunCommand = Callable[..., "tuple[int, str, str]"]
 
-HELM_SPEC: dict[str, dict[str, Any]] = {
-    "helm_binary": {"type": "path", "default": None},
-}
-
-
 class Helm:
     """Runs helm with the same cluster connection as the Python client."""
 

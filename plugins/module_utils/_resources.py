@@ -9,13 +9,14 @@ import json
 import threading
 from collections import Counter
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Callable, TypeVar
 
 from ansible_collections.kubeinfer.llm.plugins.module_utils._errors import KubeInferError
 
 FIELD_MANAGER = "kubeinfer.llm"
 MASK = "********"
 NOISE_METADATA = ("managedFields", "resourceVersion", "generation")
+T = TypeVar("T")
 
 # Kinds the collection uses, so that the common path needs no discovery request.
 # (apiVersion, kind) -> (plural, namespaced)
@@ -198,10 +199,6 @@ class Kube:
             raise
         return True
 
-    def write_count(self) -> int:
-        """Requests that would change the cluster (dry runs included: the caller knows which were dry)."""
-        return sum(n for verb, n in self.requests.items() if verb in ("apply", "patch", "create", "delete"))
-
 
 class ApiError(KubeInferError):
     """A non-2xx answer of the API server."""
@@ -225,6 +222,28 @@ class ApiError(KubeInferError):
             except (ValueError, TypeError, AttributeError):
                 body = None
         return cls(f"{method} {path} failed ({status}): {reason}", status=status, reason=reason, body=body)
+
+
+CONFLICT_ATTEMPTS = 5
+
+
+def retry_on_conflict(write: Callable[[int], T], what: str, attempts: int = CONFLICT_ATTEMPTS) -> T:
+    """Call ``write(attempt)`` until it does not meet a 409 Conflict, at most ``attempts`` times.
+
+    ``write`` reads what it needs and writes with that read's resourceVersion as precondition
+    (optimistic concurrency, as client-go's retry.RetryOnConflict in k8s.io/client-go/util/retry/util.go),
+    so a concurrent writer's change is re-read and never overwritten. Attempt 1 may reuse an
+    object read earlier; later attempts must read afresh.
+    """
+    for attempt in range(1, attempts + 1):
+        try:
+            return write(attempt)
+        except ApiError as e:
+            if e.status != 409:
+                raise
+            if attempt == attempts:
+                raise KubeInferError(f"{what} kept changing under concurrent writers; gave up after {attempts} attempts") from e
+    raise AssertionError("unreachable")  # pragma: no cover
 
 
 # -- comparison and diff ------------------------------------------------------------

@@ -201,16 +201,18 @@ api_requests:
 
 from ansible.module_utils.basic import AnsibleModule
 
-from ansible_collections.kubeinfer.llm.plugins.module_utils._client import build_api_client, connection_spec
+from ansible_collections.kubeinfer.llm.plugins.module_utils._args_common import AUTH_ARG_SPEC, PROBE_ARG_SPEC, STATE_ARG_SPEC, argument_spec
+from ansible_collections.kubeinfer.llm.plugins.module_utils._client import build_api_client
 from ansible_collections.kubeinfer.llm.plugins.module_utils._errors import KubeInferError
-from ansible_collections.kubeinfer.llm.plugins.module_utils._gpu_discovery import PROBE_SPEC, probe_options
+from ansible_collections.kubeinfer.llm.plugins.module_utils._gpu_discovery import probe_options
 from ansible_collections.kubeinfer.llm.plugins.module_utils._nodes import EFFECTS, PARALLEL, reconcile
 from ansible_collections.kubeinfer.llm.plugins.module_utils._resources import Kube
 
 
 def main() -> None:
     module = AnsibleModule(
-        argument_spec=connection_spec(
+        argument_spec=argument_spec(
+            AUTH_ARG_SPEC, STATE_ARG_SPEC, PROBE_ARG_SPEC,
             names={"type": "list", "elements": "str"},
             label_selector={"type": "str"},
             require_match={"type": "bool", "default": True},
@@ -221,9 +223,7 @@ def main() -> None:
                 "effect": {"type": "str", "required": True, "choices": list(EFFECTS)},
                 "state": {"type": "str", "choices": ["present", "absent"], "default": "present"},
             }},
-            state={"type": "str", "choices": ["present", "absent"], "default": "present"},
             parallel={"type": "int", "default": PARALLEL},
-            **PROBE_SPEC,
         ),
         supports_check_mode=True,
     )

@@ -280,9 +280,9 @@ diff:
 
 from ansible.module_utils.basic import AnsibleModule
 
-from ansible_collections.kubeinfer.llm.plugins.module_utils._client import build_api_client, connection_spec
+from ansible_collections.kubeinfer.llm.plugins.module_utils._args_common import AUTH_ARG_SPEC, HELM_ARG_SPEC, PROBE_ARG_SPEC, STATE_ARG_SPEC, argument_spec
+from ansible_collections.kubeinfer.llm.plugins.module_utils._client import build_api_client
 from ansible_collections.kubeinfer.llm.plugins.module_utils._errors import KubeInferError
-from ansible_collections.kubeinfer.llm.plugins.module_utils._gpu_discovery import PROBE_SPEC
 from ansible_collections.kubeinfer.llm.plugins.module_utils._gpu_operator import reconcile, validate
 from ansible_collections.kubeinfer.llm.plugins.module_utils._gpu_operator_values import (
     DEFAULT_CHART_REPO_URL,
@@ -296,7 +296,8 @@ from ansible_collections.kubeinfer.llm.plugins.module_utils._resources import Ku
 
 def main() -> None:
     module = AnsibleModule(
-        argument_spec=connection_spec(
+        argument_spec=argument_spec(
+            AUTH_ARG_SPEC, STATE_ARG_SPEC, HELM_ARG_SPEC, PROBE_ARG_SPEC,
             release_name={"type": "str", "default": DEFAULT_RELEASE_NAME},
             namespace={"type": "str", "default": DEFAULT_NAMESPACE},
             create_namespace={"type": "bool", "default": True},
@@ -315,9 +316,6 @@ def main() -> None:
             wait={"type": "bool", "default": True},
             timeout={"type": "int", "default": 600},
             atomic={"type": "bool", "default": False},
-            helm_binary={"type": "path"},
-            state={"type": "str", "choices": ["present", "absent"], "default": "present"},
-            **PROBE_SPEC,
         ),
         supports_check_mode=True,
     )

@@ -200,7 +200,8 @@ api_requests:
 
 from ansible.module_utils.basic import AnsibleModule
 
-from ansible_collections.kubeinfer.llm.plugins.module_utils._client import build_api_client, connection_spec
+from ansible_collections.kubeinfer.llm.plugins.module_utils._args_common import AUTH_ARG_SPEC, argument_spec
+from ansible_collections.kubeinfer.llm.plugins.module_utils._client import build_api_client
 from ansible_collections.kubeinfer.llm.plugins.module_utils._errors import KubeInferError
 from ansible_collections.kubeinfer.llm.plugins.module_utils._gpu_operator_values import DEFAULT_NAMESPACE
 from ansible_collections.kubeinfer.llm.plugins.module_utils._gpu_verify import DEFAULT_TEST_POD_IMAGE, verify
@@ -209,7 +210,8 @@ from ansible_collections.kubeinfer.llm.plugins.module_utils._resources import Ku
 
 def main() -> None:
     module = AnsibleModule(
-        argument_spec=connection_spec(
+        argument_spec=argument_spec(
+            AUTH_ARG_SPEC,
             namespace={"type": "str", "default": DEFAULT_NAMESPACE},
             node_selector={"type": "str", "default": ""},
             wait_timeout={"type": "int", "default": 0},

@@ -147,7 +147,8 @@ diff:
 
 from ansible.module_utils.basic import AnsibleModule, env_fallback
 
-from ansible_collections.kubeinfer.llm.plugins.module_utils._client import build_api_client, connection_spec
+from ansible_collections.kubeinfer.llm.plugins.module_utils._args_common import AUTH_ARG_SPEC, STATE_ARG_SPEC, argument_spec
+from ansible_collections.kubeinfer.llm.plugins.module_utils._client import build_api_client
 from ansible_collections.kubeinfer.llm.plugins.module_utils._errors import KubeInferError
 from ansible_collections.kubeinfer.llm.plugins.module_utils._resources import Kube
 from ansible_collections.kubeinfer.llm.plugins.module_utils._secrets import reconcile
@@ -155,7 +156,8 @@ from ansible_collections.kubeinfer.llm.plugins.module_utils._secrets import reco
 
 def main() -> None:
     module = AnsibleModule(
-        argument_spec=connection_spec(
+        argument_spec=argument_spec(
+            AUTH_ARG_SPEC, STATE_ARG_SPEC,
             name={"type": "str", "default": "hf-token"},
             namespace={"type": "str", "required": True},
             key={"type": "str", "default": "HF_TOKEN", "no_log": False},
@@ -163,7 +165,6 @@ def main() -> None:
             labels={"type": "dict", "default": {}},
             existing_secret={"type": "bool", "default": False, "no_log": False},
             create_namespace={"type": "bool", "default": False},
-            state={"type": "str", "choices": ["present", "absent"], "default": "present"},
         ),
         supports_check_mode=True,
     )

@@ -281,7 +281,7 @@ api_requests:
 
 from ansible.module_utils.basic import AnsibleModule
 
-from ansible_collections.kubeinfer.llm.plugins.module_utils._client import connection_spec
+from ansible_collections.kubeinfer.llm.plugins.module_utils._args_common import AUTH_ARG_SPEC, STATE_ARG_SPEC, argument_spec
 from ansible_collections.kubeinfer.llm.plugins.module_utils._errors import KubeInferError
 from ansible_collections.kubeinfer.llm.plugins.module_utils._hpa import inference_hpa
 
@@ -298,7 +298,8 @@ def _rules_spec(period: int, window: dict[str, object]) -> dict[str, object]:
 
 def main() -> None:
     module = AnsibleModule(
-        argument_spec=connection_spec(
+        argument_spec=argument_spec(
+            AUTH_ARG_SPEC, STATE_ARG_SPEC,
             release={"type": "str", "required": True},
             name={"type": "str"},
             namespace={"type": "str", "required": True},
@@ -317,7 +318,6 @@ def main() -> None:
             polling_interval={"type": "int", "default": 15},
             verify={"type": "bool", "default": True},
             verify_timeout={"type": "int", "default": 120},
-            state={"type": "str", "choices": ["present", "absent"], "default": "present"},
         ),
         supports_check_mode=True,
     )

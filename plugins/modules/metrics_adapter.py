@@ -253,13 +253,14 @@ api_requests:
 from ansible.module_utils.basic import AnsibleModule
 
 from ansible_collections.kubeinfer.llm.plugins.module_utils._adapter import metrics_adapter
-from ansible_collections.kubeinfer.llm.plugins.module_utils._client import connection_spec
+from ansible_collections.kubeinfer.llm.plugins.module_utils._args_common import AUTH_ARG_SPEC, STATE_ARG_SPEC, argument_spec
 from ansible_collections.kubeinfer.llm.plugins.module_utils._errors import KubeInferError
 
 
 def main() -> None:
     module = AnsibleModule(
-        argument_spec=connection_spec(
+        argument_spec=argument_spec(
+            AUTH_ARG_SPEC, STATE_ARG_SPEC,
             release={"type": "str", "required": True},
             namespace={"type": "str", "required": True},
             custom_metric_name={"type": "str", "default": "vllm_queue_depth"},
@@ -278,7 +279,6 @@ def main() -> None:
             prometheus_validate_certs={"type": "bool", "default": True},
             verify={"type": "bool", "default": True},
             verify_timeout={"type": "int", "default": 180},
-            state={"type": "str", "choices": ["present", "absent"], "default": "present"},
         ),
         supports_check_mode=True,
     )

@@ -479,20 +479,21 @@ diff:
 
 from ansible.module_utils.basic import AnsibleModule
 
-from ansible_collections.kubeinfer.llm.plugins.module_utils._client import build_api_client, connection_spec
+from ansible_collections.kubeinfer.llm.plugins.module_utils._args_common import AUTH_ARG_SPEC, HELM_ARG_SPEC, STATE_ARG_SPEC, argument_spec
+from ansible_collections.kubeinfer.llm.plugins.module_utils._client import build_api_client
 from ansible_collections.kubeinfer.llm.plugins.module_utils._errors import KubeInferError
-from ansible_collections.kubeinfer.llm.plugins.module_utils._helm import HELM_SPEC, Helm, find_helm
+from ansible_collections.kubeinfer.llm.plugins.module_utils._helm import Helm, find_helm
 from ansible_collections.kubeinfer.llm.plugins.module_utils._resources import Kube
 from ansible_collections.kubeinfer.llm.plugins.module_utils._vllm import run
 
 
 def main() -> None:
     module = AnsibleModule(
-        argument_spec=connection_spec(
+        argument_spec=argument_spec(
+            AUTH_ARG_SPEC, STATE_ARG_SPEC, HELM_ARG_SPEC,
             name={"type": "str", "required": True},
             namespace={"type": "str", "required": True},
             create_namespace={"type": "bool", "default": False},
-            state={"type": "str", "choices": ["present", "absent"], "default": "present"},
             model={"type": "str"},
             revision={"type": "str"},
             served_model_name={"type": "str"},
@@ -538,7 +539,6 @@ def main() -> None:
             gpu_memory_mib={"type": "int"},
             load_throughput_gib_s={"type": "float"},
             startup_budget_seconds={"type": "int"},
-            **HELM_SPEC,
         ),
         required_if=[("state", "present", ("model",))],
         supports_check_mode=True,

@@ -11,6 +11,7 @@ from typing import Any
 import pytest
 
 from ansible_collections.kubeinfer.llm.plugins.module_utils import _gpu_discovery as gd
+from ansible_collections.kubeinfer.llm.plugins.module_utils._args_common import PROBE_ARG_SPEC
 from ansible_collections.kubeinfer.llm.plugins.module_utils._errors import KubeInferError
 from ansible_collections.kubeinfer.llm.plugins.module_utils._resources import Kube
 
@@ -309,7 +310,7 @@ def test_a_failed_delete_does_not_hide_the_answer() -> None:
 
 # -- options --------------------------------------------------------------------------------------------
 def test_probe_options_defaults_and_checks() -> None:
-    defaults = {k: v["default"] for k, v in gd.PROBE_SPEC.items()}
+    defaults = {k: v["default"] for k, v in PROBE_ARG_SPEC.items()}
     assert gd.probe_options(defaults) == {"namespace": "kube-system", "image": gd.DEFAULT_PROBE_IMAGE, "timeout": 180.0}
     assert gd.DEFAULT_PROBE_IMAGE.startswith("nvcr.io/nvidia/cloud-native/gpu-operator-validator:")
     assert gd.probe_options(dict(defaults, probe_namespace="probes", probe_timeout=5))["namespace"] == "probes"
@@ -327,6 +328,6 @@ def test_probe_spec_matches_the_doc_fragment() -> None:
     from ansible_collections.kubeinfer.llm.plugins.doc_fragments.gpu_probe import ModuleDocFragment
 
     doc = yaml.safe_load(ModuleDocFragment.DOCUMENTATION)["options"]
-    assert set(doc) == set(gd.PROBE_SPEC)
-    for name, spec in gd.PROBE_SPEC.items():
+    assert set(doc) == set(PROBE_ARG_SPEC)
+    for name, spec in PROBE_ARG_SPEC.items():
         assert (doc[name]["type"], doc[name]["default"]) == (spec["type"], spec["default"]), name
