@@ -105,15 +105,15 @@ def check_data_key(value: str, param: str, what: str = "Secret data key") -> Non
     _raise(param, value, what, data_key_error(value or ""))
 
 
-def check_labels(labels: Mapping[str, Any] | None, param: str = "labels", allow_null: bool = False) -> None:
-    """Every key and value of ``labels``; with ``allow_null`` a None value (remove the label) is accepted."""
+def check_labels(labels: Mapping[str, Any] | None, param: str = "labels") -> None:
+    """Every key and value of ``labels``; a None value (remove the label, or an empty value) is accepted."""
     for key, value in (labels or {}).items():
         err = label_key_error(str(key))
         if err:
             raise KubeInferError(f"{param}: invalid label key {key!r}: {err}")
-        if value is None and allow_null:
+        if value is None:
             continue
-        err = label_value_error("" if value is None else str(value))
+        err = label_value_error(str(value))
         if err:
             raise KubeInferError(f"{param}: invalid value {value!r} for label {key!r}: {err}")
 
