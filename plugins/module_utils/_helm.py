@@ -14,6 +14,7 @@ from ansible_collections.kubeinfer.llm.plugins.module_utils._errors import KubeI
 # module.run_command-compatible: (argv, environ_update=...) -> (rc, stdout, stderr)
 RunCommand = Callable[..., "tuple[int, str, str]"]
 
+
 class Helm:
     """Runs helm with the same cluster connection as the Python client."""
 
