@@ -1,0 +1,169 @@
+"""playbooks/site.yml, verify.yml and teardown.yml run the way AWX runs a job: through ansible-runner, with a
+private data directory laid out as AWX lays it out, and the cluster credential injected as AWX's
+"OpenShift or Kubernetes API Bearer Token" credential type injects it (ansible/awx
+awx/main/models/credential/injectors.py, kubernetes_bearer_token: K8S_AUTH_HOST, K8S_AUTH_API_KEY,
+K8S_AUTH_VERIFY_SSL and the CA written to a file under env/). The token is that of the ServiceAccount of
+meta/rbac.yml, so a rule missing from it fails the bring-up with a 403. No kubeconfig reaches the job.
+
+What this does not cover: the EE image itself (no container engine here), AWX's own job isolation, and
+the survey UI; the survey answer arrives as env/extravars, which is how AWX hands it to ansible-runner.
+"""
+from __future__ import annotations
+
+import base64
+import json
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any, Iterator
+
+import pytest
+import yaml
+from conftest import REPO, TOOLS, Audit, helm_binary
+from kubernetes import client
+
+SA = "system:serviceaccount:kubeinfer-system:kubeinfer-llm"
+NAMESPACE = "awx-run"
+RELEASE = "awx"
+HF_TOKEN = "hf_awx_run_path_token_that_must_never_be_printed_0001"
+RUNNER = Path(sys.executable).with_name("ansible-runner")
+WRITES = ("create", "update", "patch", "delete", "deletecollection")
+
+
+def kubectl(kubeconfig: str, *args: str, stdin: str | None = None) -> str:
+    proc = subprocess.run(["kubectl", "--kubeconfig", kubeconfig, *args], input=stdin, capture_output=True, text=True,
+                          timeout=120, check=False)
+    assert proc.returncode == 0, f"kubectl {' '.join(args)}: {proc.stderr}"
+    return proc.stdout
+
+
+def cluster_endpoint(kubeconfig: str) -> tuple[str, str]:
+    """(server URL, CA bundle PEM) of the kubeconfig's current cluster."""
+    config = yaml.safe_load(Path(kubeconfig).read_text())
+    cluster = config["clusters"][0]["cluster"]
+    if cluster.get("certificate-authority-data"):
+        ca = base64.b64decode(cluster["certificate-authority-data"]).decode()
+    else:
+        ca = (Path(kubeconfig).parent / cluster["certificate-authority"]).read_text()
+    return cluster["server"], ca
+
+
+class Job:
+    """One AWX-style job: ansible-runner on a private data directory, with the credentials of AWX's injectors."""
+
+    def __init__(self, base: Path, env: dict[str, str], extravars: dict[str, Any], host: str, token: str, ca: str) -> None:
+        self.base, self.runs = base, 0
+        self.project = base / "project"
+        shutil.copytree(REPO / "playbooks", self.project / "playbooks")
+        (base / "inventory").mkdir()
+        (base / "inventory" / "hosts").write_text(f"localhost ansible_connection=local ansible_python_interpreter={sys.executable}\n")
+        (base / "env").mkdir()
+        # AWX writes the CA to a private file under env/ and points K8S_AUTH_SSL_CA_CERT at it.
+        ca_file = base / "env" / "tmp-k8s-ca"
+        ca_file.write_text(ca)
+        ca_file.chmod(0o660)
+        envvars = {"K8S_AUTH_HOST": host, "K8S_AUTH_API_KEY": token, "K8S_AUTH_VERIFY_SSL": "True",
+                   "K8S_AUTH_SSL_CA_CERT": str(ca_file), "HF_TOKEN": HF_TOKEN, **env}
+        (base / "env" / "envvars").write_text(yaml.safe_dump(envvars))
+        (base / "env" / "extravars").write_text(yaml.safe_dump(extravars))
+        (base / "env" / "settings").write_text(yaml.safe_dump({"job_timeout": 1200}))
+
+    def run(self, playbook: str) -> dict[str, Any]:
+        self.runs += 1
+        ident = f"run{self.runs}"
+        # The job sees no kubeconfig: only what the credential injects.
+        env = {k: v for k, v in os.environ.items() if not k.startswith(("K8S_AUTH_", "KUBECONFIG", "KUBEINFER_KUBECONFIG"))}
+        proc = subprocess.run([str(RUNNER), "run", str(self.base), "-p", playbook, "--ident", ident], env=env,
+                              capture_output=True, text=True, timeout=1500, check=False)
+        artifacts = self.base / "artifacts" / ident
+        events = [json.loads(p.read_text()) for p in sorted((artifacts / "job_events").glob("*.json"))]
+        stats = next((e["event_data"] for e in events if e.get("event") == "playbook_on_stats"), {})
+        stdout = (artifacts / "stdout").read_text() if (artifacts / "stdout").exists() else proc.stdout
+        return {"rc": int((artifacts / "rc").read_text()) if (artifacts / "rc").exists() else proc.returncode,
+                "status": (artifacts / "status").read_text() if (artifacts / "status").exists() else "",
+                "stdout": stdout, "events": events, "changed": sum((stats.get("changed") or {}).values()),
+                "failed": sum((stats.get("failures") or {}).values()), "artifacts": artifacts}
+
+
+@pytest.fixture(scope="module")
+def job(kubeconfig: str, collections_path: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Job]:
+    kubectl(kubeconfig, "apply", "--server-side", "--field-manager=kubeinfer-test", "-f", str(REPO / "meta" / "rbac.yml"))
+    token = kubectl(kubeconfig, "-n", "kubeinfer-system", "create", "token", "kubeinfer-llm", "--duration=2h").strip()
+    host, ca = cluster_endpoint(kubeconfig)
+    demo_env = dict(os.environ, DEMO_NAMESPACE=NAMESPACE, DEMO_RELEASE=RELEASE, HELM_BINARY=helm_binary())
+    generated = subprocess.run([str(TOOLS / "demo-env.sh"), "up"], env=demo_env, capture_output=True, text=True,
+                               timeout=300, check=True).stdout.strip()
+    survey_answer = {"vllm_release_name": RELEASE, "vllm_namespace": NAMESPACE, "vllm_replicas": 1, "vllm_engine": "sim"}
+    extravars = {**yaml.safe_load((TOOLS / "demo-vars.yml").read_text()), **yaml.safe_load(Path(generated).read_text()),
+                 **survey_answer}
+    extravars.pop("hf_token_value", None)  # the credential's HF_TOKEN is what the hf_token role reads
+    env = {"ANSIBLE_COLLECTIONS_PATH": collections_path, "HELM_BINARY": helm_binary(),
+           "PATH": os.environ["PATH"], "HOME": os.environ.get("HOME", "/root")}
+    yield Job(tmp_path_factory.mktemp("awx-job"), env, extravars, host, token, ca)
+    subprocess.run([str(TOOLS / "demo-env.sh"), "down"], env=demo_env, capture_output=True, timeout=120, check=False)
+    kubectl(kubeconfig, "delete", "--ignore-not-found", "-f", str(REPO / "meta" / "rbac.yml"))
+
+
+def sa_writes(audit: Audit, since: int) -> list[str]:
+    out = []
+    for agent in ("kubeinfer.llm", "Helm"):
+        for e in audit.events(since, agent):
+            ref = e.get("objectRef") or {}
+            if e.get("verb") in WRITES and "dryRun=All" not in e.get("requestURI", "") and ref.get("subresource") != "portforward":
+                out.append(f"{e['verb']} {ref.get('resource')} {ref.get('namespace', '')}/{ref.get('name', '')}")
+    return out
+
+
+def test_the_awx_run_path(job: Job, audit: Audit, core: client.CoreV1Api, api: client.ApiClient, kubeconfig: str) -> None:
+    mark = audit.mark()
+    first = job.run("playbooks/site.yml")
+    assert first["rc"] == 0 and first["status"] == "successful", first["stdout"][-5000:]
+    assert first["changed"] > 0
+
+    # Every request of the collection and of helm came from the ServiceAccount, none was refused.
+    requests = audit.events(mark, "kubeinfer.llm") + audit.events(mark, "Helm")
+    assert requests, "the run sent no request the audit log saw"
+    assert {e["user"]["username"] for e in requests} == {SA}
+    refused = [f"{e['verb']} {e['requestURI']}" for e in requests if (e.get("responseStatus") or {}).get("code") == 403]
+    assert refused == []
+
+    # The cluster converged: the release serves, the token Secret holds the credential's token, the HPA exists.
+    deployment = client.AppsV1Api(api).read_namespaced_deployment(RELEASE, NAMESPACE)
+    assert (deployment.status.ready_replicas or 0) >= 1
+    secret = core.read_namespaced_secret("hf-token", NAMESPACE)
+    assert base64.b64decode(secret.data["HF_TOKEN"]).decode() == HF_TOKEN
+    hpas = client.AutoscalingV2Api(api).list_namespaced_horizontal_pod_autoscaler(NAMESPACE).items
+    assert [h.spec.scale_target_ref.name for h in hpas] == [RELEASE]
+
+    # A second run of the same job changes nothing and writes nothing.
+    mark = audit.mark()
+    second = job.run("playbooks/site.yml")
+    assert second["rc"] == 0, second["stdout"][-5000:]
+    assert second["changed"] == 0, second["stdout"][-5000:]
+    assert sa_writes(audit, mark) == []
+
+    # Neither token reaches the job's events, output or any other artifact (command, fact cache, ...).
+    sa_token = yaml.safe_load((job.base / "env" / "envvars").read_text())["K8S_AUTH_API_KEY"]
+    assert first["events"] and second["events"]
+    for run in (first, second):
+        for path in (p for p in run["artifacts"].rglob("*") if p.is_file()):
+            text = path.read_text(errors="replace")
+            assert HF_TOKEN not in text, path
+            assert sa_token not in text, path
+
+    # verify.yml on the same path passes, then fails clearly once someone edits the cluster by hand.
+    assert job.run("playbooks/verify.yml")["rc"] == 0
+    node = next(n.metadata.name for n in core.list_node(label_selector="kubeinfer.io/accelerator=nvidia").items)
+    kubectl(kubeconfig, "taint", "node", node, "nvidia.com/gpu-")
+    drifted = job.run("playbooks/verify.yml")
+    assert drifted["rc"] != 0 and drifted["failed"] >= 1
+    failures = [e["event_data"] for e in drifted["events"] if e.get("event") == "runner_on_failed"]
+    assert [f["role"] for f in failures] == ["gpu_nodes"], drifted["stdout"][-5000:]
+    assert node in failures[0]["res"]["msg"], failures[0]["res"]
+
+    # teardown.yml on the same path removes what the bring-up made.
+    down = job.run("playbooks/teardown.yml")
+    assert down["rc"] == 0, down["stdout"][-5000:]
+    assert NAMESPACE not in {n.metadata.name for n in core.list_namespace().items if n.status.phase == "Active"}
