@@ -26,6 +26,7 @@ import uuid
 from typing import Any, Callable, Iterable, Mapping
 
 from ansible_collections.kubeinfer.llm.plugins.module_utils._errors import KubeInferError
+from ansible_collections.kubeinfer.llm.plugins.module_utils._k8s_names import COMPONENT_LABEL, check_namespace, managed_labels
 from ansible_collections.kubeinfer.llm.plugins.module_utils._resources import ApiError, Kube
 from ansible_collections.kubeinfer.llm.plugins.module_utils._waiter import unschedulable_reason, wait_for
 
@@ -36,16 +37,14 @@ NFD_GPU_LABELS = (
 )
 """NFD labels for a node with an NVIDIA (vendor 10de) PCI device: vendor only, 3D controller, VGA controller."""
 
-# The image the GPU Operator runs its own validator from: air-gapped sites mirror it anyway.
+# The defaults of PROBE_ARG_SPEC. The image is the one the GPU Operator runs its own validator from:
+# air-gapped sites mirror it anyway.
 DEFAULT_PROBE_IMAGE = "nvcr.io/nvidia/cloud-native/gpu-operator-validator:v26.7.0"
 DEFAULT_PROBE_NAMESPACE = "kube-system"
 DEFAULT_PROBE_TIMEOUT = 180
 PROBE_PREFIX = "kubeinfer-gpu-probe-"
-COMPONENT_LABEL = "app.kubernetes.io/component"
 COMPONENT = "gpu-node-probe"
 RUN_LABEL = "kubeinfer.io/probe-run"
-MANAGED_BY_LABEL = "app.kubernetes.io/managed-by"
-MANAGED_BY = "kubeinfer.llm"
 
 # The validator's host search paths for nvidia-smi, in its order.
 NVIDIA_SMI_PATHS = ("/usr/bin/nvidia-smi", "/usr/sbin/nvidia-smi", "/bin/nvidia-smi", "/sbin/nvidia-smi",
@@ -87,7 +86,7 @@ def probe_pod(node_name: str, namespace: str, image: str, run_id: str) -> dict[s
         "metadata": {
             "generateName": PROBE_PREFIX,
             "namespace": namespace,
-            "labels": {MANAGED_BY_LABEL: MANAGED_BY, COMPONENT_LABEL: COMPONENT, RUN_LABEL: run_id},
+            "labels": managed_labels(**{COMPONENT_LABEL: COMPONENT, RUN_LABEL: run_id}),
         },
         "spec": {
             "nodeName": node_name,
@@ -145,8 +144,7 @@ def _terminated(pod: Mapping[str, Any]) -> Mapping[str, Any] | None:
     return None
 
 
-def probe_nodes(kube: Kube, node_names: Iterable[str], namespace: str = DEFAULT_PROBE_NAMESPACE,
-                image: str = DEFAULT_PROBE_IMAGE, timeout: float = DEFAULT_PROBE_TIMEOUT, interval: float = 1.0,
+def probe_nodes(kube: Kube, node_names: Iterable[str], namespace: str, image: str, timeout: float, interval: float = 1.0,
                 sleep: Callable[[float], None] = time.sleep) -> dict[str, dict[str, Any]]:
     """Run one probe pod per node, all at once; return each node's parsed answer. The pods are deleted, also on failure.
 
@@ -200,13 +198,10 @@ def probe_nodes(kube: Kube, node_names: Iterable[str], namespace: str = DEFAULT_
 
 
 def probe_options(params: Mapping[str, Any]) -> dict[str, Any]:
-    """The probe_* module options, checked, as probe_nodes() takes them."""
-    timeout = params.get("probe_timeout")
-    if timeout is None:
-        timeout = DEFAULT_PROBE_TIMEOUT
-    if timeout <= 0:
-        raise KubeInferError(f"probe_timeout: must be a positive number of seconds, got {timeout}")
-    if not params.get("probe_image"):
+    """The probe_* module options (PROBE_ARG_SPEC), checked, as probe_nodes() takes them."""
+    if params["probe_timeout"] <= 0:
+        raise KubeInferError(f"probe_timeout: must be a positive number of seconds, got {params['probe_timeout']}")
+    if not params["probe_image"]:
         raise KubeInferError("probe_image: must not be empty")
-    return {"namespace": params.get("probe_namespace") or DEFAULT_PROBE_NAMESPACE,
-            "image": params["probe_image"], "timeout": float(timeout)}
+    check_namespace(params["probe_namespace"], "probe_namespace")
+    return {"namespace": params["probe_namespace"], "image": params["probe_image"], "timeout": float(params["probe_timeout"])}

@@ -10,29 +10,16 @@ from typing import Any, Callable, Mapping
 
 from ansible_collections.kubeinfer.llm.plugins.module_utils._errors import KubeInferError
 from ansible_collections.kubeinfer.llm.plugins.module_utils._gpu_discovery import nfd_gpu_node
-from ansible_collections.kubeinfer.llm.plugins.module_utils._gpu_operator_values import (
-    CLUSTER_POLICY_NAME,
-    CLUSTER_POLICY_READY_STATE,
-    GPU_RESOURCE,
-)
-from ansible_collections.kubeinfer.llm.plugins.module_utils._nvidia_smi import parse_nvidia_smi
+from ansible_collections.kubeinfer.llm.plugins.module_utils._gpu_operator_values import CLUSTER_POLICY_NAME, CLUSTER_POLICY_READY_STATE
+from ansible_collections.kubeinfer.llm.plugins.module_utils._k8s_names import COMPONENT_LABEL, GPU_RESOURCE, check_labels, int_quantity, managed_labels
+from ansible_collections.kubeinfer.llm.plugins.module_utils._nvidia_smi import COMMAND, failure_hint, parse
 from ansible_collections.kubeinfer.llm.plugins.module_utils._resources import ApiError, Kube
-from ansible_collections.kubeinfer.llm.plugins.module_utils._waiter import pod_finished, pod_ready, unschedulable_reason, wait_for
+from ansible_collections.kubeinfer.llm.plugins.module_utils._waiter import pod_finished, pod_ready, poll, unschedulable_reason, wait_for
 
-DEFAULT_TEST_POD_IMAGE = "nvcr.io/nvidia/cuda:12.4.1-base-ubuntu22.04"
 TEST_POD_CONTAINER = "nvidia-smi"
 TEST_POD_PREFIX = "gpu-operator-smoke-"
-MANAGED_BY_LABEL = "app.kubernetes.io/managed-by"
-MANAGED_BY = "kubeinfer.llm"
-COMPONENT_LABEL = "app.kubernetes.io/component"
 COMPONENT = "gpu-smoke-test"
-
-
-def _count(value: Any) -> int:
-    try:
-        return int(str(value).strip())
-    except (TypeError, ValueError):
-        return 0
+POLL_INTERVAL = 5.0
 
 
 # -- observations (pure) ------------------------------------------------------------------
@@ -44,12 +31,12 @@ def cluster_policy_view(obj: Mapping[str, Any] | None, name: str = CLUSTER_POLIC
 
 def daemonset_view(obj: Mapping[str, Any]) -> dict[str, Any]:
     status = obj.get("status") or {}
-    desired = _count(status.get("desiredNumberScheduled"))
-    ready = _count(status.get("numberReady"))
-    available = _count(status.get("numberAvailable"))
-    updated = _count(status.get("updatedNumberScheduled"))
-    observed = _count(status.get("observedGeneration")) >= _count((obj.get("metadata") or {}).get("generation"))
-    return {"name": (obj.get("metadata") or {}).get("name"), "desired": desired, "current": _count(status.get("currentNumberScheduled")),
+    desired = int_quantity(status.get("desiredNumberScheduled"))
+    ready = int_quantity(status.get("numberReady"))
+    available = int_quantity(status.get("numberAvailable"))
+    updated = int_quantity(status.get("updatedNumberScheduled"))
+    observed = int_quantity(status.get("observedGeneration")) >= int_quantity((obj.get("metadata") or {}).get("generation"))
+    return {"name": (obj.get("metadata") or {}).get("name"), "desired": desired, "current": int_quantity(status.get("currentNumberScheduled")),
             "ready": ready, "available": available, "updated": updated,
             "is_ready": observed and ready >= desired and available >= desired}
 
@@ -58,8 +45,8 @@ def node_view(obj: Mapping[str, Any]) -> dict[str, Any]:
     meta, status = obj.get("metadata") or {}, obj.get("status") or {}
     labels = meta.get("labels") or {}
     return {"name": meta.get("name"),
-            "allocatable_gpu": _count((status.get("allocatable") or {}).get(GPU_RESOURCE)),
-            "capacity_gpu": _count((status.get("capacity") or {}).get(GPU_RESOURCE)),
+            "allocatable_gpu": int_quantity((status.get("allocatable") or {}).get(GPU_RESOURCE)),
+            "capacity_gpu": int_quantity((status.get("capacity") or {}).get(GPU_RESOURCE)),
             "product": labels.get("nvidia.com/gpu.product"),
             "unschedulable": bool((obj.get("spec") or {}).get("unschedulable"))}
 
@@ -167,7 +154,7 @@ def observe(kube: Kube, namespace: str, node_selector: str | None) -> dict[str, 
 def smoke_pod(namespace: str, image: str, labels: Mapping[str, Any] | None = None) -> dict[str, Any]:
     """A pod that takes one GPU on a tainted GPU node, runs nvidia-smi once and stops."""
     all_labels = {str(k): str(v) for k, v in (labels or {}).items()}
-    all_labels.update({MANAGED_BY_LABEL: MANAGED_BY, COMPONENT_LABEL: COMPONENT})
+    all_labels.update(managed_labels(**{COMPONENT_LABEL: COMPONENT}))
     return {
         "apiVersion": "v1",
         "kind": "Pod",
@@ -182,7 +169,7 @@ def smoke_pod(namespace: str, image: str, labels: Mapping[str, Any] | None = Non
             "containers": [{
                 "name": TEST_POD_CONTAINER,
                 "image": image,
-                "command": ["nvidia-smi"],
+                "command": list(COMMAND),
                 "securityContext": {"allowPrivilegeEscalation": False, "readOnlyRootFilesystem": True,
                                     "capabilities": {"drop": ["ALL"]}},
                 "resources": {"limits": {GPU_RESOURCE: 1, "cpu": "100m", "memory": "64Mi"},
@@ -258,12 +245,14 @@ def run_smoke_pod(kube: Kube, namespace: str, image: str, labels: Mapping[str, A
                 log = read_log(kube, namespace, name)
             except ApiError:
                 log = ""
-            out["problem"] = f"test pod Failed: {view['reason']}" + (f"; output: {log.strip()[:500]}" if log.strip() else "")
+            hint = failure_hint(log)
+            out["problem"] = (f"test pod Failed: {view['reason']}" + (f"; {hint}" if hint else "")
+                              + (f"; output: {log.strip()[:500]}" if log.strip() else ""))
         elif view["phase"] == "Succeeded":
             log = read_log(kube, namespace, name)
             view["output"] = log
             try:
-                out["nvidia_smi"] = parse_nvidia_smi(log)
+                out["nvidia_smi"] = parse(log)
             except KubeInferError as e:
                 out["problem"] = f"test pod output is not usable nvidia-smi output: {e.msg}"
     finally:
@@ -275,45 +264,45 @@ def run_smoke_pod(kube: Kube, namespace: str, image: str, labels: Mapping[str, A
 
 
 # -- the whole check ---------------------------------------------------------------------------
-def verify(kube: Kube, params: Mapping[str, Any], check_mode: bool,
-           clock: Callable[[], float] = time.monotonic, sleep: Callable[[float], None] = time.sleep,
-           interval: float = 5.0) -> dict[str, Any]:
-    """What gpu_operator_info returns; raises KubeInferError naming the causes when fail_on_not_ready."""
+def run(kube: Kube, params: Mapping[str, Any], check_mode: bool, diff: bool) -> dict[str, Any]:
+    """What gpu_operator_info returns; raises KubeInferError naming the causes when fail_on_not_ready.
+
+    Only reads, so there is no diff. With wait_timeout, re-reads every POLL_INTERVAL seconds while a
+    problem remains, then judges the last read.
+    """
     namespace = params["namespace"]
-    node_selector = params.get("node_selector")
-    wait_timeout = float(params.get("wait_timeout") or 0)
-    if wait_timeout < 0:
-        raise KubeInferError(f"wait_timeout: must be 0 or more seconds, got {wait_timeout:g}")
-    pod_timeout = float(params.get("test_pod_timeout") or 300)
-    if pod_timeout <= 0:
-        raise KubeInferError(f"test_pod_timeout: must be a positive number of seconds, got {pod_timeout:g}")
-    labels = params.get("test_pod_labels") or {}
-    if not isinstance(labels, Mapping):
-        raise KubeInferError("test_pod_labels: must be a mapping of label keys to values")
+    node_selector = params["node_selector"] or None
+    if params["wait_timeout"] < 0:
+        raise KubeInferError(f"wait_timeout: must be 0 or more seconds, got {params['wait_timeout']}")
+    if params["test_pod_timeout"] <= 0:
+        raise KubeInferError(f"test_pod_timeout: must be a positive number of seconds, got {params['test_pod_timeout']}")
+    labels = params["test_pod_labels"]
+    check_labels(labels, "test_pod_labels")
 
-    state = observe(kube, namespace, node_selector)
-    if wait_timeout and state["problems"]:
-        deadline = clock() + wait_timeout
-        while state["problems"] and clock() < deadline:
-            sleep(min(interval, max(deadline - clock(), 0.0)))
-            state = observe(kube, namespace, node_selector)
+    reads: list[dict[str, Any]] = []
 
+    def settled() -> tuple[bool, str]:
+        reads[:] = [observe(kube, namespace, node_selector)]
+        return not reads[0]["problems"], "; ".join(reads[0]["problems"])
+
+    poll(settled, params["wait_timeout"], interval=POLL_INTERVAL, clock=time.monotonic, sleep=time.sleep)
+    state = reads[0]
     result: dict[str, Any] = {"changed": False, **state, "nvidia_smi": None, "test_pod": None}
     problems: list[str] = list(state["problems"])
-    if params.get("run_test_pod"):
+    if params["run_test_pod"]:
         if check_mode:
             result["test_pod"] = {"skipped": True, "reason": "check mode: the test pod was not created"}
         elif problems:
             result["test_pod"] = {"skipped": True, "reason": "the GPU Operator is not ready (see problems), so the test pod was not run"}
         else:
-            pod_ns = params.get("test_pod_namespace") or namespace
-            run = run_smoke_pod(kube, pod_ns, params.get("test_pod_image") or DEFAULT_TEST_POD_IMAGE, labels, pod_timeout, sleep=sleep)
-            result["test_pod"], result["nvidia_smi"] = run["test_pod"], run["nvidia_smi"]
-            if run["problem"]:
-                problems.append(run["problem"])
+            smoke = run_smoke_pod(kube, params["test_pod_namespace"] or namespace, params["test_pod_image"], labels,
+                                  params["test_pod_timeout"])
+            result["test_pod"], result["nvidia_smi"] = smoke["test_pod"], smoke["nvidia_smi"]
+            if smoke["problem"]:
+                problems.append(smoke["problem"])
     result["problems"] = problems
     result["ready"] = not problems
     result["api_requests"] = dict(kube.requests)
-    if problems and params.get("fail_on_not_ready"):
+    if problems and params["fail_on_not_ready"]:
         raise KubeInferError("GPU Operator not ready: " + "; ".join(problems), **result)
     return result

@@ -7,57 +7,28 @@ Private to this collection: the interface may change without notice.
 """
 from __future__ import annotations
 
-import re
 import threading
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any, Dict, Mapping, Optional, Tuple, Union
 
 from ansible_collections.kubeinfer.llm.plugins.module_utils._errors import KubeInferError
-from ansible_collections.kubeinfer.llm.plugins.module_utils._gpu_discovery import nfd_gpu_node, probe_nodes
-from ansible_collections.kubeinfer.llm.plugins.module_utils._resources import ApiError, Kube
-
-EFFECTS = ("NoSchedule", "PreferNoSchedule", "NoExecute")
-_NAME = re.compile(r"^([A-Za-z0-9]([-A-Za-z0-9_.]*[A-Za-z0-9])?)?$")
-_DNS_SUBDOMAIN = re.compile(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*$")
+from ansible_collections.kubeinfer.llm.plugins.module_utils._gpu_discovery import nfd_gpu_node, probe_nodes, probe_options
+from ansible_collections.kubeinfer.llm.plugins.module_utils._k8s_names import check_labels, label_key_error, label_value_error
+from ansible_collections.kubeinfer.llm.plugins.module_utils._resources import Kube, retry_on_conflict
 
 
-def label_key_error(key: str) -> str | None:
-    """Why ``key`` is not a valid label or taint key, or None."""
-    prefix, sep, name = key.rpartition("/")
-    if not name or len(name) > 63 or not _NAME.match(name):
-        return "the name part must be 1-63 characters of [A-Za-z0-9-_.], starting and ending alphanumeric"
-    if sep and (not prefix or len(prefix) > 253 or not _DNS_SUBDOMAIN.match(prefix)):
-        return "the prefix must be a DNS subdomain of at most 253 characters"
-    return None
-
-
-def label_value_error(value: str) -> str | None:
-    """Why ``value`` is not a valid label or taint value, or None."""
-    if len(value) > 63 or not _NAME.match(value):
-        return "it must be at most 63 characters of [A-Za-z0-9-_.], starting and ending alphanumeric"
-    return None
-
-
-def validate(labels: dict[str, Any], taints: list[dict[str, Any]]) -> None:
-    """Check every input before any write; the message names the offending parameter."""
-    for key, value in labels.items():
-        err = label_key_error(key)
-        if err:
-            raise KubeInferError(f"labels: invalid label key {key!r}: {err}")
-        if value is not None:
-            err = label_value_error(str(value))
-            if err:
-                raise KubeInferError(f"labels: invalid value {value!r} for label {key!r}: {err}")
-    for i, taint in enumerate(taints):
+def validate(params: Mapping[str, Any]) -> None:
+    """Check what the argument spec cannot, before any request; the message names the offending parameter."""
+    if params["parallel"] < 1:
+        raise KubeInferError(f"parallel: must be at least 1 (1 patches one node at a time), got {params['parallel']}")
+    check_labels(params["labels"], "labels", allow_null=True)
+    for i, taint in enumerate(params["taints"]):
         err = label_key_error(taint["key"])
         if err:
             raise KubeInferError(f"taints[{i}].key: invalid taint key {taint['key']!r}: {err}")
-        if taint.get("value"):
-            err = label_value_error(str(taint["value"]))
-            if err:
-                raise KubeInferError(f"taints[{i}].value: invalid taint value {taint['value']!r}: {err}")
-        if taint["effect"] not in EFFECTS:
-            raise KubeInferError(f"taints[{i}].effect: {taint['effect']!r} is not one of {', '.join(EFFECTS)}")
+        err = label_value_error(taint["value"] or "")
+        if err:
+            raise KubeInferError(f"taints[{i}].value: invalid taint value {taint['value']!r}: {err}")
 
 
 def desired_labels(current: dict[str, str], labels: dict[str, Any], state: str) -> dict[str, str]:
@@ -77,7 +48,7 @@ def desired_taints(current: list[dict[str, Any]], taints: list[dict[str, Any]], 
     for taint in taints:
         ident = (taint["key"], taint["effect"])
         out = [t for t in out if (t["key"], t.get("effect")) != ident]
-        if state == "present" and taint.get("state", "present") == "present":
+        if state == "present" and taint["state"] == "present":
             new = {"key": taint["key"], "effect": taint["effect"]}
             if taint.get("value"):
                 new["value"] = str(taint["value"])
@@ -108,25 +79,18 @@ def discover(kube: Kube, probe: Mapping[str, Any], check_mode: bool) -> tuple[li
     return [n for n in nodes if answers[n["metadata"]["name"]]["nvidia_pci"]], "probe pods (NVIDIA PCI device in sysfs)"
 
 
-PARALLEL = 32
-
-
-def reconcile(kube: Kube, names: list[str] | None, label_selector: str | None, labels: dict[str, Any],
-              taints: list[dict[str, Any]], state: str, require_match: bool, check_mode: bool,
-              want_diff: bool, probe: Mapping[str, Any] | None = None, parallel: int = PARALLEL) -> dict[str, Any]:
+def run(kube: Kube, params: Mapping[str, Any], check_mode: bool, diff: bool) -> dict[str, Any]:
     """Apply labels and taints to the selected nodes and report per node what changed.
 
     With neither ``names`` nor ``label_selector``, the GPU nodes are discovered (see discover) with the
-    probe options ``probe`` (as _gpu_discovery.probe_options returns them). At most ``parallel`` patches
-    are in flight at a time; results and diffs are in node-name order whatever order they complete in.
+    probe_* options. At most ``parallel`` patches are in flight at a time; results and diffs are in
+    node-name order whatever order they complete in.
     """
-    if parallel < 1:
-        raise KubeInferError(f"parallel: must be at least 1 (1 patches one node at a time), got {parallel}")
-    validate(labels, taints)
+    validate(params)
+    probe = probe_options(params)
+    names, label_selector, require_match = params["names"], params["label_selector"], params["require_match"]
     selected_by = "names" if names else "label_selector"
     if not names and not label_selector:
-        if probe is None:
-            raise KubeInferError("names: give names, label_selector or both to select nodes")
         nodes, selected_by = discover(kube, probe, check_mode)
         if not nodes and require_match and not check_mode:
             raise KubeInferError("names: no node has an NVIDIA PCI device, by node-feature-discovery's labels or the probe; "
@@ -144,10 +108,10 @@ def reconcile(kube: Kube, names: list[str] | None, label_selector: str | None, l
         raise KubeInferError(f"label_selector: no node matches {label_selector!r}", matched=[], changed=False)
 
     nodes = sorted(nodes, key=lambda n: n["metadata"]["name"])
-    outcomes = _reconcile_all(kube, nodes, labels, taints, state, check_mode, want_diff, parallel)
+    outcomes = _reconcile_all(kube, nodes, params, check_mode, diff)
     done = [o for o in outcomes if isinstance(o, tuple)]
     results = [result for result, _diff in done]
-    errors = [o for o in outcomes if isinstance(o, ApiError)]
+    errors = [o for o in outcomes if isinstance(o, KubeInferError)]
     if errors:
         # The first failure in node-name order; the nodes patched meanwhile are reported with it.
         raise KubeInferError(errors[0].msg, nodes=results, changed=any(r["changed"] for r in results),
@@ -161,19 +125,19 @@ def reconcile(kube: Kube, names: list[str] | None, label_selector: str | None, l
         "nodes": results,
         "api_requests": dict(kube.requests),
     }
-    if want_diff:
+    if diff:
         out["diff"] = [d for _result, d in done if d is not None]
     return out
 
 
-Outcome = Union[Tuple[Dict[str, Any], Optional[Dict[str, Any]]], ApiError, None]
+Outcome = Union[Tuple[Dict[str, Any], Optional[Dict[str, Any]]], KubeInferError, None]
 
 
-def _reconcile_all(kube: Kube, nodes: list[dict[str, Any]], labels: dict[str, Any], taints: list[dict[str, Any]],
-                   state: str, check_mode: bool, want_diff: bool, parallel: int) -> list[Outcome]:
+def _reconcile_all(kube: Kube, nodes: list[dict[str, Any]], params: Mapping[str, Any], check_mode: bool,
+                   diff: bool) -> list[Outcome]:
     """Reconcile every node with at most ``parallel`` in flight; one outcome per node, in the order of ``nodes``.
 
-    An outcome is (result, diff), the ApiError the node failed with, or None for a node not started
+    An outcome is (result, diff), the error the node failed with, or None for a node not started
     because another one had failed (as a sequential run stops at its first failure).
     """
     failed = threading.Event()
@@ -182,53 +146,49 @@ def _reconcile_all(kube: Kube, nodes: list[dict[str, Any]], labels: dict[str, An
         if failed.is_set():
             return None
         try:
-            return _reconcile_with_retry(kube, node, labels, taints, state, check_mode, want_diff)
-        except ApiError as e:
+            return _reconcile_with_retry(kube, node, params, check_mode, diff)
+        except KubeInferError as e:
             failed.set()
             return e
         except Exception:
             failed.set()
             raise
 
+    parallel = params["parallel"]
     if parallel == 1 or len(nodes) <= 1:
         return [one(node) for node in nodes]
     with ThreadPoolExecutor(max_workers=min(parallel, len(nodes)), thread_name_prefix="gpu_node") as pool:
         return list(pool.map(one, nodes))
 
 
-CONFLICT_ATTEMPTS = 5
-
-
-def _reconcile_with_retry(kube: Kube, node: dict[str, Any], labels: dict[str, Any], taints: list[dict[str, Any]],
-                          state: str, check_mode: bool, want_diff: bool) -> tuple[dict[str, Any], dict[str, Any] | None]:
+def _reconcile_with_retry(kube: Kube, node: dict[str, Any], params: Mapping[str, Any], check_mode: bool,
+                          diff: bool) -> tuple[dict[str, Any], dict[str, Any] | None]:
     """Patch one node; when a taint patch meets a concurrent write (409), re-read the node and recompute.
 
     Only a patch that replaces the taint list carries a resourceVersion, so only it can conflict.
     Each conflict costs one more get and one more patch; the recomputed patch never overwrites
     the concurrent change, because it is made from the node as it is now.
     """
-    for attempt in range(1, CONFLICT_ATTEMPTS + 1):
-        try:
-            return _reconcile_one(kube, node, labels, taints, state, check_mode, want_diff)
-        except ApiError as e:
-            if e.status != 409 or attempt == CONFLICT_ATTEMPTS:
-                raise
-            fresh = kube.get("v1", "Node", node["metadata"]["name"])
-            if fresh is None:
-                raise
-            node = fresh
-    raise AssertionError("unreachable")  # pragma: no cover
+    name = node["metadata"]["name"]
+
+    def write(attempt: int) -> tuple[dict[str, Any], dict[str, Any] | None]:
+        current = node if attempt == 1 else kube.get("v1", "Node", name)
+        if current is None:
+            raise KubeInferError(f"node {name} was deleted while it was being patched")
+        return _reconcile_one(kube, current, params, check_mode, diff)
+
+    return retry_on_conflict(write, f"node {name}")
 
 
-def _reconcile_one(kube: Kube, node: dict[str, Any], labels: dict[str, Any], taints: list[dict[str, Any]],
-                   state: str, check_mode: bool, want_diff: bool) -> tuple[dict[str, Any], dict[str, Any] | None]:
+def _reconcile_one(kube: Kube, node: dict[str, Any], params: Mapping[str, Any], check_mode: bool,
+                   diff: bool) -> tuple[dict[str, Any], dict[str, Any] | None]:
     """Patch one node if it needs it; return its result and, when asked for and it changed, its diff."""
     meta = node["metadata"]
     name = meta["name"]
     cur_labels = meta.get("labels") or {}
     cur_taints = node.get("spec", {}).get("taints") or []
-    new_labels = desired_labels(cur_labels, labels, state)
-    new_taints = desired_taints(cur_taints, taints, state)
+    new_labels = desired_labels(cur_labels, params["labels"], params["state"])
+    new_taints = desired_taints(cur_taints, params["taints"], params["state"])
     label_patch: dict[str, Any] = {k: new_labels.get(k) for k in set(cur_labels) | set(new_labels)
                                    if cur_labels.get(k) != new_labels.get(k)}
     taints_changed = _comparable(cur_taints) != _comparable(new_taints)
@@ -253,11 +213,10 @@ def _reconcile_one(kube: Kube, node: dict[str, Any], labels: dict[str, Any], tai
     if label_patch:
         metadata["labels"] = label_patch
     kube.patch("v1", "Node", name, patch, dry_run=check_mode)
-    diff = None
-    if want_diff:
-        diff = {
-            "before_header": f"node/{name}", "after_header": f"node/{name}",
-            "before": {"labels": cur_labels, "taints": cur_taints},
-            "after": {"labels": new_labels, "taints": new_taints},
-        }
-    return result, diff
+    if not diff:
+        return result, None
+    return result, {
+        "before_header": f"node/{name}", "after_header": f"node/{name}",
+        "before": {"labels": cur_labels, "taints": cur_taints},
+        "after": {"labels": new_labels, "taints": new_taints},
+    }

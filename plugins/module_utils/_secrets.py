@@ -5,15 +5,21 @@
 from __future__ import annotations
 
 import base64
-import re
-from typing import Any, Iterable
+from typing import Any, Iterable, Mapping
 
 from ansible_collections.kubeinfer.llm.plugins.module_utils._errors import KubeInferError
-from ansible_collections.kubeinfer.llm.plugins.module_utils._nodes import label_key_error, label_value_error
+from ansible_collections.kubeinfer.llm.plugins.module_utils._k8s_names import (
+    MANAGED_BY,
+    MANAGED_BY_LABEL,
+    check_data_key,
+    check_labels,
+    check_namespace,
+    check_object_name,
+    is_managed,
+    managed_labels,
+)
 from ansible_collections.kubeinfer.llm.plugins.module_utils._resources import MASK, ApiError, Kube, ensure, is_subset
 
-MANAGED_BY_LABEL = "app.kubernetes.io/managed-by"
-MANAGED_BY = "kubeinfer.llm"
 SECRET_TYPE = "Opaque"
 
 # Diff markers: the diff tells whether the token changed, never what it is.
@@ -23,10 +29,6 @@ HIDDEN_CHANGED = "<hidden, changed>"
 # Any run of this many characters of the token (or of its base64) is masked in error text,
 # so a server message that echoes a truncated value does not leak a prefix either.
 MIN_FRAGMENT = 8
-
-_DATA_KEY = re.compile(r"^[-._a-zA-Z0-9]+$")
-_DNS_SUBDOMAIN = re.compile(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*$")
-_DNS_LABEL = re.compile(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$")
 
 
 def encode(token: str) -> str:
@@ -60,29 +62,18 @@ def _scrub(value: Any, fragments: list[str]) -> Any:
     return value
 
 
-def validate(name: str, namespace: str, key: str, token: str | None, labels: dict[str, Any],
-             state: str, existing_secret: bool) -> None:
-    """Check every input before any request; the message names the parameter and never holds the token."""
-    if not name or len(name) > 253 or not _DNS_SUBDOMAIN.match(name):
-        raise KubeInferError(f"name: {name!r} is not a valid Secret name (a DNS subdomain: lower-case alphanumerics, '-' and '.', at most 253)")
-    if not namespace or len(namespace) > 63 or not _DNS_LABEL.match(namespace):
-        raise KubeInferError(f"namespace: {namespace!r} is not a valid namespace name (a DNS label: lower-case alphanumerics and '-', at most 63)")
-    if not key or len(key) > 253 or not _DATA_KEY.match(key):
-        raise KubeInferError(f"key: {key!r} is not a valid Secret data key (1-253 characters of [-._a-zA-Z0-9])")
-    if key in (".", ".."):
-        raise KubeInferError(f"key: {key!r} is not a valid Secret data key (it may not be '.' or '..')")
-    for label, value in (labels or {}).items():
-        err = label_key_error(label)
-        if err:
-            raise KubeInferError(f"labels: invalid label key {label!r}: {err}")
-        err = label_value_error("" if value is None else str(value))
-        if err:
-            raise KubeInferError(f"labels: invalid value {value!r} for label {label!r}: {err}")
-    if existing_secret:
-        if state != "present":
+def validate(params: Mapping[str, Any]) -> None:
+    """Check what the argument spec cannot, before any request; the message names the parameter and never holds the token."""
+    check_object_name(params["name"], "name", "Secret name")
+    check_namespace(params["namespace"])
+    check_data_key(params["key"], "key")
+    check_labels(params["labels"])
+    if params["existing_secret"]:
+        if params["state"] != "present":
             raise KubeInferError("existing_secret: a user-managed Secret is only checked, so existing_secret=true requires state=present")
         return
-    if state == "present":
+    token = params["token"]
+    if params["state"] == "present":
         if not token:
             raise KubeInferError("token: no Hugging Face token given; set token (or the HF_TOKEN or HUGGING_FACE_HUB_TOKEN "
                                  "environment variable), or use existing_secret=true with a Secret you manage")
@@ -90,10 +81,10 @@ def validate(name: str, namespace: str, key: str, token: str | None, labels: dic
             raise KubeInferError("token: the token has leading or trailing whitespace (a newline read from a file?); strip it first")
 
 
-def desired_secret(name: str, namespace: str, key: str, token: str, labels: dict[str, Any] | None = None) -> dict[str, Any]:
+def desired_secret(name: str, namespace: str, key: str, token: str, labels: Mapping[str, Any] | None = None) -> dict[str, Any]:
     """The Secret as server-side apply should make it: only the fields this collection owns."""
-    all_labels = {k: str(v) for k, v in (labels or {}).items()}
-    all_labels[MANAGED_BY_LABEL] = MANAGED_BY
+    all_labels = {str(k): str(v) for k, v in (labels or {}).items()}
+    all_labels.update(managed_labels())
     return {
         "apiVersion": "v1",
         "kind": "Secret",
@@ -117,18 +108,19 @@ def view(obj: dict[str, Any] | None, key: str, marker: str) -> dict[str, Any]:
     return out
 
 
-def reconcile(kube: Kube, name: str, namespace: str, key: str, token: str | None, labels: dict[str, Any] | None,
-              state: str, existing_secret: bool, create_namespace: bool, check_mode: bool, want_diff: bool) -> dict[str, Any]:
+def run(kube: Kube, params: Mapping[str, Any], check_mode: bool, diff: bool) -> dict[str, Any]:
     """Create, update, delete or check the token Secret. Every error leaving here has the token masked."""
+    token = params["token"]
     secrets = [token, encode(token)] if token else []
+    name, namespace, key = params["name"], params["namespace"], params["key"]
     try:
-        validate(name, namespace, key, token, labels or {}, state, existing_secret)
-        if existing_secret:
+        validate(params)
+        if params["existing_secret"]:
             result = check_existing(kube, name, namespace, key)
-        elif state == "absent":
-            result = _absent(kube, name, namespace, key, check_mode, want_diff)
+        elif params["state"] == "absent":
+            result = _absent(kube, name, namespace, key, check_mode, diff)
         else:
-            result = _present(kube, name, namespace, key, token or "", labels or {}, create_namespace, check_mode, want_diff)
+            result = _present(kube, name, namespace, key, token, params["labels"], params["create_namespace"], check_mode, diff)
     except KubeInferError as e:
         # A rebuilt error: an ApiError's raw server body (which may echo Secret data) stays behind.
         partial = scrub(dict(e.result), secrets)
@@ -166,7 +158,7 @@ def check_existing(kube: Kube, name: str, namespace: str, key: str) -> dict[str,
     return {"changed": False, "token_changed": False, "secret": _summary(name, namespace, key)}
 
 
-def _present(kube: Kube, name: str, namespace: str, key: str, token: str, labels: dict[str, Any],
+def _present(kube: Kube, name: str, namespace: str, key: str, token: str, labels: Mapping[str, Any],
              create_namespace: bool, check_mode: bool, want_diff: bool) -> dict[str, Any]:
     desired = desired_secret(name, namespace, key, token, labels)
     result: dict[str, Any] = {"changed": False, "token_changed": False, "secret": _summary(name, namespace, key)}
@@ -211,8 +203,8 @@ def _absent(kube: Kube, name: str, namespace: str, key: str, check_mode: bool, w
     live = kube.get("v1", "Secret", name, namespace)
     if live is None:
         return result
-    owner = ((live.get("metadata") or {}).get("labels") or {}).get(MANAGED_BY_LABEL)
-    if owner != MANAGED_BY:
+    if not is_managed(live):
+        owner = ((live.get("metadata") or {}).get("labels") or {}).get(MANAGED_BY_LABEL)
         raise KubeInferError(f"name: Secret {namespace}/{name} is not managed by {MANAGED_BY} (label {MANAGED_BY_LABEL} is {owner!r}); "
                              "it is left alone, delete it yourself if it must go", **result)
     kube.delete("v1", "Secret", name, namespace, dry_run=check_mode)

@@ -13,19 +13,29 @@ from ansible_collections.kubeinfer.llm.plugins.module_utils._errors import KubeI
 Predicate = Callable[[], "tuple[bool, str]"]
 
 
-def wait_for(predicate: Predicate, timeout: float, what: str, interval: float = 1.0,
-             clock: Callable[[], float] = time.monotonic, sleep: Callable[[float], None] = time.sleep) -> float:
-    """Poll ``predicate`` until it holds; return the seconds waited, or raise with the last reason."""
+def poll(predicate: Predicate, timeout: float, interval: float = 1.0, clock: Callable[[], float] = time.monotonic,
+         sleep: Callable[[float], None] = time.sleep) -> tuple[bool, str, float]:
+    """Call ``predicate`` until it holds or ``timeout`` seconds have passed (at least once).
+
+    Returns (done, the last reason, the seconds waited).
+    """
     start = clock()
     deadline = start + timeout
     while True:
         done, reason = predicate()
         now = clock()
-        if done:
-            return now - start
-        if now >= deadline:
-            raise KubeInferError(f"timed out after {timeout:g}s waiting for {what}: {reason}", waited=round(now - start, 3))
+        if done or now >= deadline:
+            return done, reason, now - start
         sleep(min(interval, max(deadline - now, 0.0)))
+
+
+def wait_for(predicate: Predicate, timeout: float, what: str, interval: float = 1.0,
+             clock: Callable[[], float] = time.monotonic, sleep: Callable[[float], None] = time.sleep) -> float:
+    """Poll ``predicate`` until it holds; return the seconds waited, or raise with the last reason."""
+    done, reason, waited = poll(predicate, timeout, interval, clock, sleep)
+    if not done:
+        raise KubeInferError(f"timed out after {timeout:g}s waiting for {what}: {reason}", waited=round(waited, 3))
+    return waited
 
 
 def deployment_rolled_out(obj: dict[str, Any] | None) -> tuple[bool, str]:

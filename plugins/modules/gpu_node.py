@@ -204,8 +204,7 @@ from ansible.module_utils.basic import AnsibleModule
 from ansible_collections.kubeinfer.llm.plugins.module_utils._args_common import AUTH_ARG_SPEC, PROBE_ARG_SPEC, STATE_ARG_SPEC, argument_spec
 from ansible_collections.kubeinfer.llm.plugins.module_utils._client import build_api_client
 from ansible_collections.kubeinfer.llm.plugins.module_utils._errors import KubeInferError
-from ansible_collections.kubeinfer.llm.plugins.module_utils._gpu_discovery import probe_options
-from ansible_collections.kubeinfer.llm.plugins.module_utils._nodes import EFFECTS, PARALLEL, reconcile
+from ansible_collections.kubeinfer.llm.plugins.module_utils._nodes import run
 from ansible_collections.kubeinfer.llm.plugins.module_utils._resources import Kube
 
 
@@ -220,19 +219,15 @@ def main() -> None:
             taints={"type": "list", "elements": "dict", "default": [], "options": {
                 "key": {"type": "str", "required": True, "no_log": False},
                 "value": {"type": "str"},
-                "effect": {"type": "str", "required": True, "choices": list(EFFECTS)},
+                "effect": {"type": "str", "required": True, "choices": ["NoSchedule", "PreferNoSchedule", "NoExecute"]},
                 "state": {"type": "str", "choices": ["present", "absent"], "default": "present"},
             }},
-            parallel={"type": "int", "default": PARALLEL},
+            parallel={"type": "int", "default": 32},
         ),
         supports_check_mode=True,
     )
-    p = module.params
     try:
-        probe = probe_options(p)
-        kube = Kube(build_api_client(p))
-        result = reconcile(kube, p["names"], p["label_selector"], p["labels"], p["taints"], p["state"],
-                           p["require_match"], module.check_mode, module._diff, probe, p["parallel"])
+        result = run(Kube(build_api_client(module.params)), module.params, module.check_mode, module._diff)
     except KubeInferError as e:
         module.fail_json(msg=e.msg, **e.result)
     module.exit_json(**result)

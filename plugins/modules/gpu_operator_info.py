@@ -16,8 +16,11 @@ description:
     For an operand that is not ready, RV(problems) names one of its pods, its node and the container that waits, with the
     reason (for example the driver validation waiting for a driver that is not installed).
   - With O(run_test_pod=true), it then runs a pod that requests one C(nvidia.com/gpu), tolerates the C(nvidia.com/gpu)
-    taint and runs C(nvidia-smi) once. It waits for the pod to end, reads its log through the API server, parses it into
-    RV(nvidia_smi) (GPU names, memory, driver and CUDA versions), and deletes the pod, also when anything fails.
+    taint and runs C(nvidia-smi --query-gpu=index,name,driver_version,memory.total,memory.used,pci.bus_id
+    --format=csv,noheader,nounits) once. It waits for the pod to end, reads its log through the API server, parses it into
+    RV(nvidia_smi) (GPU names, memory, bus ids and the driver version), and deletes the pod, also when anything fails.
+  - When nvidia-smi fails (no device, no driver, NVML cannot initialize), the pod fails, and RV(problems) says what the
+    error means, with the pod's exit code and output.
   - RV(problems) lists every reason the stack is not ready, each naming its object, for example
     C(ClusterPolicy notReady), C(node gpu-0 has 0 allocatable nvidia.com/gpu) or C(test pod Failed) followed by the reason.
     With O(fail_on_not_ready=true) the module fails with them.
@@ -171,17 +174,11 @@ nvidia_smi:
       type: str
       sample: "550.127.05"
     cuda_version:
-      description: The highest CUDA version the driver supports.
+      description:
+        - Always null, since the nvidia-smi query interface has no CUDA version field.
+        - Deprecated; it will be removed in a later release.
       type: str
-      sample: "12.4"
-    nvidia_smi_version:
-      description: The nvidia-smi version.
-      type: str
-      sample: "550.127.05"
-    format:
-      description: The output format parsed.
-      type: str
-      sample: table
+      sample: null
     gpu_count:
       description: GPUs the pod saw.
       type: int
@@ -204,7 +201,7 @@ from ansible_collections.kubeinfer.llm.plugins.module_utils._args_common import 
 from ansible_collections.kubeinfer.llm.plugins.module_utils._client import build_api_client
 from ansible_collections.kubeinfer.llm.plugins.module_utils._errors import KubeInferError
 from ansible_collections.kubeinfer.llm.plugins.module_utils._gpu_operator_values import DEFAULT_NAMESPACE
-from ansible_collections.kubeinfer.llm.plugins.module_utils._gpu_verify import DEFAULT_TEST_POD_IMAGE, verify
+from ansible_collections.kubeinfer.llm.plugins.module_utils._gpu_verify import run
 from ansible_collections.kubeinfer.llm.plugins.module_utils._resources import Kube
 
 
@@ -217,7 +214,7 @@ def main() -> None:
             wait_timeout={"type": "int", "default": 0},
             fail_on_not_ready={"type": "bool", "default": False},
             run_test_pod={"type": "bool", "default": False},
-            test_pod_image={"type": "str", "default": DEFAULT_TEST_POD_IMAGE},
+            test_pod_image={"type": "str", "default": "nvcr.io/nvidia/cuda:12.4.1-base-ubuntu22.04"},
             test_pod_namespace={"type": "str"},
             test_pod_labels={"type": "dict", "default": {}},
             test_pod_timeout={"type": "int", "default": 300},
@@ -225,7 +222,7 @@ def main() -> None:
         supports_check_mode=True,
     )
     try:
-        result = verify(Kube(build_api_client(module.params)), module.params, module.check_mode)
+        result = run(Kube(build_api_client(module.params)), module.params, module.check_mode, module._diff)
     except KubeInferError as e:
         module.fail_json(msg=e.msg, **e.result)
     module.exit_json(**result)

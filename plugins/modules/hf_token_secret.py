@@ -151,7 +151,7 @@ from ansible_collections.kubeinfer.llm.plugins.module_utils._args_common import 
 from ansible_collections.kubeinfer.llm.plugins.module_utils._client import build_api_client
 from ansible_collections.kubeinfer.llm.plugins.module_utils._errors import KubeInferError
 from ansible_collections.kubeinfer.llm.plugins.module_utils._resources import Kube
-from ansible_collections.kubeinfer.llm.plugins.module_utils._secrets import reconcile
+from ansible_collections.kubeinfer.llm.plugins.module_utils._secrets import run
 
 
 def main() -> None:
@@ -168,11 +168,8 @@ def main() -> None:
         ),
         supports_check_mode=True,
     )
-    p = module.params
     try:
-        kube = Kube(build_api_client(p))
-        result = reconcile(kube, p["name"], p["namespace"], p["key"], p["token"], p["labels"], p["state"],
-                           p["existing_secret"], p["create_namespace"], module.check_mode, module._diff)
+        result = run(Kube(build_api_client(module.params)), module.params, module.check_mode, module._diff)
     except KubeInferError as e:
         module.fail_json(msg=e.msg, **e.result)
     module.exit_json(**result)

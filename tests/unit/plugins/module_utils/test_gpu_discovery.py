@@ -215,7 +215,7 @@ def test_probe_nodes_answers_per_node_and_deletes_its_pods() -> None:
     cluster = FakeCluster()
     answer_probes(cluster, {"gpu-0": pod_succeeded(H100_ANSWER), "cpu-0": pod_succeeded(CPU_ANSWER)}, after_lists=1)
     kube, slept = Kube(cluster), []
-    answers = gd.probe_nodes(kube, ["gpu-0", "cpu-0", "gpu-0"], image="img:1", timeout=60, interval=2, sleep=slept.append)
+    answers = gd.probe_nodes(kube, ["gpu-0", "cpu-0", "gpu-0"], "kube-system", "img:1", 60, interval=2, sleep=slept.append)
     assert answers == {"gpu-0": {"nvidia_pci": ["0302"], "nvidia_smi": "/usr/bin/nvidia-smi", "driver": "550.54.15"},
                        "cpu-0": {"nvidia_pci": [], "nvidia_smi": None, "driver": None}}
     assert slept == [2], "one wait between the two polls"
@@ -232,7 +232,7 @@ def test_probe_nodes_answers_per_node_and_deletes_its_pods() -> None:
 
 def test_probe_nodes_of_no_node_makes_no_request() -> None:
     cluster = FakeCluster()
-    assert gd.probe_nodes(Kube(cluster), []) == {}
+    assert gd.probe_nodes(Kube(cluster), [], "kube-system", "img:1", 5) == {}
     assert cluster.calls == []
 
 
@@ -242,7 +242,7 @@ def test_probe_run_ignores_pods_of_another_run() -> None:
     other["metadata"]["name"] = "kubeinfer-gpu-probe-old"
     cluster.add(other)  # a leftover of an earlier run, never finished
     answer_probes(cluster, {"gpu-0": pod_succeeded(BARE_ANSWER)})
-    answers = gd.probe_nodes(Kube(cluster), ["gpu-0"], timeout=5, sleep=lambda s: None)
+    answers = gd.probe_nodes(Kube(cluster), ["gpu-0"], "kube-system", "img:1", 5, sleep=lambda s: None)
     assert answers["gpu-0"]["nvidia_pci"] == ["0302", "0302"]
     assert [p["metadata"]["name"] for p in probe_pods(cluster)] == ["kubeinfer-gpu-probe-old"], "only its own pods are deleted"
 
@@ -251,7 +251,7 @@ def test_failed_probe_names_the_node_and_still_deletes_every_pod() -> None:
     cluster = FakeCluster()
     answer_probes(cluster, {"gpu-0": pod_succeeded(H100_ANSWER), "gpu-1": pod_failed(126, "ContainerCannotRun", "sh: not found")})
     with pytest.raises(KubeInferError) as err:
-        gd.probe_nodes(Kube(cluster), ["gpu-0", "gpu-1"], timeout=5, sleep=lambda s: None)
+        gd.probe_nodes(Kube(cluster), ["gpu-0", "gpu-1"], "kube-system", "img:1", 5, sleep=lambda s: None)
     assert err.value.msg == "the GPU node probe failed on gpu-1: exit code 126, ContainerCannotRun sh: not found"
     assert probe_pods(cluster) == [] and len(deletes(cluster)) == 2
 
@@ -260,7 +260,7 @@ def test_malformed_answer_fails_naming_the_node() -> None:
     cluster = FakeCluster()
     answer_probes(cluster, {"gpu-0": pod_succeeded("nvidia-pci=0302\n")})
     with pytest.raises(KubeInferError, match=r"^the GPU node probe failed on gpu-0: the probe answered .*without nvidia-smi, driver"):
-        gd.probe_nodes(Kube(cluster), ["gpu-0"], timeout=5, sleep=lambda s: None)
+        gd.probe_nodes(Kube(cluster), ["gpu-0"], "kube-system", "img:1", 5, sleep=lambda s: None)
     assert probe_pods(cluster) == []
 
 
@@ -275,7 +275,7 @@ def test_timeout_names_the_nodes_without_an_answer_and_deletes_every_pod() -> No
 
     cluster.on_create.append(unschedulable)
     with pytest.raises(KubeInferError) as err:
-        gd.probe_nodes(Kube(cluster), ["gpu-2", "gpu-1", "gpu-0"], image="mirror/validator:x", timeout=0, sleep=lambda s: None)
+        gd.probe_nodes(Kube(cluster), ["gpu-2", "gpu-1", "gpu-0"], "kube-system", "mirror/validator:x", 0, sleep=lambda s: None)
     msg = err.value.msg
     assert msg.startswith("probe_timeout: timed out after 0s waiting for the GPU node probe pods in kube-system: "
                           "no answer yet from gpu-1, gpu-2 (pod kubeinfer-gpu-probe-")
@@ -296,7 +296,7 @@ def test_a_failed_create_deletes_the_pods_already_made() -> None:
 
     cluster.on_request.append(refuse_second)
     with pytest.raises(KubeInferError, match="hostPath volumes"):
-        gd.probe_nodes(Kube(cluster), ["gpu-0", "gpu-1"], timeout=5, sleep=lambda s: None)
+        gd.probe_nodes(Kube(cluster), ["gpu-0", "gpu-1"], "kube-system", "img:1", 5, sleep=lambda s: None)
     assert probe_pods(cluster) == [] and len(deletes(cluster)) == 1
 
 
@@ -305,7 +305,7 @@ def test_a_failed_delete_does_not_hide_the_answer() -> None:
     answer_probes(cluster, {"gpu-0": pod_succeeded(H100_ANSWER)})
     cluster.on_create.append(lambda pod: cluster.answers.update(
         {("DELETE", f"{PODS}/{pod['metadata']['name']}"): FakeApiException(500, "etcd unavailable")}))
-    assert gd.host_driver(gd.probe_nodes(Kube(cluster), ["gpu-0"], timeout=5, sleep=lambda s: None)["gpu-0"])
+    assert gd.host_driver(gd.probe_nodes(Kube(cluster), ["gpu-0"], "kube-system", "img:1", 5, sleep=lambda s: None)["gpu-0"])
 
 
 # -- options --------------------------------------------------------------------------------------------
@@ -320,6 +320,9 @@ def test_probe_options_defaults_and_checks() -> None:
     for image in ("", None):
         with pytest.raises(KubeInferError, match="^probe_image: must not be empty"):
             gd.probe_options(dict(defaults, probe_image=image))
+    for namespace in ("", "Kube_System"):
+        with pytest.raises(KubeInferError, match="^probe_namespace: .* is not a valid namespace name"):
+            gd.probe_options(dict(defaults, probe_namespace=namespace))
 
 
 def test_probe_spec_matches_the_doc_fragment() -> None:

@@ -2,10 +2,12 @@
 from __future__ import annotations
 
 from pathlib import Path
+from types import SimpleNamespace
 from typing import Any
 
 import pytest
 
+from ansible_collections.kubeinfer.llm.plugins.module_utils import _gpu_verify
 from ansible_collections.kubeinfer.llm.plugins.module_utils._errors import KubeInferError
 from ansible_collections.kubeinfer.llm.plugins.module_utils._gpu_verify import (
     daemonset_view,
@@ -14,7 +16,6 @@ from ansible_collections.kubeinfer.llm.plugins.module_utils._gpu_verify import (
     pod_waiting_reason,
     policy_message,
     smoke_pod,
-    verify,
 )
 from ansible_collections.kubeinfer.llm.plugins.module_utils._resources import Kube
 
@@ -67,6 +68,10 @@ def answers(state: str | None = "ready", gpus: tuple[int, ...] = (8, 8), ds_read
 def waiting_pod(name: str, app: str, node_name: str, **state: Any) -> dict[str, Any]:
     return {"metadata": {"name": name, "labels": {"app": app}}, "spec": {"nodeName": node_name},
             "status": {"phase": "Pending", "initContainerStatuses": [{"name": "toolkit-validation", "ready": False, "state": state}]}}
+
+
+def verify(kube: Kube, params: dict[str, Any], check_mode: bool) -> dict[str, Any]:
+    return _gpu_verify.run(kube, params, check_mode, False)
 
 
 def params(**overrides: Any) -> dict[str, Any]:
@@ -176,25 +181,39 @@ def test_missing_policy_and_no_matching_node() -> None:
     assert "no node matches node_selector 'nvidia.com/gpu.present=true'" in result["problems"]
 
 
-def test_wait_timeout_rereads_until_ready() -> None:
-    states = iter(["notReady", "notReady", "ready"])
-    base = answers()
-    base[("GET", CP_PATH)] = lambda body: {"status": {"state": next(states)}}
+def fake_time(monkeypatch: pytest.MonkeyPatch) -> list[float]:
     now = [0.0]
 
     def sleep(seconds: float) -> None:
         now[0] += seconds
 
-    result = verify(Kube(FakeApiClient(base)), params(wait_timeout=60), False, clock=lambda: now[0], sleep=sleep, interval=5)
-    assert result["ready"] is True and now[0] == 10
+    monkeypatch.setattr(_gpu_verify, "time", SimpleNamespace(monotonic=lambda: now[0], sleep=sleep))
+    return now
+
+
+def test_wait_timeout_rereads_until_ready(monkeypatch: pytest.MonkeyPatch) -> None:
+    states = iter(["notReady", "notReady", "ready"])
+    base = answers()
+    base[("GET", CP_PATH)] = lambda body: {"status": {"state": next(states)}}
+    now = fake_time(monkeypatch)
+    result = verify(Kube(FakeApiClient(base)), params(wait_timeout=60), False)
+    assert result["ready"] is True and now[0] == 2 * _gpu_verify.POLL_INTERVAL
+
+
+def test_wait_timeout_judges_the_last_read(monkeypatch: pytest.MonkeyPatch) -> None:
+    api = FakeApiClient(answers(state="notReady"))
+    now = fake_time(monkeypatch)
+    result = verify(Kube(api), params(wait_timeout=12), False)
+    assert now[0] == 12 and result["problems"] == ["ClusterPolicy notReady"]
+    assert sum(c["path"] == CP_PATH for c in api.calls) == 4, "reads at 0, 5, 10 and 12 seconds"
 
 
 def test_test_pod_succeeds_is_parsed_and_deleted() -> None:
-    log = (FIXTURES / "nvidia_smi_a100_80gb_x1.txt").read_text()
+    log = "0, NVIDIA A100-SXM4-80GB, 550.127.05, 81920, 1, 00000000:07:00.0\n"
     api = FakeApiClient(with_pod(answers(), "Succeeded", log))
     result = verify(Kube(api), params(run_test_pod=True, test_pod_labels={"kubeinfer.io/sim-complete": "true"}), False)
     assert result["ready"] is True
-    assert result["nvidia_smi"]["gpu_count"] == 1 and result["nvidia_smi"]["driver_version"]
+    assert result["nvidia_smi"]["gpu_count"] == 1 and result["nvidia_smi"]["driver_version"] == "550.127.05"
     assert result["test_pod"]["phase"] == "Succeeded" and result["test_pod"]["deleted"] is True
     created = next(c["body"] for c in api.calls if c["method"] == "POST")
     assert created["metadata"]["labels"]["kubeinfer.io/sim-complete"] == "true"
@@ -209,7 +228,7 @@ def test_failed_test_pod_names_the_reason_and_is_deleted() -> None:
     api = FakeApiClient(with_pod(answers(), "Failed", log, terminated))
     with pytest.raises(KubeInferError) as err:
         verify(Kube(api), params(run_test_pod=True, fail_on_not_ready=True), False)
-    assert "test pod Failed: Error, exit code 9, nvml init failed" in err.value.msg
+    assert "test pod Failed: Error, exit code 9, nvml init failed; nvidia-smi could not talk to the NVIDIA driver" in err.value.msg
     assert err.value.result["test_pod"]["deleted"] is True
     assert api.calls[-1]["method"] == "DELETE"
 
@@ -229,12 +248,14 @@ def test_check_mode_skips_the_test_pod_and_writes_nothing() -> None:
     assert {c["method"] for c in api.calls} == {"GET"}
 
 
-def test_bad_timeouts_fail_before_requests() -> None:
+def test_bad_input_fails_before_requests() -> None:
     api = FakeApiClient(answers())
     with pytest.raises(KubeInferError, match="^wait_timeout: "):
         verify(Kube(api), params(wait_timeout=-1), False)
     with pytest.raises(KubeInferError, match="^test_pod_timeout: "):
         verify(Kube(api), params(test_pod_timeout=-5), False)
+    with pytest.raises(KubeInferError, match="^test_pod_labels: invalid label key 'bad key'"):
+        verify(Kube(api), params(run_test_pod=True, test_pod_labels={"bad key": "x"}), False)
     assert api.calls == []
 
 
@@ -244,7 +265,9 @@ def test_smoke_pod_shape() -> None:
     assert spec["restartPolicy"] == "Never"
     assert spec["tolerations"] == [{"key": "nvidia.com/gpu", "operator": "Exists", "effect": "NoSchedule"}]
     container = spec["containers"][0]
-    assert container["name"] == "nvidia-smi" and container["command"] == ["nvidia-smi"] and container["image"] == "img"
+    assert container["name"] == "nvidia-smi" and container["image"] == "img"
+    assert container["command"] == ["nvidia-smi", "--query-gpu=index,name,driver_version,memory.total,memory.used,pci.bus_id",
+                                    "--format=csv,noheader,nounits"]
     assert container["resources"]["limits"]["nvidia.com/gpu"] == container["resources"]["requests"]["nvidia.com/gpu"] == 1
     assert {"cpu", "memory"} <= set(container["resources"]["requests"]) and {"cpu", "memory"} <= set(container["resources"]["limits"])
     assert container["securityContext"] == {"allowPrivilegeEscalation": False, "readOnlyRootFilesystem": True,

@@ -9,7 +9,7 @@ import pytest
 from ansible_collections.kubeinfer.llm.plugins.module_utils import _nodes
 from ansible_collections.kubeinfer.llm.plugins.module_utils._client import build_api_client
 from ansible_collections.kubeinfer.llm.plugins.module_utils._errors import KubeInferError
-from ansible_collections.kubeinfer.llm.plugins.module_utils._resources import Kube
+from ansible_collections.kubeinfer.llm.plugins.module_utils._resources import CONFLICT_ATTEMPTS, Kube
 
 from .fake_api import FakeApiClient, FakeApiException, InFlight
 from .fake_cluster import FakeCluster, answer_probes, merge, pod_succeeded, probe_answer, probe_pods
@@ -25,11 +25,13 @@ def cluster(*nodes: dict) -> FakeApiClient:
     return FakeApiClient({("GET", "/api/v1/nodes"): {"items": list(nodes)}})
 
 
-def run(api: FakeApiClient, **kw) -> dict:
-    args = {"names": None, "label_selector": "gpu=true", "labels": {"role": "inference"}, "taints": [TAINT],
-            "state": "present", "require_match": True, "check_mode": False, "want_diff": False}
-    args.update(kw)
-    return _nodes.reconcile(Kube(api), **args)
+def run(api: FakeApiClient | Kube, check_mode: bool = False, want_diff: bool = False, **kw) -> dict:
+    """gpu_node's runner with the module's parameters: its defaults, then ``kw``."""
+    params = {"names": None, "label_selector": "gpu=true", "labels": {"role": "inference"}, "taints": [TAINT],
+              "state": "present", "require_match": True, "parallel": 32,
+              "probe_image": "validator:test", "probe_namespace": "kube-system", "probe_timeout": 30}
+    params.update(kw)
+    return _nodes.run(api if isinstance(api, Kube) else Kube(api), params, check_mode, want_diff)
 
 
 def test_one_list_and_one_patch_per_changed_node() -> None:
@@ -102,7 +104,6 @@ def test_selector_matching_nothing_fails_when_required() -> None:
     ({"labels": {"bad key!": "x"}}, "labels: invalid label key"),
     ({"labels": {"ok": "-bad"}}, "labels: invalid value"),
     ({"labels": {"Bad_Prefix.io/x": "1"}}, "labels: invalid label key"),
-    ({"taints": [dict(TAINT, effect="Sometimes")]}, r"taints\[0\].effect"),
     ({"taints": [dict(TAINT, key="a/b/c")]}, r"taints\[0\].key"),
     ({"taints": [dict(TAINT, value="x" * 64)]}, r"taints\[0\].value"),
 ])
@@ -111,13 +112,6 @@ def test_bad_input_fails_before_any_request(kw: dict, param: str) -> None:
     with pytest.raises(KubeInferError, match=param):
         run(api, **kw)
     assert api.calls == []
-
-
-def test_label_key_rules() -> None:
-    assert _nodes.label_key_error("nvidia.com/gpu.present") is None
-    assert _nodes.label_key_error("simple") is None
-    assert _nodes.label_key_error("x" * 64) is not None
-    assert _nodes.label_value_error("") is None
 
 
 def test_conflict_rereads_the_node_and_patches_from_its_current_state() -> None:
@@ -145,7 +139,8 @@ def test_repeated_conflicts_fail_with_the_requests_made() -> None:
                          ("PATCH", "/api/v1/nodes/gpu-0"): FakeApiException(409, "conflict")})
     with pytest.raises(KubeInferError) as err:
         run(api)
-    assert err.value.result["api_requests"]["patch"] == _nodes.CONFLICT_ATTEMPTS
+    assert err.value.msg == f"node gpu-0 kept changing under concurrent writers; gave up after {CONFLICT_ATTEMPTS} attempts"
+    assert err.value.result["api_requests"] == {"list": 1, "patch": CONFLICT_ATTEMPTS, "get": CONFLICT_ATTEMPTS - 1}
 
 
 # -- concurrency, and conflicts avoided rather than retried -----------------------------------------------
@@ -288,7 +283,7 @@ class RacyCounter(Counter):
 def test_request_counts_are_exact_from_many_threads() -> None:
     kube = Kube(many(60, None))
     kube.requests = RacyCounter()
-    result = _nodes.reconcile(kube, None, "gpu=true", {"role": "inference"}, [], "present", True, False, False, parallel=16)
+    result = run(kube, taints=[], parallel=16)
     assert result["api_requests"] == {"list": 1, "patch": 60}
 
 
@@ -303,9 +298,6 @@ def test_the_connection_pool_holds_the_concurrency() -> None:
 
 
 # -- discovery: neither names nor label_selector ---------------------------------------------------------
-PROBE = {"namespace": "kube-system", "image": "validator:test", "timeout": 30.0}
-
-
 def fake_cluster(*nodes: dict) -> FakeCluster:
     fake = FakeCluster()
     for n in nodes:
@@ -314,13 +306,13 @@ def fake_cluster(*nodes: dict) -> FakeCluster:
 
 
 def discover(fake: FakeCluster, **kw) -> dict:
-    return run(fake, names=None, label_selector=None, probe=PROBE, **kw)
+    return run(fake, names=None, label_selector=None, **kw)
 
 
-def test_without_a_selection_or_probe_options_it_refuses() -> None:
+def test_bad_probe_options_fail_before_any_request_also_with_a_selection() -> None:
     api = cluster(node("gpu-0"))
-    with pytest.raises(KubeInferError, match="^names: give names, label_selector or both"):
-        run(api, names=None, label_selector=None)
+    with pytest.raises(KubeInferError, match="^probe_namespace: "):
+        run(api, probe_namespace="Kube_System")
     assert api.calls == []
 
 
@@ -372,6 +364,6 @@ def test_no_gpu_node_found_fails_when_required() -> None:
 
 def test_names_narrow_a_label_selection_as_before() -> None:
     fake = fake_cluster(node("gpu-0", {"gpu": "true"}), node("gpu-1", {"gpu": "true"}))
-    result = run(fake, names=["gpu-1"], probe=PROBE)
+    result = run(fake, names=["gpu-1"])
     assert result["matched"] == ["gpu-1"] and result["selected_by"] == "names"
     assert not [c for c in fake.calls if c["method"] == "POST"]

@@ -5,18 +5,11 @@ from typing import Any
 
 import pytest
 
+from ansible_collections.kubeinfer.llm.plugins.module_utils import _secrets
 from ansible_collections.kubeinfer.llm.plugins.module_utils._errors import KubeInferError
+from ansible_collections.kubeinfer.llm.plugins.module_utils._k8s_names import MANAGED_BY, MANAGED_BY_LABEL
 from ansible_collections.kubeinfer.llm.plugins.module_utils._resources import Kube
-from ansible_collections.kubeinfer.llm.plugins.module_utils._secrets import (
-    HIDDEN,
-    HIDDEN_CHANGED,
-    MANAGED_BY,
-    MANAGED_BY_LABEL,
-    MIN_FRAGMENT,
-    desired_secret,
-    reconcile,
-    scrub,
-)
+from ansible_collections.kubeinfer.llm.plugins.module_utils._secrets import HIDDEN, HIDDEN_CHANGED, MIN_FRAGMENT, desired_secret, scrub
 
 from .fake_api import FakeApiClient, FakeApiException
 
@@ -38,12 +31,12 @@ def live_secret(token: str = TOKEN, labels: dict[str, str] | None = None, key: s
     return obj
 
 
-def run(api: FakeApiClient, **kw: Any) -> dict[str, Any]:
-    args: dict[str, Any] = {"name": "hf-token", "namespace": "vllm", "key": "HF_TOKEN", "token": TOKEN, "labels": {},
-                            "state": "present", "existing_secret": False, "create_namespace": False,
-                            "check_mode": False, "want_diff": True}
-    args.update(kw)
-    return reconcile(Kube(api), **args)
+def run(api: FakeApiClient, check_mode: bool = False, want_diff: bool = True, **kw: Any) -> dict[str, Any]:
+    """hf_token_secret's runner with the module's parameters: its defaults, then ``kw``."""
+    params: dict[str, Any] = {"name": "hf-token", "namespace": "vllm", "key": "HF_TOKEN", "token": TOKEN, "labels": {},
+                              "state": "present", "existing_secret": False, "create_namespace": False}
+    params.update(kw)
+    return _secrets.run(Kube(api), params, check_mode, want_diff)
 
 
 def assert_no_leak(anything: Any, *secrets: str) -> None:

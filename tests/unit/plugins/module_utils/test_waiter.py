@@ -5,6 +5,7 @@ import pytest
 from ansible_collections.kubeinfer.llm.plugins.module_utils._errors import KubeInferError
 from ansible_collections.kubeinfer.llm.plugins.module_utils._waiter import (
     deployment_rolled_out,
+    poll,
     unschedulable_reason,
     wait_for,
 )
@@ -46,3 +47,17 @@ def test_unschedulable_reason_names_the_pod() -> None:
         {"type": "PodScheduled", "status": "False", "reason": "Unschedulable", "message": "0/3 nodes: 2 Insufficient nvidia.com/gpu"}]}}
     assert unschedulable_reason([pod]) == "pod p unschedulable: 0/3 nodes: 2 Insufficient nvidia.com/gpu"
     assert unschedulable_reason([]) is None
+
+
+def test_poll_reports_the_last_reason_instead_of_raising() -> None:
+    clock = Clock()
+    calls: list[int] = []
+
+    def never() -> tuple[bool, str]:
+        calls.append(1)
+        return False, f"read {len(calls)}"
+
+    assert poll(never, 0, interval=5, clock=clock, sleep=clock.sleep) == (False, "read 1", 0), "timeout 0 reads once"
+    assert poll(never, 12, interval=5, clock=clock, sleep=clock.sleep) == (False, "read 5", 12)
+    states = iter([(False, "a"), (True, "ok")])
+    assert poll(lambda: next(states), 60, interval=5, clock=clock, sleep=clock.sleep)[:2] == (True, "ok")
