@@ -7,8 +7,9 @@ from typing import Any, Iterator
 
 import pytest
 
+from ansible_collections.kubeinfer.llm.plugins.module_utils._completion import run_checks
 from ansible_collections.kubeinfer.llm.plugins.module_utils._errors import KubeInferError
-from ansible_collections.kubeinfer.llm.plugins.module_utils._openai import Endpoint, run_checks
+from ansible_collections.kubeinfer.llm.plugins.module_utils._http import Endpoint
 from ansible_collections.kubeinfer.llm.plugins.module_utils._portforward import (
     PortForwardTarget,
     find_pod,
