@@ -18,7 +18,7 @@ from ansible_collections.kubeinfer.llm.plugins.module_utils._dashboard import (
 )
 from ansible_collections.kubeinfer.llm.plugins.module_utils._errors import KubeInferError
 from ansible_collections.kubeinfer.llm.plugins.module_utils._http import endpoint_from_url, excerpt, http_request, parse_json
-from ansible_collections.kubeinfer.llm.plugins.module_utils._k8s_names import RELEASE_POD_LABEL, managed_labels
+from ansible_collections.kubeinfer.llm.plugins.module_utils._k8s_names import RELEASE_POD_LABEL, int_quantity, managed_labels
 from ansible_collections.kubeinfer.llm.plugins.module_utils._metrics import QUEUE_METRIC_CANDIDATES, detect_vllm_metrics
 from ansible_collections.kubeinfer.llm.plugins.module_utils._portforward import PortForwardTarget, find_pod
 from ansible_collections.kubeinfer.llm.plugins.module_utils._promql import RELEASE_SERIES_LABEL, name_matcher, selector
@@ -115,7 +115,7 @@ def adapter_deployment(kube: Kube, namespace: str, name: str) -> dict[str, Any]:
     """The adapter Deployment, read before anything is written so that a wrong name changes nothing."""
     dep = kube.get("apps/v1", "Deployment", name, namespace)
     if dep is None:
-        raise KubeInferError(f"the adapter Deployment {namespace}/{name} does not exist; set adapter_deployment, "
+        raise KubeInferError(f"adapter_deployment: the adapter Deployment {namespace}/{name} does not exist; set adapter_deployment, "
                              "or restart=false if the adapter reloads its config by itself")
     return dep
 
@@ -147,8 +147,7 @@ def scrape_pod(kube: Kube, namespace: str, label_selector: str, port: int | None
     pod = find_pod(kube, namespace, label_selector, ready_timeout=ready_timeout)[0]
     annotations = pod.get("metadata", {}).get("annotations") or {}
     if port is None:
-        raw = str(annotations.get("prometheus.io/port", DEFAULT_METRICS_PORT))
-        port = int(raw) if raw.isdigit() else DEFAULT_METRICS_PORT
+        port = int_quantity(annotations.get("prometheus.io/port")) or DEFAULT_METRICS_PORT
     path = annotations.get("prometheus.io/path") or "/metrics"
     target = PortForwardTarget(kube.api_client, namespace, pod["metadata"]["name"], port)
     reply = http_request(target, f"localhost:{port}", "GET", path, timeout,

@@ -22,7 +22,6 @@ from ansible_collections.kubeinfer.llm.plugins.module_utils._promql import (
     selector,
 )
 
-DEFAULT_CUSTOM_METRIC_NAME = "vllm_queue_depth"
 _CUSTOM_METRIC_NAME = re.compile(r"^[a-z0-9]([a-z0-9_]*[a-z0-9])?$")
 
 
@@ -49,11 +48,7 @@ def _check_releases(releases: Iterable[str]) -> list[str]:
     return found
 
 
-def adapter_rule(
-    metric_names: str | Sequence[str],
-    custom_metric_name: str = DEFAULT_CUSTOM_METRIC_NAME,
-    releases: Iterable[str] = (),
-) -> dict[str, Any]:
+def adapter_rule(metric_names: str | Sequence[str], custom_metric_name: str, releases: Iterable[str]) -> dict[str, Any]:
     """The one Prometheus Adapter rule (custom metrics API) that serves ``custom_metric_name`` per pod.
 
     Convention: ONE rule per custom metric name. The adapter keeps a single series per (resource,

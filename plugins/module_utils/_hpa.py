@@ -9,7 +9,7 @@ from decimal import Decimal
 from typing import Any
 
 from ansible_collections.kubeinfer.llm.plugins.module_utils._errors import KubeInferError
-from ansible_collections.kubeinfer.llm.plugins.module_utils._k8s_names import INSTANCE_LABEL, RELEASE_POD_LABEL, managed_labels
+from ansible_collections.kubeinfer.llm.plugins.module_utils._k8s_names import INSTANCE_LABEL, RELEASE_POD_LABEL, int_quantity, managed_labels
 from ansible_collections.kubeinfer.llm.plugins.module_utils._metrics import QUEUE_METRIC_CANDIDATES
 from ansible_collections.kubeinfer.llm.plugins.module_utils._promql import NAMESPACE_SERIES_LABEL, RELEASE_SERIES_LABEL, selector
 from ansible_collections.kubeinfer.llm.plugins.module_utils._resources import Kube, clean, ensure
@@ -78,11 +78,11 @@ def plain_number(value: Any, what: str = "target_queue_depth") -> str:
 def startup_budget(params: dict[str, Any], deployment: dict[str, Any]) -> tuple[int | None, str]:
     """The model load time: the ``startup_budget_seconds`` option, else the pod-template annotation the vllm chart sets."""
     if params["startup_budget_seconds"] is not None:
-        return int(params["startup_budget_seconds"]), "startup_budget_seconds option"
+        return params["startup_budget_seconds"], "startup_budget_seconds option"
     annotations = ((deployment.get("spec") or {}).get("template") or {}).get("metadata", {}).get("annotations") or {}
-    raw = str(annotations.get(BUDGET_ANNOTATION, ""))
-    if raw.isdigit():
-        return int(raw), f"annotation {BUDGET_ANNOTATION} of Deployment {deployment['metadata']['name']}"
+    budget = int_quantity(annotations.get(BUDGET_ANNOTATION))
+    if budget > 0:
+        return budget, f"annotation {BUDGET_ANNOTATION} of Deployment {deployment['metadata']['name']}"
     return None, "none"
 
 
@@ -308,7 +308,7 @@ def run(kube: Kube, params: dict[str, Any], check_mode: bool, diff: bool) -> dic
             result["api_requests"] = dict(kube.requests)
             return result
         if not keda_ok:
-            raise KubeInferError(f"kind: KEDA is not installed: no {KEDA_CRD} CRD. Install KEDA (https://keda.sh) or use kind=hpa")
+            raise KubeInferError(f"KEDA is not installed: no {KEDA_CRD} CRD. Install KEDA (https://keda.sh) or use kind=hpa")
         desired = _desired(kube, params, name, result)
         # Strict field validation checks a ScaledObject against the installed KEDA CRD's schema.
         result["changed"], before, after = ensure(kube, desired, check_mode)

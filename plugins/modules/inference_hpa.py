@@ -281,7 +281,7 @@ api_requests:
 
 from ansible.module_utils.basic import AnsibleModule
 
-from ansible_collections.kubeinfer.llm.plugins.module_utils._args_common import AUTH_ARG_SPEC, STATE_ARG_SPEC, argument_spec
+from ansible_collections.kubeinfer.llm.plugins.module_utils._args_common import AUTH_ARG_SPEC, RELEASE_METRIC_ARG_SPEC, STATE_ARG_SPEC, argument_spec
 from ansible_collections.kubeinfer.llm.plugins.module_utils._client import build_api_client
 from ansible_collections.kubeinfer.llm.plugins.module_utils._errors import KubeInferError
 from ansible_collections.kubeinfer.llm.plugins.module_utils._hpa import run
@@ -300,13 +300,10 @@ def _rules_spec(period: int, window: dict[str, object]) -> dict[str, object]:
 
 
 ARGUMENT_SPEC = argument_spec(
-    AUTH_ARG_SPEC, STATE_ARG_SPEC,
-    release={"type": "str", "required": True},
+    AUTH_ARG_SPEC, STATE_ARG_SPEC, RELEASE_METRIC_ARG_SPEC,
     name={"type": "str"},
-    namespace={"type": "str", "required": True},
     target={"type": "str"},
     kind={"type": "str", "choices": ["hpa", "keda"], "default": "hpa"},
-    custom_metric_name={"type": "str", "default": "vllm_queue_depth"},
     min_replicas={"type": "int", "default": 1},
     max_replicas={"type": "int", "default": 4},
     target_queue_depth={"type": "raw", "default": 5},

@@ -253,16 +253,13 @@ api_requests:
 from ansible.module_utils.basic import AnsibleModule
 
 from ansible_collections.kubeinfer.llm.plugins.module_utils._adapter import run
-from ansible_collections.kubeinfer.llm.plugins.module_utils._args_common import AUTH_ARG_SPEC, STATE_ARG_SPEC, argument_spec
+from ansible_collections.kubeinfer.llm.plugins.module_utils._args_common import AUTH_ARG_SPEC, RELEASE_METRIC_ARG_SPEC, STATE_ARG_SPEC, argument_spec
 from ansible_collections.kubeinfer.llm.plugins.module_utils._client import build_api_client
 from ansible_collections.kubeinfer.llm.plugins.module_utils._errors import KubeInferError
 from ansible_collections.kubeinfer.llm.plugins.module_utils._resources import Kube
 
 ARGUMENT_SPEC = argument_spec(
-    AUTH_ARG_SPEC, STATE_ARG_SPEC,
-    release={"type": "str", "required": True},
-    namespace={"type": "str", "required": True},
-    custom_metric_name={"type": "str", "default": "vllm_queue_depth"},
+    AUTH_ARG_SPEC, STATE_ARG_SPEC, RELEASE_METRIC_ARG_SPEC,
     metric_name={"type": "str"},
     detect_from_pod={"type": "bool", "default": True},
     metrics_port={"type": "int"},

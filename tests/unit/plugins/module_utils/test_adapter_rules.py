@@ -33,7 +33,7 @@ def test_adapter_rule_lists_releases_sorted_and_escaped() -> None:
 
 
 def test_adapter_rule_with_candidates_matches_each_form() -> None:
-    rule = adapter_rule(["vllm_num_requests_waiting", "vllm:num_requests_waiting"], releases=["a"])
+    rule = adapter_rule(["vllm_num_requests_waiting", "vllm:num_requests_waiting"], "vllm_queue_depth", ["a"])
     assert rule["seriesQuery"].startswith('{__name__=~"vllm:num_requests_waiting|vllm_num_requests_waiting",')
     pattern = re.compile(rule["name"]["matches"])
     assert pattern.match("vllm:num_requests_waiting") and pattern.match("vllm_num_requests_waiting")
@@ -42,7 +42,7 @@ def test_adapter_rule_with_candidates_matches_each_form() -> None:
 
 
 def test_adapter_rule_name_regex_matches_only_the_metric() -> None:
-    rule = adapter_rule("vllm_num_requests_waiting", releases=["a"])
+    rule = adapter_rule("vllm_num_requests_waiting", "vllm_queue_depth", ["a"])
     pattern = re.compile(rule["name"]["matches"])
     assert pattern.match("vllm_num_requests_waiting")
     assert not pattern.match("vllm_num_requests_waiting_total")

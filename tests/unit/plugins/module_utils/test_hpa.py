@@ -248,7 +248,7 @@ def test_absent_deletes_once() -> None:
 
 def test_keda_needs_its_crd() -> None:
     cluster = make_cluster()
-    with pytest.raises(KubeInferError, match="^kind: KEDA is not installed: no scaledobjects.keda.sh CRD"):
+    with pytest.raises(KubeInferError, match="^KEDA is not installed: no scaledobjects.keda.sh CRD"):
         run(cluster, kind="keda", prometheus_url="http://prometheus:9090", min_replicas=0)
     assert cluster.writes() == []
     assert not run(cluster, kind="keda", state="absent")["changed"]
