@@ -14,7 +14,6 @@ import pytest
 from ansible_collections.kubeinfer.llm.plugins.module_utils._errors import KubeInferError
 from ansible_collections.kubeinfer.llm.plugins.module_utils._http import Deadline, endpoint_from_url, http_request
 
-
 # -- HTTP over a bare socket (what a port-forward stream is) ---------------------------------------------------
 
 def socketpair_factory(serve: Callable[[socket.socket], None]) -> Callable[[float], Any]:
