@@ -20,14 +20,14 @@ from ansible_collections.kubeinfer.llm.plugins.module_utils._promql import METRI
 DCGM_GPU_UTIL_METRIC = "DCGM_FI_DEV_GPU_UTIL"
 DASHBOARD_LABEL = "grafana_dashboard"  # the label the Grafana sidecar of kube-prometheus-stack watches
 
-# key, title, query ({m}: the metric selector), legend, unit, maximum, filtered by release
+# key, title, query ({m}: the series selector), series name suffix, legend, unit, maximum, filtered by release
 _PANELS = (
-    ("queue", "Queue depth (waiting requests)", "sum by (pod) ({m})", "{{pod}}", "short", None, True),
-    ("running", "Running requests", "sum by (pod) ({m})", "{{pod}}", "short", None, True),
-    ("e2e_latency", "End-to-end request latency p95", "histogram_quantile(0.95, sum by (le) (rate({m}[5m])))", "p95", "s", None, True),
-    ("kv_cache", "KV cache usage", "avg by (pod) ({m})", "{{pod}}", "percentunit", 1, True),
+    ("queue", "Queue depth (waiting requests)", "sum by (pod) ({m})", "", "{{pod}}", "short", None, True),
+    ("running", "Running requests", "sum by (pod) ({m})", "", "{{pod}}", "short", None, True),
+    ("e2e_latency", "End-to-end request latency p95", "histogram_quantile(0.95, sum by (le) (rate({m}[5m])))", "_bucket", "p95", "s", None, True),
+    ("kv_cache", "KV cache usage", "avg by (pod) ({m})", "", "{{pod}}", "percentunit", 1, True),
     # The DCGM exporter's series carry the exporter pod's labels, not the workload's: no release filter.
-    ("gpu_util", "GPU utilization (DCGM)", "avg by (Hostname, gpu) ({m})", "{{Hostname}} GPU {{gpu}}", "percent", 100, False),
+    ("gpu_util", "GPU utilization (DCGM)", "avg by (Hostname, gpu) ({m})", "", "{{Hostname}} GPU {{gpu}}", "percent", 100, False),
 )
 
 
@@ -62,11 +62,11 @@ def grafana_dashboard(
             raise KubeInferError(f"Invalid metric name for {key}: {value!r}")
     release_filter = [(RELEASE_SERIES_LABEL, "=", release)] if release else []
     panels: list[dict[str, Any]] = []
-    for key, panel_title, template, legend, unit, maximum, filtered in _PANELS:
+    for key, panel_title, template, suffix, legend, unit, maximum, filtered in _PANELS:
         metric = names[key]
         if metric is None:
             continue
-        series = selector(metric + ("_bucket" if key == "e2e_latency" else ""), *(release_filter if filtered else []))
+        series = selector(metric + suffix, *(release_filter if filtered else []))
         position = len(panels)
         defaults: dict[str, Any] = {"unit": unit, "min": 0}
         if maximum is not None:
