@@ -1,7 +1,7 @@
 # -*- coding: utf-8 -*-
 # Copyright: contributors to kubeinfer.llm
 # GNU General Public License v3.0+ (see https://www.gnu.org/licenses/gpl-3.0.txt)
-"""Prometheus Adapter rules for vLLM: detect the queue metric, merge the rule, restart, verify. Private to this collection: the interface may change."""
+"""The metrics_adapter runner: detect the metric, merge the rule, restart, ship the dashboard, verify. Private to this collection: the interface may change."""
 from __future__ import annotations
 
 import hashlib
@@ -9,25 +9,20 @@ import json
 from typing import Any, Callable, Sequence
 from urllib.parse import urlencode
 
-from ansible_collections.kubeinfer.llm.plugins.module_utils._client import build_api_client
-from ansible_collections.kubeinfer.llm.plugins.module_utils._errors import KubeInferError
-from ansible_collections.kubeinfer.llm.plugins.module_utils._metrics import (
-    E2E_LATENCY_METRIC_CANDIDATES,
-    KV_CACHE_METRIC_CANDIDATES,
-    QUEUE_METRIC_CANDIDATES,
-    RELEASE_POD_LABEL,
-    RELEASE_SERIES_LABEL,
-    RUNNING_METRIC_CANDIDATES,
-    detect_queue_metric,
-    detect_vllm_metrics,
+from ansible_collections.kubeinfer.llm.plugins.module_utils._adapter_rules import merge_adapter_rules, parse_adapter_rule, rule_for
+from ansible_collections.kubeinfer.llm.plugins.module_utils._dashboard import (
+    dashboard_configmap,
+    dashboard_configmap_name,
+    dashboard_names,
     grafana_dashboard,
-    merge_adapter_rules,
-    parse_adapter_rule,
-    release_selector_labels,
 )
-from ansible_collections.kubeinfer.llm.plugins.module_utils._openai import endpoint_from_url, excerpt, http_request
+from ansible_collections.kubeinfer.llm.plugins.module_utils._errors import KubeInferError
+from ansible_collections.kubeinfer.llm.plugins.module_utils._http import endpoint_from_url, excerpt, http_request, parse_json
+from ansible_collections.kubeinfer.llm.plugins.module_utils._k8s_names import RELEASE_POD_LABEL, int_quantity, managed_labels
+from ansible_collections.kubeinfer.llm.plugins.module_utils._metrics import QUEUE_METRIC_CANDIDATES, detect_vllm_metrics
 from ansible_collections.kubeinfer.llm.plugins.module_utils._portforward import PortForwardTarget, find_pod
-from ansible_collections.kubeinfer.llm.plugins.module_utils._resources import ApiError, Kube, absent, ensure
+from ansible_collections.kubeinfer.llm.plugins.module_utils._promql import RELEASE_SERIES_LABEL, name_matcher, selector
+from ansible_collections.kubeinfer.llm.plugins.module_utils._resources import ApiError, Kube, absent, ensure, retry_on_conflict
 from ansible_collections.kubeinfer.llm.plugins.module_utils._waiter import pod_ready, wait_for
 
 try:
@@ -40,7 +35,6 @@ CUSTOM_METRICS_API = "/apis/custom.metrics.k8s.io/v1beta1"
 APISERVICE = "v1beta1.custom.metrics.k8s.io"
 CHECKSUM_ANNOTATION = "kubeinfer.io/config-checksum"
 DEFAULT_METRICS_PORT = 8000
-WRITE_ATTEMPTS = 5
 
 
 def release_selector(release: str) -> str:
@@ -86,11 +80,12 @@ def write_rules(kube: Kube, namespace: str, name: str, key: str, change: Callabl
 
     The write is a merge patch carrying the resourceVersion that was read, so a concurrent writer
     (another release's task) makes it fail with 409 instead of being overwritten; then it re-reads
-    and re-merges. A missing ConfigMap is created. Returns ``changed``, ``before``/``after`` rules and
-    the config ``text`` now in force (or, in check mode, that would be).
+    and re-merges (_resources.retry_on_conflict). A missing ConfigMap is created. Returns ``changed``,
+    ``before``/``after`` rules and the config ``text`` now in force (or, in check mode, that would be).
     """
     where = f"ConfigMap {namespace}/{name} key {key}"
-    for _attempt in range(WRITE_ATTEMPTS):
+
+    def write(_attempt: int) -> dict[str, Any]:
         cm = kube.get("v1", "ConfigMap", name, namespace)
         text = ((cm or {}).get("data") or {}).get(key)
         config = parse_config(text, where)
@@ -98,31 +93,29 @@ def write_rules(kube: Kube, namespace: str, name: str, key: str, change: Callabl
         after = change([dict(r) for r in before])
         if after == before and cm is not None:
             return {"changed": False, "before": before, "after": after, "text": text or ""}
-        new_config = dict(config)
-        new_config["rules"] = after
-        new_text = render_config(new_config)
+        new_text = render_config({**config, "rules": after})
         try:
             if cm is None:
                 kube.create({"apiVersion": "v1", "kind": "ConfigMap",
-                             "metadata": {"name": name, "namespace": namespace,
-                                          "labels": {"app.kubernetes.io/managed-by": "kubeinfer.llm"}},
+                             "metadata": {"name": name, "namespace": namespace, "labels": managed_labels()},
                              "data": {key: new_text}}, dry_run=check_mode)
             else:
                 patch = {"metadata": {"resourceVersion": cm["metadata"].get("resourceVersion")}, "data": {key: new_text}}
                 kube.patch("v1", "ConfigMap", name, patch, namespace, dry_run=check_mode)
         except ApiError as e:
             if e.status == 409:
-                continue
+                raise
             raise KubeInferError(f"cannot write {where}: {e.reason}", before=before) from e
         return {"changed": True, "before": before, "after": after, "text": new_text}
-    raise KubeInferError(f"{where} kept changing under concurrent writers; gave up after {WRITE_ATTEMPTS} attempts")
+
+    return retry_on_conflict(write, where)
 
 
 def adapter_deployment(kube: Kube, namespace: str, name: str) -> dict[str, Any]:
     """The adapter Deployment, read before anything is written so that a wrong name changes nothing."""
     dep = kube.get("apps/v1", "Deployment", name, namespace)
     if dep is None:
-        raise KubeInferError(f"the adapter Deployment {namespace}/{name} does not exist; set adapter_deployment, "
+        raise KubeInferError(f"adapter_deployment: the adapter Deployment {namespace}/{name} does not exist; set adapter_deployment, "
                              "or restart=false if the adapter reloads its config by itself")
     return dep
 
@@ -144,18 +137,17 @@ def restart_adapter(kube: Kube, dep: dict[str, Any], config_sum: str, check_mode
 
 # -- metric name detection ----------------------------------------------------------------------------------------
 
-def scrape_pod(kube: Kube, namespace: str, selector: str, port: int | None, ready_timeout: float,
+def scrape_pod(kube: Kube, namespace: str, label_selector: str, port: int | None, ready_timeout: float,
                timeout: float) -> tuple[str, dict[str, Any]]:
     """GET the /metrics of a Ready pod through the API server's port-forward; return the text and the pod.
 
     The port and path come from ``port`` or the pod's ``prometheus.io/port`` and ``prometheus.io/path``
     annotations (the vllm chart sets them), else 8000 and /metrics.
     """
-    pod = find_pod(kube, namespace, selector, ready_timeout=ready_timeout)[0]
+    pod = find_pod(kube, namespace, label_selector, ready_timeout=ready_timeout)[0]
     annotations = pod.get("metadata", {}).get("annotations") or {}
     if port is None:
-        raw = str(annotations.get("prometheus.io/port", DEFAULT_METRICS_PORT))
-        port = int(raw) if raw.isdigit() else DEFAULT_METRICS_PORT
+        port = int_quantity(annotations.get("prometheus.io/port")) or DEFAULT_METRICS_PORT
     path = annotations.get("prometheus.io/path") or "/metrics"
     target = PortForwardTarget(kube.api_client, namespace, pod["metadata"]["name"], port)
     reply = http_request(target, f"localhost:{port}", "GET", path, timeout,
@@ -167,65 +159,38 @@ def scrape_pod(kube: Kube, namespace: str, selector: str, port: int | None, read
 
 def source_metric(kube: Kube, params: dict[str, Any]) -> dict[str, Any]:
     """Which source metric the rule maps: the explicit ``metric_name``, the name detected on a live pod, or the candidates."""
-    if params.get("metric_name"):
+    if params["metric_name"]:
         return {"metric_names": [params["metric_name"]], "metric_name": params["metric_name"], "metric_source": "metric_name option"}
-    if params["detect_from_pod"]:
-        text, pod = scrape_pod(kube, params["namespace"], release_selector(params["release"]), params.get("metrics_port"),
-                               params["ready_timeout"], params["request_timeout"])
-        name = pod["metadata"]["name"]
-        try:
-            detected = detect_queue_metric(text)
-        except KubeInferError as e:
-            raise KubeInferError(f"pod {params['namespace']}/{name}: {e.msg}", pod=name, **e.result) from e
-        return {"metric_names": [detected], "metric_name": detected, "metric_source": f"/metrics of pod {params['namespace']}/{name}",
-                "pod": name, "dashboard_metrics": detect_vllm_metrics(text)}
-    return {"metric_names": list(QUEUE_METRIC_CANDIDATES), "metric_name": None, "metric_source": "candidates"}
+    if not params["detect_from_pod"]:
+        return {"metric_names": list(QUEUE_METRIC_CANDIDATES), "metric_name": None, "metric_source": "candidates"}
+    ns = params["namespace"]
+    text, pod = scrape_pod(kube, ns, release_selector(params["release"]), params["metrics_port"], params["ready_timeout"],
+                           params["request_timeout"])
+    name = pod["metadata"]["name"]
+    try:
+        detected = detect_vllm_metrics(text)
+    except KubeInferError as e:
+        raise KubeInferError(f"pod {ns}/{name}: {e.msg}", pod=name, **e.result) from e
+    return {"metric_names": [detected["queue"]], "metric_name": detected["queue"], "metric_source": f"/metrics of pod {ns}/{name}",
+            "pod": name, "dashboard_metrics": detected}
 
 
-# -- Grafana dashboard ------------------------------------------------------------------------------------------
-
-DASHBOARD_LABEL = "grafana_dashboard"  # the label the Grafana sidecar of kube-prometheus-stack watches
-
-
-def dashboard_configmap(params: dict[str, Any], dashboard: dict[str, Any]) -> dict[str, Any]:
-    """The ConfigMap that ships the release's dashboard to Grafana's sidecar."""
-    release = params["release"]
-    return {
-        "apiVersion": "v1", "kind": "ConfigMap",
-        "metadata": {"name": f"{release}-vllm-dashboard", "namespace": params["adapter_namespace"],
-                     "labels": {DASHBOARD_LABEL: "1", "app.kubernetes.io/managed-by": "kubeinfer.llm", RELEASE_POD_LABEL: release}},
-        "data": {f"{release}-vllm.json": json.dumps(dashboard, indent=1, sort_keys=True)},
-    }
-
-
-def dashboard_names(detected: dict[str, Any]) -> dict[str, str]:
-    """The metric names of the dashboard: those the pod shows, and for the ones it does not show yet
-    (a latency histogram has no series before the first request) the current name in the pod's style
-    (``vllm:`` or ``vllm_``), so that the dashboard does not change with the pod's request history."""
-    underscore = str(detected["queue"]).startswith("vllm_")
-    defaults = {"running": RUNNING_METRIC_CANDIDATES, "e2e_latency": E2E_LATENCY_METRIC_CANDIDATES, "kv_cache": KV_CACHE_METRIC_CANDIDATES}
-    names = {"queue": str(detected["queue"])}
-    for key, candidates in defaults.items():
-        names[key] = detected.get(key) or candidates[1 if underscore else 0]
-    return names
-
-
-def ship_dashboard(kube: Kube, params: dict[str, Any], metric_names: dict[str, Any] | None, check_mode: bool) -> dict[str, Any]:
+def ship_dashboard(kube: Kube, params: dict[str, Any], detected: dict[str, Any] | None, check_mode: bool) -> dict[str, Any]:
     """Build the dashboard from the metric names seen on the live pod and apply (or remove) its ConfigMap."""
-    release = params["release"]
-    name, namespace = f"{release}-vllm-dashboard", params["adapter_namespace"]
+    release, namespace = params["release"], params["adapter_namespace"]
+    name = dashboard_configmap_name(release)
     if params["state"] == "absent" or not params["grafana_dashboard"]:
         changed = absent(kube, "v1", "ConfigMap", name, namespace, check_mode)[0]
         return {"changed": changed, "dashboard": None}
-    if metric_names is None:
+    if detected is None:
         # Nothing was read from a live pod this time (metric_name given): a dashboard built from
         # what a pod showed earlier is better than one of guessed names, so keep it.
         live = kube.get("v1", "ConfigMap", name, namespace)
         if live is not None:
             return {"changed": False, "dashboard": json.loads(next(iter((live.get("data") or {"": "null"}).values())))}
-    dashboard = grafana_dashboard(dashboard_names(metric_names) if metric_names else None, release_selector_labels(release), title=f"vLLM {release}",
+    dashboard = grafana_dashboard(dashboard_names(detected) if detected else None, release, title=f"vLLM {release}",
                                   uid=f"kubeinfer-{release}"[:40])
-    changed = ensure(kube, dashboard_configmap(params, dashboard), check_mode)[0]
+    changed = ensure(kube, dashboard_configmap(release, namespace, dashboard), check_mode)[0]
     return {"changed": changed, "dashboard": dashboard}
 
 
@@ -235,9 +200,9 @@ def metric_path(namespace: str, custom_metric_name: str) -> str:
     return f"{CUSTOM_METRICS_API}/namespaces/{namespace}/pods/*/{custom_metric_name}"
 
 
-def served_values(kube: Kube, namespace: str, custom_metric_name: str, selector: str) -> dict[str, str]:
+def served_values(kube: Kube, namespace: str, custom_metric_name: str, label_selector: str) -> dict[str, str]:
     """The custom metric per pod, as the HPA controller reads it: ``{pod: quantity}``."""
-    doc = kube.request("GET", metric_path(namespace, custom_metric_name), query=[("labelSelector", selector)], verb="get")
+    doc = kube.request("GET", metric_path(namespace, custom_metric_name), query=[("labelSelector", label_selector)], verb="get")
     values: dict[str, str] = {}
     for item in (doc or {}).get("items") or []:
         obj = item.get("describedObject") or {}
@@ -260,21 +225,16 @@ def apiservice_problem(kube: Kube) -> str | None:
 
 
 def series_selector(metric_names: Sequence[str], release: str, namespace: str) -> str:
-    name = f'__name__="{metric_names[0]}"' if len(metric_names) == 1 else f'__name__=~"{"|".join(metric_names)}"'
-    return "{" + f'{name},{RELEASE_SERIES_LABEL}="{release}",namespace="{namespace}"' + "}"
+    """The series Prometheus must hold for the rule to serve the release: ``{__name__=...,kubeinfer_io_release=...,namespace=...}``."""
+    return selector("", name_matcher(metric_names), (RELEASE_SERIES_LABEL, "=", release), ("namespace", "=", namespace))
 
 
-def prometheus_series(prometheus_url: str, selector: str, timeout: float, validate_certs: bool = True) -> list[dict[str, Any]]:
-    """The series of ``selector`` that Prometheus holds (GET /api/v1/series)."""
-    endpoint = endpoint_from_url(prometheus_url, validate_certs)
-    path = endpoint.prefix + "/api/v1/series?" + urlencode({"match[]": selector})
-    reply = http_request(endpoint.factory, endpoint.host, "GET", path, timeout)
+def prometheus_series(prometheus_url: str, match: str, timeout: float, validate_certs: bool) -> list[dict[str, Any]]:
+    """The series of the selector ``match`` that Prometheus holds (GET /api/v1/series)."""
+    reply = endpoint_from_url(prometheus_url, "prometheus_url", validate_certs).request("GET", "/api/v1/series?" + urlencode({"match[]": match}), timeout)
     if reply.status != 200:
         raise KubeInferError(f"Prometheus at {prometheus_url} answered HTTP {reply.status} to /api/v1/series: {excerpt(reply.body)}")
-    try:
-        doc = json.loads(reply.body.decode("utf-8"))
-    except ValueError as e:
-        raise KubeInferError(f"Prometheus at {prometheus_url}: /api/v1/series is not JSON: {excerpt(reply.body)}") from e
+    doc = parse_json(reply)
     data = doc.get("data") if isinstance(doc, dict) else None
     return data if isinstance(data, list) else []
 
@@ -292,11 +252,11 @@ def diagnose(kube: Kube, params: dict[str, Any], metric_names: Sequence[str]) ->
     if problem:
         return problem
     name = params["custom_metric_name"]
-    if params.get("prometheus_url"):
-        selector = series_selector(metric_names, params["release"], params["namespace"])
+    if params["prometheus_url"]:
+        series = series_selector(metric_names, params["release"], params["namespace"])
         try:
-            if not prometheus_series(params["prometheus_url"], selector, params["request_timeout"], params["prometheus_validate_certs"]):
-                return f"series {selector} not found in Prometheus at {params['prometheus_url']}"
+            if not prometheus_series(params["prometheus_url"], series, params["request_timeout"], params["prometheus_validate_certs"]):
+                return f"series {series} not found in Prometheus at {params['prometheus_url']}"
         except KubeInferError as e:
             return f"cannot query Prometheus at {params['prometheus_url']}: {e.msg}"
     try:
@@ -311,15 +271,15 @@ def diagnose(kube: Kube, params: dict[str, Any], metric_names: Sequence[str]) ->
 def verify_served(kube: Kube, params: dict[str, Any], metric_names: Sequence[str], timeout: float) -> dict[str, str]:
     """Wait until the custom metrics API serves the metric for every Ready pod of the release."""
     ns, name = params["namespace"], params["custom_metric_name"]
-    selector = release_selector(params["release"])
+    pods_of = release_selector(params["release"])
     found: dict[str, str] = {}
 
     def served() -> tuple[bool, str]:
-        pods = sorted(p["metadata"]["name"] for p in kube.list("v1", "Pod", ns, label_selector=selector) if pod_ready(p))
+        pods = sorted(p["metadata"]["name"] for p in kube.list("v1", "Pod", ns, label_selector=pods_of) if pod_ready(p))
         if not pods:
-            return False, f"no Ready pod in {ns} matches {selector}"
+            return False, f"no Ready pod in {ns} matches {pods_of}"
         try:
-            values = served_values(kube, ns, name, selector)
+            values = served_values(kube, ns, name, pods_of)
         except ApiError as e:
             cause = diagnose(kube, params, metric_names)
             return False, cause or f"GET {metric_path(ns, name)} failed: {e.reason}"
@@ -338,11 +298,10 @@ def verify_served(kube: Kube, params: dict[str, Any], metric_names: Sequence[str
     return dict(found)
 
 
-# -- the module ---------------------------------------------------------------------------------------------------
+# -- the runner ---------------------------------------------------------------------------------------------------
 
-def metrics_adapter(params: dict[str, Any], check_mode: bool, want_diff: bool, kube: Kube | None = None) -> dict[str, Any]:
+def run(kube: Kube, params: dict[str, Any], check_mode: bool, diff: bool) -> dict[str, Any]:
     """The metrics_adapter module: register (or unregister) the release under the custom metric, restart, verify."""
-    kube = kube or Kube(build_api_client(params))
     present = params["state"] == "present"
     name, release = params["custom_metric_name"], params["release"]
     result: dict[str, Any] = {"changed": False, "custom_metric_name": name, "release": release,
@@ -355,11 +314,11 @@ def metrics_adapter(params: dict[str, Any], check_mode: bool, want_diff: bool, k
         written = write_rules(kube, params["adapter_namespace"], params["adapter_configmap"], params["adapter_config_key"],
                               lambda rules: merge_adapter_rules(rules, names, name, release, present), check_mode)
         after = written["after"]
-        rule = next((r for r in after if (r.get("name") or {}).get("as") == name), None)
+        rule = rule_for(after, name)
         parsed = parse_adapter_rule(rule) if rule else None
         result.update(configmap_changed=written["changed"], changed=written["changed"], rules=after, rule=rule,
                       releases=parsed["releases"] if parsed else [], checksum=checksum(written["text"]))
-        if want_diff:
+        if diff:
             result["diff"] = {"before": {"rules": written["before"]}, "after": {"rules": after}}
         if dep is not None:
             result["restarted"] = restart_adapter(kube, dep, result["checksum"], check_mode)

@@ -55,3 +55,11 @@ def argument_spec(*shared: Spec, **own: dict[str, Any]) -> Spec:
         spec.update(copy.deepcopy(part))
     spec.update(own)
     return spec
+
+
+# The vLLM release whose queue depth a metrics module serves or scales on (metrics_adapter, inference_hpa).
+RELEASE_METRIC_ARG_SPEC: Spec = {
+    "release": {"type": "str", "required": True},
+    "namespace": {"type": "str", "required": True},
+    "custom_metric_name": {"type": "str", "default": "vllm_queue_depth"},
+}

@@ -8,14 +8,12 @@ import re
 from decimal import Decimal
 from typing import Any
 
-from ansible_collections.kubeinfer.llm.plugins.module_utils._client import build_api_client
 from ansible_collections.kubeinfer.llm.plugins.module_utils._errors import KubeInferError
-from ansible_collections.kubeinfer.llm.plugins.module_utils._metrics import (
-    QUEUE_METRIC_CANDIDATES,
-    RELEASE_POD_LABEL,
-    RELEASE_SERIES_LABEL,
-)
+from ansible_collections.kubeinfer.llm.plugins.module_utils._k8s_names import INSTANCE_LABEL, RELEASE_POD_LABEL, int_quantity, managed_labels
+from ansible_collections.kubeinfer.llm.plugins.module_utils._metrics import QUEUE_METRIC_CANDIDATES
+from ansible_collections.kubeinfer.llm.plugins.module_utils._promql import NAMESPACE_SERIES_LABEL, RELEASE_SERIES_LABEL, selector
 from ansible_collections.kubeinfer.llm.plugins.module_utils._resources import Kube, clean, ensure
+from ansible_collections.kubeinfer.llm.plugins.module_utils._resources import diff as before_after
 from ansible_collections.kubeinfer.llm.plugins.module_utils._sizing import HPA_MAX_STABILIZATION_WINDOW_SECONDS, scale_down_window_seconds
 from ansible_collections.kubeinfer.llm.plugins.module_utils._waiter import wait_for
 
@@ -24,14 +22,12 @@ HPA_KIND = "HorizontalPodAutoscaler"
 KEDA_API = "keda.sh/v1alpha1"
 KEDA_KIND = "ScaledObject"
 KEDA_CRD = "scaledobjects.keda.sh"
-INSTANCE_LABEL = "app.kubernetes.io/instance"
 BUDGET_ANNOTATION = "kubeinfer.io/startup-budget-seconds"
 
 # The autoscaling/v2 defaults (k8s.io/kubernetes pkg/apis/autoscaling/v2 defaulting), written out so that the
 # desired object is complete: dropping a policy then shows as a change instead of hiding behind the defaults.
 DEFAULT_SCALE_UP_POLICIES = [{"type": "Pods", "value": 4, "periodSeconds": 15}, {"type": "Percent", "value": 100, "periodSeconds": 15}]
 DEFAULT_SCALE_DOWN_POLICIES = [{"type": "Percent", "value": 100, "periodSeconds": 15}]
-DEFAULT_PERIOD_SECONDS = {"scale_up": 15, "scale_down": 60}
 
 _QUANTITY = re.compile(r"^\+?([0-9]+(?:\.[0-9]*)?|\.[0-9]+)(m|k|M|G|T|P|E)?$")
 _SUFFIX_EXPONENT = {"m": -3, "": 0, "k": 3, "M": 6, "G": 9, "T": 12, "P": 15, "E": 18}
@@ -81,12 +77,12 @@ def plain_number(value: Any, what: str = "target_queue_depth") -> str:
 
 def startup_budget(params: dict[str, Any], deployment: dict[str, Any]) -> tuple[int | None, str]:
     """The model load time: the ``startup_budget_seconds`` option, else the pod-template annotation the vllm chart sets."""
-    if params.get("startup_budget_seconds") is not None:
-        return int(params["startup_budget_seconds"]), "startup_budget_seconds option"
+    if params["startup_budget_seconds"] is not None:
+        return params["startup_budget_seconds"], "startup_budget_seconds option"
     annotations = ((deployment.get("spec") or {}).get("template") or {}).get("metadata", {}).get("annotations") or {}
-    raw = str(annotations.get(BUDGET_ANNOTATION, ""))
-    if raw.isdigit():
-        return int(raw), f"annotation {BUDGET_ANNOTATION} of Deployment {deployment['metadata']['name']}"
+    budget = int_quantity(annotations.get(BUDGET_ANNOTATION))
+    if budget > 0:
+        return budget, f"annotation {BUDGET_ANNOTATION} of Deployment {deployment['metadata']['name']}"
     return None, "none"
 
 
@@ -112,36 +108,32 @@ def scale_down_window(explicit: int | None, budget: int | None) -> tuple[int, st
     return scale_down_window_seconds(budget), "derived from startup_budget_seconds"
 
 
-def scaling_rules(options: dict[str, Any] | None, window: int, defaults: list[dict[str, Any]], default_period: int,
-                  what: str) -> dict[str, Any]:
+def scaling_rules(options: dict[str, Any], window: int, defaults: list[dict[str, Any]], what: str) -> dict[str, Any]:
     """One HPAScalingRules block: the window, the pods/percent policies (or the API defaults) and selectPolicy."""
-    options = options or {}
-    period = options.get("period_seconds") or default_period
+    period = options["period_seconds"]
     if not 1 <= period <= 1800:
         raise KubeInferError(f"{what}.period_seconds must be between 1 and 1800, got {period}")
     policies = []
     for key, kind in (("pods", "Pods"), ("percent", "Percent")):
-        value = options.get(key)
+        value = options[key]
         if value is not None:
             if value < 1:
                 raise KubeInferError(f"{what}.{key} must be at least 1, got {value}")
             policies.append({"type": kind, "value": int(value), "periodSeconds": int(period)})
     return {
         "stabilizationWindowSeconds": int(window),
-        "selectPolicy": options.get("select_policy") or "Max",
+        "selectPolicy": options["select_policy"],
         "policies": policies or [dict(p) for p in defaults],
     }
 
 
 def behavior(params: dict[str, Any], down_window: int) -> dict[str, Any]:
-    up = params.get("scale_up") or {}
-    up_window = up.get("stabilization_window_seconds") or 0
-    if not 0 <= up_window <= HPA_MAX_STABILIZATION_WINDOW_SECONDS:
+    up = params["scale_up"]
+    if not 0 <= up["stabilization_window_seconds"] <= HPA_MAX_STABILIZATION_WINDOW_SECONDS:
         raise KubeInferError(f"scale_up.stabilization_window_seconds must be between 0 and {HPA_MAX_STABILIZATION_WINDOW_SECONDS}")
     return {
-        "scaleUp": scaling_rules(up, up_window, DEFAULT_SCALE_UP_POLICIES, DEFAULT_PERIOD_SECONDS["scale_up"], "scale_up"),
-        "scaleDown": scaling_rules(params.get("scale_down"), down_window, DEFAULT_SCALE_DOWN_POLICIES,
-                                   DEFAULT_PERIOD_SECONDS["scale_down"], "scale_down"),
+        "scaleUp": scaling_rules(up, up["stabilization_window_seconds"], DEFAULT_SCALE_UP_POLICIES, "scale_up"),
+        "scaleDown": scaling_rules(params["scale_down"], down_window, DEFAULT_SCALE_DOWN_POLICIES, "scale_down"),
     }
 
 
@@ -162,17 +154,13 @@ def find_target(kube: Kube, namespace: str, release: str, target: str | None) ->
     return found[0]
 
 
-def _labels(release: str) -> dict[str, str]:
-    return {RELEASE_POD_LABEL: release, "app.kubernetes.io/managed-by": "kubeinfer.llm"}
-
-
 def hpa_object(name: str, namespace: str, release: str, target: str, custom_metric_name: str, min_replicas: int,
                max_replicas: int, average_value: str, behavior_spec: dict[str, Any]) -> dict[str, Any]:
     """An autoscaling/v2 HPA on the per-pod custom metric (type Pods, target AverageValue)."""
     return {
         "apiVersion": HPA_API,
         "kind": HPA_KIND,
-        "metadata": {"name": name, "namespace": namespace, "labels": _labels(release)},
+        "metadata": {"name": name, "namespace": namespace, "labels": managed_labels(**{RELEASE_POD_LABEL: release})},
         "spec": {
             "scaleTargetRef": {"apiVersion": "apps/v1", "kind": "Deployment", "name": target},
             "minReplicas": min_replicas,
@@ -188,7 +176,7 @@ def hpa_object(name: str, namespace: str, release: str, target: str, custom_metr
 
 def keda_query(metric_name: str, namespace: str, release: str) -> str:
     """The queue of one release (summed over its pods; KEDA's AverageValue divides by the replicas)."""
-    return f'sum({metric_name}{{namespace="{namespace}",{RELEASE_SERIES_LABEL}="{release}"}})'
+    return f"sum({selector(metric_name, (NAMESPACE_SERIES_LABEL, '=', namespace), (RELEASE_SERIES_LABEL, '=', release))})"
 
 
 def scaled_object(name: str, namespace: str, release: str, target: str, min_replicas: int, max_replicas: int,
@@ -197,7 +185,7 @@ def scaled_object(name: str, namespace: str, release: str, target: str, min_repl
     return {
         "apiVersion": KEDA_API,
         "kind": KEDA_KIND,
-        "metadata": {"name": name, "namespace": namespace, "labels": _labels(release)},
+        "metadata": {"name": name, "namespace": namespace, "labels": managed_labels(**{RELEASE_POD_LABEL: release})},
         "spec": {
             "scaleTargetRef": {"apiVersion": "apps/v1", "kind": "Deployment", "name": target},
             "pollingInterval": polling,
@@ -284,29 +272,28 @@ def _desired(kube: Kube, params: dict[str, Any], name: str, result: dict[str, An
                              + ("" if kind == "keda" else "; scale to zero needs kind=keda"))
     if max_replicas < max(min_replicas, 1):
         raise KubeInferError(f"max_replicas ({max_replicas}) must be at least 1 and at least min_replicas ({min_replicas})")
-    deployment = find_target(kube, ns, release, params.get("target"))
+    deployment = find_target(kube, ns, release, params["target"])
     target = deployment["metadata"]["name"]
     budget, budget_source = startup_budget(params, deployment)
-    window, window_source = scale_down_window((params.get("scale_down") or {}).get("stabilization_window_seconds"), budget)
+    window, window_source = scale_down_window(params["scale_down"]["stabilization_window_seconds"], budget)
     result.update(target=target, startup_budget_seconds=budget, startup_budget_source=budget_source,
                   scale_down_window_seconds=window, scale_down_window_source=window_source)
     spec_behavior = behavior(params, window)
     if kind == "hpa":
         return hpa_object(name, ns, release, target, params["custom_metric_name"], min_replicas, max_replicas,
                           canonical_quantity(params["target_queue_depth"]), spec_behavior)
-    if not params.get("prometheus_url"):
-        raise KubeInferError("kind=keda needs prometheus_url: KEDA's prometheus trigger queries Prometheus itself")
-    query = params.get("keda_query") or keda_query(params.get("metric_name") or QUEUE_METRIC_CANDIDATES[0], ns, release)
+    if not params["prometheus_url"]:
+        raise KubeInferError("prometheus_url is required with kind=keda: KEDA's prometheus trigger queries Prometheus itself")
+    query = params["keda_query"] or keda_query(params["metric_name"] or QUEUE_METRIC_CANDIDATES[0], ns, release)
     result["query"] = query
     return scaled_object(name, ns, release, target, min_replicas, max_replicas, plain_number(params["target_queue_depth"]),
                          params["prometheus_url"], query, window, params["polling_interval"], spec_behavior)
 
 
-def inference_hpa(params: dict[str, Any], check_mode: bool, want_diff: bool, kube: Kube | None = None) -> dict[str, Any]:
+def run(kube: Kube, params: dict[str, Any], check_mode: bool, diff: bool) -> dict[str, Any]:
     """The inference_hpa module: ensure the HPA (or ScaledObject), then wait for it to read the metric."""
-    kube = kube or Kube(build_api_client(params))
     ns, kind = params["namespace"], params["kind"]
-    name = params.get("name") or params["release"]
+    name = params["name"] or params["release"]
     api_version, obj_kind = (KEDA_API, KEDA_KIND) if kind == "keda" else (HPA_API, HPA_KIND)
     result: dict[str, Any] = {"changed": False, "kind": kind, "name": name, "current_value": None, "desired_replicas": None}
     try:
@@ -316,8 +303,8 @@ def inference_hpa(params: dict[str, Any], check_mode: bool, want_diff: bool, kub
             if before is not None:
                 kube.delete(api_version, obj_kind, name, ns, dry_run=check_mode)
             result.update(changed=before is not None, hpa=None)
-            if want_diff:
-                result["diff"] = {"before": clean(before) or {}, "after": {}}
+            if diff:
+                result["diff"] = before_after(before, None)
             result["api_requests"] = dict(kube.requests)
             return result
         if not keda_ok:
@@ -325,8 +312,8 @@ def inference_hpa(params: dict[str, Any], check_mode: bool, want_diff: bool, kub
         desired = _desired(kube, params, name, result)
         # Strict field validation checks a ScaledObject against the installed KEDA CRD's schema.
         result["changed"], before, after = ensure(kube, desired, check_mode)
-        if want_diff:
-            result["diff"] = {"before": clean(before) or {}, "after": clean(after) or {}}
+        if diff:
+            result["diff"] = before_after(before, after)
         if params["verify"] and not check_mode:
             if kind == "hpa":
                 after = wait_for_value(kube, ns, name, params["custom_metric_name"], params["verify_timeout"])

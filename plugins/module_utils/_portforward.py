@@ -8,9 +8,8 @@ import json
 import threading
 from typing import Any, Callable, Optional
 
-from ansible_collections.kubeinfer.llm.plugins.module_utils._client import build_api_client
 from ansible_collections.kubeinfer.llm.plugins.module_utils._errors import KubeInferError
-from ansible_collections.kubeinfer.llm.plugins.module_utils._openai import Endpoint, endpoint_from_url, run_checks
+from ansible_collections.kubeinfer.llm.plugins.module_utils._http import Endpoint
 from ansible_collections.kubeinfer.llm.plugins.module_utils._resources import Kube
 from ansible_collections.kubeinfer.llm.plugins.module_utils._waiter import pod_ready, wait_for
 
@@ -68,7 +67,7 @@ def pod_port(pod: dict[str, Any], service: dict[str, Any] | None, port: int | No
     return DEFAULT_PORT
 
 
-def find_pod(kube: Any, namespace: str, label_selector: str | None = None, service: str | None = None,
+def find_pod(kube: Kube, namespace: str, label_selector: str | None = None, service: str | None = None,
              pod: str | None = None, ready_timeout: float = 0) -> tuple[dict[str, Any], dict[str, Any] | None]:
     """Return a Ready pod (and the Service it was found through), waiting up to ``ready_timeout`` seconds."""
     svc = None
@@ -176,34 +175,10 @@ class PortForwardTarget:
         return f"port-forward pod/{self.namespace}/{self.name}:{self.port}"
 
 
-def pod_endpoint(kube: Any, namespace: str, label_selector: str | None = None, service: str | None = None,
+def pod_endpoint(kube: Kube, namespace: str, label_selector: str | None = None, service: str | None = None,
                  pod: str | None = None, port: int | None = None, ready_timeout: float = 0) -> tuple[Endpoint, dict[str, Any]]:
     """An Endpoint that reaches a Ready pod through port-forward, and the pod it chose."""
     chosen, svc = find_pod(kube, namespace, label_selector, service, pod, ready_timeout)
     target = PortForwardTarget(kube.api_client, namespace, chosen["metadata"]["name"], pod_port(chosen, svc, port))
     # The Host header a client would send through kubectl port-forward.
     return Endpoint(target, f"localhost:{target.port}", target.via, describe_close=target.error), chosen
-
-
-def completion_check(params: dict[str, Any]) -> dict[str, Any]:
-    """The completion_check module: pick the endpoint (``base_url`` or a pod through port-forward), then run the checks."""
-    pod = None
-    if params.get("base_url"):
-        endpoint = endpoint_from_url(params["base_url"], params["endpoint_validate_certs"], params.get("endpoint_ca_cert"))
-    else:
-        kube = Kube(build_api_client(params))
-        endpoint, chosen = pod_endpoint(kube, params["namespace"], params.get("label_selector"), params.get("service"),
-                                        params.get("pod"), params.get("port"), params["ready_timeout"])
-        pod = chosen["metadata"]["name"]
-    try:
-        result = run_checks(endpoint, params.get("model"), params["api"], params["prompt"], params["max_tokens"],
-                            params["timeout"], params["overall_timeout"], params.get("vllm_api_key"))
-    except KubeInferError as e:
-        e.result["changed"] = False
-        if pod:
-            e.result["pod"] = pod
-        raise
-    result["changed"] = False
-    if pod:
-        result["pod"] = pod
-    return result

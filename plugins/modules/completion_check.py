@@ -207,38 +207,45 @@ response:
 from ansible.module_utils.basic import AnsibleModule
 
 from ansible_collections.kubeinfer.llm.plugins.module_utils._args_common import AUTH_ARG_SPEC, argument_spec
+from ansible_collections.kubeinfer.llm.plugins.module_utils._client import build_api_client
+from ansible_collections.kubeinfer.llm.plugins.module_utils._completion import run
 from ansible_collections.kubeinfer.llm.plugins.module_utils._errors import KubeInferError
-from ansible_collections.kubeinfer.llm.plugins.module_utils._portforward import completion_check
+from ansible_collections.kubeinfer.llm.plugins.module_utils._resources import Kube
+
+ARGUMENT_SPEC = argument_spec(
+    AUTH_ARG_SPEC,
+    base_url={"type": "str"},
+    endpoint_validate_certs={"type": "bool", "default": True},
+    endpoint_ca_cert={"type": "path"},
+    namespace={"type": "str"},
+    label_selector={"type": "str"},
+    service={"type": "str"},
+    pod={"type": "str"},
+    port={"type": "int"},
+    ready_timeout={"type": "int", "default": 0},
+    model={"type": "str"},
+    api={"type": "str", "choices": ["completions", "chat"], "default": "completions"},
+    prompt={"type": "str", "default": "Hello, my name is"},
+    max_tokens={"type": "int", "default": 16, "no_log": False},
+    timeout={"type": "int", "default": 60},
+    overall_timeout={"type": "int", "default": 180},
+    vllm_api_key={"type": "str", "no_log": True, "aliases": ["openai_api_key"]},
+)
+TARGETS = ("base_url", "label_selector", "service", "pod")
 
 
 def main() -> None:
     module = AnsibleModule(
-        argument_spec=argument_spec(
-            AUTH_ARG_SPEC,
-            base_url={"type": "str"},
-            endpoint_validate_certs={"type": "bool", "default": True},
-            endpoint_ca_cert={"type": "path"},
-            namespace={"type": "str"},
-            label_selector={"type": "str"},
-            service={"type": "str"},
-            pod={"type": "str"},
-            port={"type": "int"},
-            ready_timeout={"type": "int", "default": 0},
-            model={"type": "str"},
-            api={"type": "str", "choices": ["completions", "chat"], "default": "completions"},
-            prompt={"type": "str", "default": "Hello, my name is"},
-            max_tokens={"type": "int", "default": 16, "no_log": False},
-            timeout={"type": "int", "default": 60},
-            overall_timeout={"type": "int", "default": 180},
-            vllm_api_key={"type": "str", "no_log": True, "aliases": ["openai_api_key"]},
-        ),
-        required_one_of=[("base_url", "label_selector", "service", "pod")],
-        mutually_exclusive=[("base_url", "label_selector", "service", "pod")],
+        argument_spec=ARGUMENT_SPEC,
+        required_one_of=[TARGETS],
+        mutually_exclusive=[TARGETS],
         required_by={"label_selector": "namespace", "service": "namespace", "pod": "namespace"},
         supports_check_mode=True,
     )
     try:
-        result = completion_check(module.params)
+        # A check of base_url (an ingress) needs no cluster credentials.
+        kube = None if module.params["base_url"] else Kube(build_api_client(module.params))
+        result = run(kube, module.params, module.check_mode, module._diff)
     except KubeInferError as e:
         module.fail_json(msg=e.msg, **e.result)
     module.exit_json(**result)

@@ -281,13 +281,16 @@ api_requests:
 
 from ansible.module_utils.basic import AnsibleModule
 
-from ansible_collections.kubeinfer.llm.plugins.module_utils._args_common import AUTH_ARG_SPEC, STATE_ARG_SPEC, argument_spec
+from ansible_collections.kubeinfer.llm.plugins.module_utils._args_common import AUTH_ARG_SPEC, RELEASE_METRIC_ARG_SPEC, STATE_ARG_SPEC, argument_spec
+from ansible_collections.kubeinfer.llm.plugins.module_utils._client import build_api_client
 from ansible_collections.kubeinfer.llm.plugins.module_utils._errors import KubeInferError
-from ansible_collections.kubeinfer.llm.plugins.module_utils._hpa import inference_hpa
+from ansible_collections.kubeinfer.llm.plugins.module_utils._hpa import run
+from ansible_collections.kubeinfer.llm.plugins.module_utils._resources import Kube
 
 
 def _rules_spec(period: int, window: dict[str, object]) -> dict[str, object]:
-    return {"type": "dict", "options": {
+    # apply_defaults: the suboption defaults hold when the option is not given at all.
+    return {"type": "dict", "apply_defaults": True, "options": {
         "stabilization_window_seconds": dict(window),
         "pods": {"type": "int"},
         "percent": {"type": "int"},
@@ -296,33 +299,30 @@ def _rules_spec(period: int, window: dict[str, object]) -> dict[str, object]:
     }}
 
 
+ARGUMENT_SPEC = argument_spec(
+    AUTH_ARG_SPEC, STATE_ARG_SPEC, RELEASE_METRIC_ARG_SPEC,
+    name={"type": "str"},
+    target={"type": "str"},
+    kind={"type": "str", "choices": ["hpa", "keda"], "default": "hpa"},
+    min_replicas={"type": "int", "default": 1},
+    max_replicas={"type": "int", "default": 4},
+    target_queue_depth={"type": "raw", "default": 5},
+    startup_budget_seconds={"type": "int"},
+    scale_up=_rules_spec(15, {"type": "int", "default": 0}),
+    scale_down=_rules_spec(60, {"type": "int"}),
+    prometheus_url={"type": "str"},
+    metric_name={"type": "str"},
+    keda_query={"type": "str"},
+    polling_interval={"type": "int", "default": 15},
+    verify={"type": "bool", "default": True},
+    verify_timeout={"type": "int", "default": 120},
+)
+
+
 def main() -> None:
-    module = AnsibleModule(
-        argument_spec=argument_spec(
-            AUTH_ARG_SPEC, STATE_ARG_SPEC,
-            release={"type": "str", "required": True},
-            name={"type": "str"},
-            namespace={"type": "str", "required": True},
-            target={"type": "str"},
-            kind={"type": "str", "choices": ["hpa", "keda"], "default": "hpa"},
-            custom_metric_name={"type": "str", "default": "vllm_queue_depth"},
-            min_replicas={"type": "int", "default": 1},
-            max_replicas={"type": "int", "default": 4},
-            target_queue_depth={"type": "raw", "default": 5},
-            startup_budget_seconds={"type": "int"},
-            scale_up=_rules_spec(15, {"type": "int", "default": 0}),
-            scale_down=_rules_spec(60, {"type": "int"}),
-            prometheus_url={"type": "str"},
-            metric_name={"type": "str"},
-            keda_query={"type": "str"},
-            polling_interval={"type": "int", "default": 15},
-            verify={"type": "bool", "default": True},
-            verify_timeout={"type": "int", "default": 120},
-        ),
-        supports_check_mode=True,
-    )
+    module = AnsibleModule(argument_spec=ARGUMENT_SPEC, supports_check_mode=True)
     try:
-        result = inference_hpa(module.params, module.check_mode, module._diff)
+        result = run(Kube(build_api_client(module.params)), module.params, module.check_mode, module._diff)
     except KubeInferError as e:
         module.fail_json(msg=e.msg, **e.result)
     module.exit_json(**result)

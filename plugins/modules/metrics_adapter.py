@@ -252,38 +252,36 @@ api_requests:
 
 from ansible.module_utils.basic import AnsibleModule
 
-from ansible_collections.kubeinfer.llm.plugins.module_utils._adapter import metrics_adapter
-from ansible_collections.kubeinfer.llm.plugins.module_utils._args_common import AUTH_ARG_SPEC, STATE_ARG_SPEC, argument_spec
+from ansible_collections.kubeinfer.llm.plugins.module_utils._adapter import run
+from ansible_collections.kubeinfer.llm.plugins.module_utils._args_common import AUTH_ARG_SPEC, RELEASE_METRIC_ARG_SPEC, STATE_ARG_SPEC, argument_spec
+from ansible_collections.kubeinfer.llm.plugins.module_utils._client import build_api_client
 from ansible_collections.kubeinfer.llm.plugins.module_utils._errors import KubeInferError
+from ansible_collections.kubeinfer.llm.plugins.module_utils._resources import Kube
+
+ARGUMENT_SPEC = argument_spec(
+    AUTH_ARG_SPEC, STATE_ARG_SPEC, RELEASE_METRIC_ARG_SPEC,
+    metric_name={"type": "str"},
+    detect_from_pod={"type": "bool", "default": True},
+    metrics_port={"type": "int"},
+    ready_timeout={"type": "int", "default": 120},
+    request_timeout={"type": "int", "default": 15},
+    adapter_namespace={"type": "str", "default": "monitoring"},
+    adapter_configmap={"type": "str", "default": "prometheus-adapter"},
+    adapter_config_key={"type": "str", "default": "config.yaml", "no_log": False},
+    adapter_deployment={"type": "str", "default": "prometheus-adapter"},
+    restart={"type": "bool", "default": True},
+    grafana_dashboard={"type": "bool", "default": True},
+    prometheus_url={"type": "str"},
+    prometheus_validate_certs={"type": "bool", "default": True},
+    verify={"type": "bool", "default": True},
+    verify_timeout={"type": "int", "default": 180},
+)
 
 
 def main() -> None:
-    module = AnsibleModule(
-        argument_spec=argument_spec(
-            AUTH_ARG_SPEC, STATE_ARG_SPEC,
-            release={"type": "str", "required": True},
-            namespace={"type": "str", "required": True},
-            custom_metric_name={"type": "str", "default": "vllm_queue_depth"},
-            metric_name={"type": "str"},
-            detect_from_pod={"type": "bool", "default": True},
-            metrics_port={"type": "int"},
-            ready_timeout={"type": "int", "default": 120},
-            request_timeout={"type": "int", "default": 15},
-            adapter_namespace={"type": "str", "default": "monitoring"},
-            adapter_configmap={"type": "str", "default": "prometheus-adapter"},
-            adapter_config_key={"type": "str", "default": "config.yaml", "no_log": False},
-            adapter_deployment={"type": "str", "default": "prometheus-adapter"},
-            restart={"type": "bool", "default": True},
-            grafana_dashboard={"type": "bool", "default": True},
-            prometheus_url={"type": "str"},
-            prometheus_validate_certs={"type": "bool", "default": True},
-            verify={"type": "bool", "default": True},
-            verify_timeout={"type": "int", "default": 180},
-        ),
-        supports_check_mode=True,
-    )
+    module = AnsibleModule(argument_spec=ARGUMENT_SPEC, supports_check_mode=True)
     try:
-        result = metrics_adapter(module.params, module.check_mode, module._diff)
+        result = run(Kube(build_api_client(module.params)), module.params, module.check_mode, module._diff)
     except KubeInferError as e:
         module.fail_json(msg=e.msg, **e.result)
     module.exit_json(**result)

@@ -567,7 +567,7 @@ def test_labels_and_service(values_file: Path) -> None:
     assert pod_labels["app.kubernetes.io/name"] == "vllm"
     assert pod_labels["kubeinfer.io/model"] == expected_model
     assert pod_labels["kubeinfer.io/engine"] == values["engine"]
-    # The metrics chain filters the release's series on this label (see _metrics.RELEASE_POD_LABEL).
+    # The metrics chain filters the release's series on this label (see _k8s_names.RELEASE_POD_LABEL).
     assert pod_labels["kubeinfer.io/release"] == "rel"
     for k, v in values["podLabels"].items():
         assert pod_labels[k] == v

@@ -16,13 +16,15 @@ import pytest
 import yaml
 
 from ansible_collections.kubeinfer.llm.plugins.module_utils import _adapter, _waiter
+from ansible_collections.kubeinfer.llm.plugins.module_utils._adapter_rules import adapter_rule
 from ansible_collections.kubeinfer.llm.plugins.module_utils._errors import KubeInferError
-from ansible_collections.kubeinfer.llm.plugins.module_utils._metrics import adapter_rule
 from ansible_collections.kubeinfer.llm.plugins.module_utils._portforward import PortForwardTarget
 from ansible_collections.kubeinfer.llm.plugins.module_utils._resources import Kube
+from ansible_collections.kubeinfer.llm.plugins.modules import metrics_adapter
 
 from .fake_api import FakeApiException
 from .fake_cluster import FakeCluster, forward_opener, metric_list
+from .spec_params import spec_params
 
 FIXTURES = os.path.join(os.path.dirname(__file__), "fixtures")
 CM = "/api/v1/namespaces/monitoring/configmaps/prometheus-adapter"
@@ -79,13 +81,7 @@ def metrics_text(monkeypatch: pytest.MonkeyPatch) -> Iterator[dict[str, Any]]:
 
 
 def params(**over: Any) -> dict[str, Any]:
-    base = {"release": "llama", "namespace": "llm", "custom_metric_name": "vllm_queue_depth", "metric_name": None,
-            "detect_from_pod": True, "metrics_port": None, "ready_timeout": 0, "request_timeout": 5,
-            "adapter_namespace": "monitoring", "adapter_configmap": "prometheus-adapter", "adapter_config_key": "config.yaml",
-            "adapter_deployment": "prometheus-adapter", "restart": True, "grafana_dashboard": True, "prometheus_url": None, "prometheus_validate_certs": True,
-            "verify": True, "verify_timeout": 0, "state": "present"}
-    base.update(over)
-    return base
+    return spec_params(metrics_adapter, **{"release": "llama", "namespace": "llm", "ready_timeout": 0, "request_timeout": 5, "verify_timeout": 0, **over})
 
 
 def live_config(cluster: FakeCluster) -> dict[str, Any]:
@@ -93,7 +89,7 @@ def live_config(cluster: FakeCluster) -> dict[str, Any]:
 
 
 def run(cluster: FakeCluster, check_mode: bool = False, diff: bool = False, **over: Any) -> dict[str, Any]:
-    return _adapter.metrics_adapter(params(**over), check_mode, diff, Kube(cluster))
+    return _adapter.run(Kube(cluster), params(**over), check_mode, diff)
 
 
 # -- present ------------------------------------------------------------------------------------------------------
@@ -162,16 +158,6 @@ def test_dashboard_uses_the_names_seen_on_the_pod_and_is_shipped_once(metrics_te
     assert not again["changed"] and again["dashboard"] == shipped and len(cluster.writes()) == writes
     run(cluster, state="absent")
     assert "/api/v1/namespaces/monitoring/configmaps/llama-vllm-dashboard" not in cluster.objects
-
-
-def test_dashboard_names_do_not_depend_on_the_request_history() -> None:
-    from ansible_collections.kubeinfer.llm.plugins.module_utils._adapter import dashboard_names
-    before_first_request = {"queue": "vllm:num_requests_waiting", "running": "vllm:num_requests_running",
-                            "e2e_latency": None, "kv_cache": None}
-    after = dict(before_first_request, e2e_latency="vllm:e2e_request_latency_seconds", kv_cache="vllm:kv_cache_usage_perc")
-    assert dashboard_names(before_first_request) == dashboard_names(after)
-    old = dict(after, kv_cache="vllm:gpu_cache_usage_perc")
-    assert dashboard_names(old)["kv_cache"] == "vllm:gpu_cache_usage_perc"
 
 
 def test_underscore_name_is_detected_and_used(metrics_text: dict[str, Any]) -> None:

@@ -12,8 +12,10 @@ import pytest
 from ansible_collections.kubeinfer.llm.plugins.module_utils import _hpa
 from ansible_collections.kubeinfer.llm.plugins.module_utils._errors import KubeInferError
 from ansible_collections.kubeinfer.llm.plugins.module_utils._resources import Kube
+from ansible_collections.kubeinfer.llm.plugins.modules import inference_hpa
 
 from .fake_cluster import FakeCluster
+from .spec_params import spec_params
 
 HPA = "/apis/autoscaling/v2/namespaces/llm/horizontalpodautoscalers/llama"
 SO = "/apis/keda.sh/v1alpha1/namespaces/llm/scaledobjects/llama"
@@ -71,28 +73,28 @@ def test_window_limits() -> None:
 
 def test_startup_budget_from_option_then_annotation() -> None:
     dep = deployment()
-    assert _hpa.startup_budget({"startup_budget_seconds": 90}, dep) == (90, "startup_budget_seconds option")
-    assert _hpa.startup_budget({}, dep) == (480, "annotation kubeinfer.io/startup-budget-seconds of Deployment llama-vllm")
+    assert _hpa.startup_budget(params(startup_budget_seconds=90), dep) == (90, "startup_budget_seconds option")
+    assert _hpa.startup_budget(params(), dep) == (480, "annotation kubeinfer.io/startup-budget-seconds of Deployment llama-vllm")
     del dep["spec"]["template"]["metadata"]["annotations"]
-    assert _hpa.startup_budget({}, dep) == (None, "none")
+    assert _hpa.startup_budget(params(), dep) == (None, "none")
 
 
 def test_behavior_writes_the_defaults_out_and_takes_policies() -> None:
-    spec = _hpa.behavior({"scale_up": None, "scale_down": None}, 300)
+    spec = _hpa.behavior(params(), 300)
     assert spec == {
         "scaleUp": {"stabilizationWindowSeconds": 0, "selectPolicy": "Max",
                     "policies": [{"type": "Pods", "value": 4, "periodSeconds": 15}, {"type": "Percent", "value": 100, "periodSeconds": 15}]},
         "scaleDown": {"stabilizationWindowSeconds": 300, "selectPolicy": "Max", "policies": [{"type": "Percent", "value": 100, "periodSeconds": 15}]},
     }
-    spec = _hpa.behavior({"scale_up": {"stabilization_window_seconds": 10, "pods": 2, "percent": 50, "period_seconds": 30, "select_policy": "Min"},
-                          "scale_down": {"pods": 1}}, 600)
+    spec = _hpa.behavior(params(scale_up={"stabilization_window_seconds": 10, "pods": 2, "percent": 50, "period_seconds": 30, "select_policy": "Min"},
+                                scale_down={"pods": 1}), 600)
     assert spec["scaleUp"] == {"stabilizationWindowSeconds": 10, "selectPolicy": "Min", "policies": [
         {"type": "Pods", "value": 2, "periodSeconds": 30}, {"type": "Percent", "value": 50, "periodSeconds": 30}]}
     assert spec["scaleDown"] == {"stabilizationWindowSeconds": 600, "selectPolicy": "Max", "policies": [{"type": "Pods", "value": 1, "periodSeconds": 60}]}
     with pytest.raises(KubeInferError, match="scale_down.percent must be at least 1"):
-        _hpa.behavior({"scale_down": {"percent": 0}}, 300)
+        _hpa.behavior(params(scale_down={"percent": 0}), 300)
     with pytest.raises(KubeInferError, match="scale_up.period_seconds must be between 1 and 1800"):
-        _hpa.behavior({"scale_up": {"pods": 1, "period_seconds": 3600}}, 300)
+        _hpa.behavior(params(scale_up={"pods": 1, "period_seconds": 3600}), 300)
 
 
 # -- the module logic on a fake cluster -------------------------------------------------------------------------------
@@ -115,16 +117,12 @@ def make_cluster(keda: bool = False) -> FakeCluster:
 
 
 def params(**over: Any) -> dict[str, Any]:
-    base = {"release": "llama", "name": None, "namespace": "llm", "target": None, "kind": "hpa", "custom_metric_name": "vllm_queue_depth",
-            "min_replicas": 1, "max_replicas": 4, "target_queue_depth": "0.5", "startup_budget_seconds": None,
-            "scale_up": None, "scale_down": None, "prometheus_url": None, "metric_name": None, "keda_query": None,
-            "polling_interval": 15, "verify": False, "verify_timeout": 0, "state": "present"}
-    base.update(over)
-    return base
+    return spec_params(inference_hpa, **{"release": "llama", "namespace": "llm", "target_queue_depth": "0.5", "verify": False, "verify_timeout": 0,
+                                         **over})
 
 
 def run(cluster: FakeCluster, check_mode: bool = False, diff: bool = False, **over: Any) -> dict[str, Any]:
-    return _hpa.inference_hpa(params(**over), check_mode, diff, Kube(cluster))
+    return _hpa.run(Kube(cluster), params(**over), check_mode, diff)
 
 
 def with_status(cluster: FakeCluster, path: str, status: dict[str, Any]) -> None:
@@ -250,7 +248,7 @@ def test_absent_deletes_once() -> None:
 
 def test_keda_needs_its_crd() -> None:
     cluster = make_cluster()
-    with pytest.raises(KubeInferError, match="KEDA is not installed: no scaledobjects.keda.sh CRD"):
+    with pytest.raises(KubeInferError, match="^KEDA is not installed: no scaledobjects.keda.sh CRD"):
         run(cluster, kind="keda", prometheus_url="http://prometheus:9090", min_replicas=0)
     assert cluster.writes() == []
     assert not run(cluster, kind="keda", state="absent")["changed"]
@@ -278,7 +276,7 @@ def test_keda_scaled_object_is_applied_with_strict_validation() -> None:
 
 def test_keda_needs_prometheus_and_reports_a_rejection() -> None:
     cluster = make_cluster(keda=True)
-    with pytest.raises(KubeInferError, match="kind=keda needs prometheus_url"):
+    with pytest.raises(KubeInferError, match="^prometheus_url is required with kind=keda"):
         run(cluster, kind="keda")
     from .fake_api import FakeApiException
     cluster.answers[("PATCH", SO)] = FakeApiException(422, 'ScaledObject.keda.sh "llama" is invalid: spec.minReplicaCount: Invalid value')

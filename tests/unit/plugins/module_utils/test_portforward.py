@@ -7,8 +7,10 @@ from typing import Any, Iterator
 
 import pytest
 
+from ansible_collections.kubeinfer.llm.plugins.module_utils import _completion, _portforward
+from ansible_collections.kubeinfer.llm.plugins.module_utils._completion import run_checks
 from ansible_collections.kubeinfer.llm.plugins.module_utils._errors import KubeInferError
-from ansible_collections.kubeinfer.llm.plugins.module_utils._openai import Endpoint, run_checks
+from ansible_collections.kubeinfer.llm.plugins.module_utils._http import Endpoint
 from ansible_collections.kubeinfer.llm.plugins.module_utils._portforward import (
     PortForwardTarget,
     find_pod,
@@ -16,6 +18,9 @@ from ansible_collections.kubeinfer.llm.plugins.module_utils._portforward import 
     pod_endpoint,
     pod_port,
 )
+from ansible_collections.kubeinfer.llm.plugins.modules import completion_check
+
+from .spec_params import spec_params
 
 
 def pod(name: str, ready: bool = True, phase: str = "Running", ports: list[dict[str, Any]] | None = None) -> dict[str, Any]:
@@ -151,6 +156,19 @@ def test_error_channel_is_reported(streams: list[tuple[str, str, int]]) -> None:
     assert err.value.msg.startswith("GET /health failed: RemoteDisconnected")
     assert err.value.msg.endswith("(port-forward error: no forward for port 8000)")
     assert err.value.result == {"via": "port-forward pod/llm/vllm-a:8000"}
+
+
+def test_completion_runner_goes_through_a_ready_pod(streams: list[tuple[str, str, int]], monkeypatch: pytest.MonkeyPatch) -> None:
+    def target(api_client: Any, namespace: str, name: str, port: int) -> PortForwardTarget:
+        return PortForwardTarget(api_client, namespace, name, port, opener=lambda _c, ns, pod_name, p, _t: FakePortForward(pod_name, ns, p))
+
+    monkeypatch.setattr(_portforward, "PortForwardTarget", target)
+    kube = FakeKube([pod("vllm-b"), pod("vllm-a", ready=False)])
+    params = spec_params(completion_check, namespace="llm", label_selector="app=vllm", model="sim")
+    result = _completion.run(kube, params, True, True)  # type: ignore[arg-type]
+    assert result["pod"] == "vllm-b" and result["changed"] is False and "diff" not in result
+    assert result["via"] == "port-forward pod/llm/vllm-b:8000" and result["usage"]["total_tokens"] == 2
+    assert streams == [("llm", "vllm-b", 8000)] * 3
 
 
 def test_pod_endpoint_describes_the_route() -> None:

@@ -12,17 +12,16 @@ import yaml
 from ansible.module_utils import basic
 from ansible.module_utils.common.text.converters import to_bytes
 
-from ansible_collections.kubeinfer.llm.plugins.module_utils import _adapter, _hpa
 from ansible_collections.kubeinfer.llm.plugins.modules import inference_hpa, metrics_adapter
 
 from ..module_utils.fake_cluster import FakeCluster, metric_list
 
 
-def run_module(monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str], module: Any, utils: Any, cluster: FakeCluster,
+def run_module(monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str], module: Any, cluster: FakeCluster,
                args: dict[str, Any], check_mode: bool = False) -> dict[str, Any]:
     module_args = dict(args, _ansible_check_mode=check_mode, _ansible_diff=True)
     monkeypatch.setattr(basic, "_ANSIBLE_ARGS", to_bytes(json.dumps({"ANSIBLE_MODULE_ARGS": module_args})))
-    monkeypatch.setattr(utils, "build_api_client", lambda params: cluster)
+    monkeypatch.setattr(module, "build_api_client", lambda params: cluster)
     with pytest.raises(SystemExit):
         module.main()
     return json.loads(capsys.readouterr().out)
@@ -43,12 +42,12 @@ def adapter_cluster() -> FakeCluster:
 def test_metrics_adapter_module(monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]) -> None:
     cluster = adapter_cluster()
     args = {"release": "llama", "namespace": "llm", "metric_name": "vllm:num_requests_waiting"}
-    result = run_module(monkeypatch, capsys, metrics_adapter, _adapter, cluster, args)
+    result = run_module(monkeypatch, capsys, metrics_adapter, cluster, args)
     assert result["changed"] and result["restarted"] and result["served"] == {"llama-0": "0"}
     assert result["custom_metric_name"] == "vllm_queue_depth"
     text = cluster.objects["/api/v1/namespaces/monitoring/configmaps/prometheus-adapter"]["data"]["config.yaml"]
     assert yaml.safe_load(text)["rules"][0]["name"]["as"] == "vllm_queue_depth"
-    again = run_module(monkeypatch, capsys, metrics_adapter, _adapter, cluster, args)
+    again = run_module(monkeypatch, capsys, metrics_adapter, cluster, args)
     assert not again["changed"]
 
 
@@ -56,7 +55,7 @@ def test_metrics_adapter_module_fails_with_the_partial_result(monkeypatch: pytes
     cluster = adapter_cluster()
     cluster.answers[("GET", "/apis/custom.metrics.k8s.io/v1beta1/namespaces/llm/pods/*/vllm_queue_depth")] = lambda query: metric_list({})
     args = {"release": "llama", "namespace": "llm", "metric_name": "vllm:num_requests_waiting", "verify_timeout": 0}
-    result = run_module(monkeypatch, capsys, metrics_adapter, _adapter, cluster, args)
+    result = run_module(monkeypatch, capsys, metrics_adapter, cluster, args)
     assert result["failed"] and result["msg"].endswith("no APIService v1beta1.custom.metrics.k8s.io")
     assert result["configmap_changed"] is True and "api_requests" in result
 
@@ -72,7 +71,7 @@ def test_inference_hpa_module_defaults(monkeypatch: pytest.MonkeyPatch, capsys: 
     cluster = hpa_cluster()
     args = {"release": "llama", "namespace": "llm", "max_replicas": 3, "startup_budget_seconds": 400, "verify": False,
             "scale_down": {"percent": 50}}
-    result = run_module(monkeypatch, capsys, inference_hpa, _hpa, cluster, args)
+    result = run_module(monkeypatch, capsys, inference_hpa, cluster, args)
     spec = cluster.objects["/apis/autoscaling/v2/namespaces/llm/horizontalpodautoscalers/llama"]["spec"]
     assert spec["metrics"][0]["pods"]["target"]["averageValue"] == "5"
     policies = [{"type": "Percent", "value": 50, "periodSeconds": 60}]
@@ -85,11 +84,11 @@ def test_inference_hpa_module_rejects_a_short_window(monkeypatch: pytest.MonkeyP
     cluster = hpa_cluster()
     args = {"release": "llama", "namespace": "llm", "max_replicas": 3, "startup_budget_seconds": 400,
             "scale_down": {"stabilization_window_seconds": 60}}
-    result = run_module(monkeypatch, capsys, inference_hpa, _hpa, cluster, args, check_mode=True)
+    result = run_module(monkeypatch, capsys, inference_hpa, cluster, args, check_mode=True)
     assert result["failed"] and "scale_down.stabilization_window_seconds=60 is below the model load time" in result["msg"]
     assert cluster.writes() == []
 
 
 def test_inference_hpa_module_absent_needs_no_deployment(monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]) -> None:
-    result = run_module(monkeypatch, capsys, inference_hpa, _hpa, FakeCluster(), {"release": "llama", "namespace": "llm", "state": "absent"})
+    result = run_module(monkeypatch, capsys, inference_hpa, FakeCluster(), {"release": "llama", "namespace": "llm", "state": "absent"})
     assert not result["changed"] and result["hpa"] is None

@@ -8,18 +8,14 @@ from typing import Any, Callable, Iterator
 
 import pytest
 
+from ansible_collections.kubeinfer.llm.plugins.module_utils import _completion
+from ansible_collections.kubeinfer.llm.plugins.module_utils._completion import check_completion, completion_request, match_model, run_checks, served_models
 from ansible_collections.kubeinfer.llm.plugins.module_utils._errors import KubeInferError
-from ansible_collections.kubeinfer.llm.plugins.module_utils._openai import (
-    Deadline,
-    Endpoint,
-    check_completion,
-    completion_request,
-    endpoint_from_url,
-    http_request,
-    match_model,
-    run_checks,
-    served_models,
-)
+from ansible_collections.kubeinfer.llm.plugins.module_utils._http import Endpoint
+from ansible_collections.kubeinfer.llm.plugins.modules import completion_check
+
+from .spec_params import spec_params
+from .test_http import read_request, socketpair_factory
 
 MODEL = "tiny-llm"
 
@@ -88,14 +84,14 @@ def vllm() -> Iterator[FakeVLLM]:
 
 
 def check(vllm: FakeVLLM, url: str | None = None, **kw: Any) -> dict[str, Any]:
-    args: dict[str, Any] = {"model": MODEL, "api": "completions", "prompt": "Hi", "max_tokens": 5, "timeout": 5, "overall_timeout": 20}
-    args.update(kw)
-    ep = endpoint_from_url(url or f"http://127.0.0.1:{vllm.port}")
-    return run_checks(ep, **args)
+    """The completion_check runner on ``base_url``, which needs no Kubernetes client."""
+    args: dict[str, Any] = {"base_url": url or f"http://127.0.0.1:{vllm.port}", "model": MODEL, "prompt": "Hi", "max_tokens": 5, "timeout": 5,
+                            "overall_timeout": 20, **kw}
+    return _completion.run(None, spec_params(completion_check, **args), False, False)
 
 
 def test_run_checks_sends_the_three_requests_and_returns_usage(vllm: FakeVLLM) -> None:
-    result = check(vllm, f"http://127.0.0.1:{vllm.port}/v1/", api_key="sk-test")
+    result = check(vllm, f"http://127.0.0.1:{vllm.port}/v1/", vllm_api_key="sk-test")
     assert [(s["method"], s["path"]) for s in vllm.seen] == [
         ("GET", "/health"), ("GET", "/v1/models"), ("POST", "/v1/completions")]
     post = vllm.seen[2]
@@ -108,7 +104,7 @@ def test_run_checks_sends_the_three_requests_and_returns_usage(vllm: FakeVLLM) -
     assert result["models"] == [MODEL] and result["model"] == MODEL
     assert result["response"]["choices"][0]["text"] == " Bob"
     assert result["latency_ms"] >= 0 and result["health_latency_ms"] >= 0
-    assert result["via"].endswith("/v1/")
+    assert result["via"].endswith("/v1/") and result["changed"] is False and "pod" not in result
 
 
 def test_chat_api_sends_messages(vllm: FakeVLLM) -> None:
@@ -157,104 +153,6 @@ def test_unhealthy_server_fails_before_models(vllm: FakeVLLM) -> None:
     assert len(vllm.seen) == 1
 
 
-# -- HTTP over a bare socket (what a port-forward stream is) ---------------------------------------------------
-
-def socketpair_factory(serve: Callable[[socket.socket], None]) -> Callable[[float], Any]:
-    """A factory whose socket's peer is served by ``serve`` in a thread."""
-    def factory(_timeout: float) -> Any:
-        ours, theirs = socket.socketpair()
-        threading.Thread(target=serve, args=(theirs,), daemon=True).start()
-        return ours
-    return factory
-
-
-def read_request(sock: socket.socket) -> bytes:
-    """Read one request: the head, then a Content-Length body."""
-    data = b""
-    while b"\r\n\r\n" not in data:
-        chunk = sock.recv(4096)
-        if not chunk:
-            return data
-        data += chunk
-    head, sep, body = data.partition(b"\r\n\r\n")
-    length = 0
-    for line in head.split(b"\r\n")[1:]:
-        name, colon, value = line.partition(b":")
-        if name.strip().lower() == b"content-length":
-            length = int(value)
-    while len(body) < length:
-        chunk = sock.recv(4096)
-        if not chunk:
-            break
-        body += chunk
-    return head + b"\r\n\r\n" + body
-
-
-def test_chunked_answer_over_a_socketpair() -> None:
-    seen: list[bytes] = []
-
-    def serve(sock: socket.socket) -> None:
-        seen.append(read_request(sock))
-        sock.sendall(b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\nContent-Type: application/json\r\n\r\n"
-                     b"5\r\n{\"a\":\r\n3\r\n 1}\r\n0\r\n\r\n")
-        # Keep the socket open: the body must be complete by its framing, not by a close.
-        read_request(sock)
-        sock.close()
-
-    reply = http_request(socketpair_factory(serve), "localhost:8000", "GET", "/v1/models", 5)
-    assert reply.status == 200 and json.loads(reply.body) == {"a": 1}
-    assert seen[0].startswith(b"GET /v1/models HTTP/1.1\r\n")
-    assert b"Host: localhost:8000\r\n" in seen[0] and b"Connection: close\r\n" in seen[0]
-
-
-def test_answer_without_length_is_read_until_close() -> None:
-    def serve(sock: socket.socket) -> None:
-        read_request(sock)
-        sock.sendall(b"HTTP/1.1 200 OK\r\n\r\nhello ")
-        sock.sendall(b"world")
-        sock.close()
-
-    assert http_request(socketpair_factory(serve), "h", "GET", "/health", 5).body == b"hello world"
-
-
-def test_silent_peer_times_out() -> None:
-    done = threading.Event()
-
-    def serve(sock: socket.socket) -> None:
-        read_request(sock)
-        done.wait(10)  # holds the connection open and never answers; the client must give up
-        sock.close()
-
-    try:
-        with pytest.raises(KubeInferError, match=r"timed out after 0.3s waiting for the answer to GET /health"):
-            http_request(socketpair_factory(serve), "h", "GET", "/health", 0.3)
-    finally:
-        done.set()
-
-
-def test_early_close_is_explained() -> None:
-    def serve(sock: socket.socket) -> None:
-        read_request(sock)
-        sock.close()
-
-    with pytest.raises(KubeInferError) as err:
-        http_request(socketpair_factory(serve), "h", "GET", "/health", 5,
-                     describe_close=lambda: "port-forward error: connection refused")
-    assert err.value.msg.startswith("GET /health failed: RemoteDisconnected")
-    assert err.value.msg.endswith("(port-forward error: connection refused)")
-
-
-def test_overall_deadline_runs_out() -> None:
-    now = [0.0]
-    deadline = Deadline(10, 4, clock=lambda: now[0])
-    assert deadline.next_timeout("a") == 4
-    now[0] = 8
-    assert deadline.next_timeout("b") == 2
-    now[0] = 10
-    with pytest.raises(KubeInferError, match="overall timeout of 10s ran out before c"):
-        deadline.next_timeout("c")
-
-
 def test_run_checks_over_a_socket_factory() -> None:
     models = json.dumps({"data": [{"id": MODEL}]}).encode()
     answers = iter([b"HTTP/1.1 200 OK\r\nContent-Length: 0\r\n\r\n",
@@ -300,13 +198,3 @@ def test_completion_request_shapes() -> None:
         "/v1/completions", {"model": "m", "max_tokens": 7, "temperature": 0, "prompt": "p"})
     path, body = completion_request("chat", "m", "p", 7)
     assert path == "/v1/chat/completions" and "prompt" not in body
-    with pytest.raises(KubeInferError):
-        completion_request("embeddings", "m", "p", 7)
-
-
-def test_endpoint_from_url() -> None:
-    ep = endpoint_from_url("https://llm.example.com:8443/gw/v1")
-    assert ep.host == "llm.example.com:8443" and ep.prefix == "/gw"
-    assert endpoint_from_url("http://llm.example.com").prefix == ""
-    with pytest.raises(KubeInferError, match="must be an http"):
-        endpoint_from_url("llm.example.com")
