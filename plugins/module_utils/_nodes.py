@@ -21,7 +21,7 @@ def validate(params: Mapping[str, Any]) -> None:
     """Check what the argument spec cannot, before any request; the message names the offending parameter."""
     if params["parallel"] < 1:
         raise KubeInferError(f"parallel: must be at least 1 (1 patches one node at a time), got {params['parallel']}")
-    check_labels(params["labels"], "labels", allow_null=True)
+    check_labels(params["labels"], "labels")
     for i, taint in enumerate(params["taints"]):
         err = label_key_error(taint["key"])
         if err:
