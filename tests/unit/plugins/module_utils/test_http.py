@@ -1,7 +1,7 @@
 # -*- coding: utf-8 -*-
 # Copyright: contributors to kubeinfer.llm
 # GNU General Public License v3.0+ (see https://www.gnu.org/licenses/gpl-3.0.txt)
-"""The HTTP transport: framing, timeouts, early closes and the overall deadline, over socket pairs."""
+"""The HTTP transport over a bare socket (what a port-forward stream is): framing, timeouts, early closes, the overall deadline."""
 from __future__ import annotations
 
 import json
@@ -14,7 +14,6 @@ import pytest
 from ansible_collections.kubeinfer.llm.plugins.module_utils._errors import KubeInferError
 from ansible_collections.kubeinfer.llm.plugins.module_utils._http import Deadline, endpoint_from_url, http_request
 
-# -- HTTP over a bare socket (what a port-forward stream is) ---------------------------------------------------
 
 def socketpair_factory(serve: Callable[[socket.socket], None]) -> Callable[[float], Any]:
     """A factory whose socket's peer is served by ``serve`` in a thread."""
