@@ -103,7 +103,7 @@ class Runner:
 
     def role(self, role_vars: dict[str, Any], *extra: str) -> tuple[PlaybookRun, dict[str, Any]]:
         tasks = [{"name": "Apply the role", "ansible.builtin.include_role": {"name": "kubeinfer.llm.vllm"}, "vars": role_vars}]
-        proc = self._play(tasks, "__vllm_result", extra)
+        proc = self._play(tasks, "vllm_result", extra)
         return proc, proc.saved if proc.saved is not None else {}
 
 
