@@ -12,33 +12,23 @@ Run: ``pytest tests/integration/test_vllm_release.py`` with the venv python.
 from __future__ import annotations
 
 import json
-import os
 import subprocess
 import time
 import uuid
 from collections import Counter
 from collections.abc import Iterator
-from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import pytest
+from conftest import helm_binary
 from kubernetes import client
 from kubernetes.client.rest import ApiException
 
 if TYPE_CHECKING:
     from conftest import PlaybookRun, PlaybookRunner
 
-REPO = Path(__file__).resolve().parents[2]
 POOL_LABEL = "kubeinfer.io/it-vllm-pool"
 GPUS_PER_NODE = 8
-
-
-def helm_binary() -> str:
-    if os.environ.get("HELM_BINARY"):
-        return os.environ["HELM_BINARY"]
-    versions = dict(line.split("=", 1) for line in (REPO / "tools" / "localcluster" / "versions.env").read_text().splitlines()
-                    if "=" in line and not line.startswith("#"))
-    return str(Path.home() / ".cache" / "kubeinfer" / f"helm-{versions['HELM_VERSION'].strip()}" / "helm")
 
 
 @pytest.fixture
