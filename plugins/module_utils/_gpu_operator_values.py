@@ -4,11 +4,12 @@
 """NVIDIA GPU Operator Helm values from typed options. Private to this collection: the interface may change without notice."""
 from __future__ import annotations
 
-import copy
 from typing import Any, Iterable, Mapping
 
 from ansible_collections.kubeinfer.llm.plugins.module_utils._errors import KubeInferError
 from ansible_collections.kubeinfer.llm.plugins.module_utils._gpu_discovery import host_driver
+from ansible_collections.kubeinfer.llm.plugins.module_utils._helm_release import deep_merge
+from ansible_collections.kubeinfer.llm.plugins.module_utils._k8s_names import GPU_RESOURCE, managed_labels
 
 # Pinned chart: the newest GPU Operator release when this was written (tag v26.7.0, 2026-08-20).
 # Its values.yaml is the source of every key below. Chart versions carry the "v".
@@ -25,19 +26,6 @@ CLUSTER_POLICY_READY_STATE = "ready"
 MIG_STRATEGIES = ("none", "single", "mixed")
 TIME_SLICING_CONFIGMAP = "time-slicing-config"
 TIME_SLICING_CONFIG_KEY = "any"
-GPU_RESOURCE = "nvidia.com/gpu"
-
-
-def deep_merge(base: Mapping[str, Any], override: Mapping[str, Any]) -> dict[str, Any]:
-    """A new dict: ``base`` with ``override`` merged in. Nested mappings merge key by key; any other
-    value in ``override`` (lists, scalars, None) replaces the one in ``base``. Inputs are not changed."""
-    merged: dict[str, Any] = copy.deepcopy(dict(base))
-    for key, value in override.items():
-        if isinstance(value, Mapping) and isinstance(merged.get(key), Mapping):
-            merged[key] = deep_merge(merged[key], value)
-        else:
-            merged[key] = copy.deepcopy(value)
-    return merged
 
 
 def _names(nodes: Iterable[str], limit: int = 5) -> str:
@@ -108,7 +96,7 @@ def time_slicing_configmap(replicas: int, namespace: str = DEFAULT_NAMESPACE, mi
         "metadata": {
             "name": TIME_SLICING_CONFIGMAP,
             "namespace": namespace,
-            "labels": {"app.kubernetes.io/managed-by": "kubeinfer.llm"},
+            "labels": managed_labels(),
         },
         "data": {TIME_SLICING_CONFIG_KEY: time_slicing_config(replicas, mig_strategy)},
     }

@@ -38,6 +38,7 @@ class Helm:
             self.env["HELM_KUBETOKEN"] = connection["api_key"]
         self._secrets = [v for v in self.env.values() if v]
         self.commands: list[list[str]] = []
+        """Every argv run, the values file shown as ``<values-file>``."""
 
     def mask(self, text: str) -> str:
         for secret in self._secrets:
@@ -54,18 +55,21 @@ class Helm:
                 with os.fdopen(fd, "w") as f:
                     json.dump(values, f)
                 argv += ["--values", path]
-            self.commands.append(argv)
+            self.commands.append([a if a != path else "<values-file>" for a in argv])
             rc, out, err = self.run_command(argv, environ_update=self.env)
         finally:
             if path:
                 os.unlink(path)
         if rc != 0:
-            shown = [a if a != path else "<values-file>" for a in argv]
             raise KubeInferError(
                 f"helm {args[0]} failed (rc={rc}): {self.mask(err.strip() or out.strip())}",
-                rc=rc, stdout=self.mask(out), stderr=self.mask(err), command=self.mask(" ".join(shown)),
+                rc=rc, stdout=self.mask(out), stderr=self.mask(err), command=self.command_lines()[-1],
             )
         return out
+
+    def command_lines(self) -> list[str]:
+        """The command lines run so far, secrets masked: the ``helm_commands`` of every module that runs helm."""
+        return [self.mask(" ".join(argv)) for argv in self.commands]
 
     # -- read ------------------------------------------------------------------------
     def release(self, name: str, namespace: str) -> dict[str, Any] | None:
@@ -79,22 +83,14 @@ class Helm:
         out = self.run(["get", "values", name, "--namespace", namespace, "--output", "json"])
         return json.loads(out or "{}") or {}
 
-    def show_chart(self, chart: str, version: str | None = None, repo: str | None = None) -> dict[str, Any]:
-        """Chart.yaml of a chart reference, as a dict (helm prints YAML; JSON-compatible keys only)."""
-        args = ["show", "chart", chart] + (["--version", version] if version else []) + (["--repo", repo] if repo else [])
-        out = self.run(args)
-        meta: dict[str, Any] = {}
-        for line in out.splitlines():  # the top-level scalar keys are all we need
-            if line and not line.startswith((" ", "-", "#")) and ":" in line:
-                key, sep, value = line.partition(":")
-                meta[key.strip()] = value.strip().strip("'\"")
-        return meta
+    def show_chart(self, chart: str, version: str | None = None, repo: str | None = None) -> str:
+        """The Chart.yaml of a chart reference, as helm prints it."""
+        return self.run(["show", "chart", chart] + (["--version", version] if version else []) + (["--repo", repo] if repo else []))
 
     # -- write -----------------------------------------------------------------------
     def upgrade_install(self, name: str, chart: str, namespace: str, values: dict[str, Any],
                         version: str | None = None, repo: str | None = None, create_namespace: bool = False,
-                        wait: bool = False, timeout: int = 300, atomic: bool = False,
-                        dry_run: bool = False) -> str:
+                        wait: bool = False, timeout: int = 300) -> str:
         args = ["upgrade", "--install", name, chart, "--namespace", namespace, "--reset-values"]
         if version:
             args += ["--version", version]
@@ -102,12 +98,8 @@ class Helm:
             args += ["--repo", repo]
         if create_namespace:
             args.append("--create-namespace")
-        if wait or atomic:  # --atomic implies waiting
+        if wait:
             args += ["--wait", "--timeout", f"{timeout}s"]
-        if atomic:
-            args.append("--atomic")
-        if dry_run:
-            args.append("--dry-run=server")
         return self.run(args, values=values)
 
     def rollback(self, name: str, namespace: str, revision: int | None = None) -> None:
@@ -139,8 +131,3 @@ def find_helm(explicit: str | None, get_bin_path: Callable[..., Any]) -> str:
     if not found:
         raise KubeInferError("helm_binary: helm was not found on PATH; install helm 3 or set helm_binary")
     return str(found)
-
-
-def values_differ(deployed: dict[str, Any], desired: dict[str, Any]) -> bool:
-    """Compare values as helm stores them (JSON round-trip, so 1 and 1.0 or tuples vs lists match)."""
-    return bool(json.loads(json.dumps(deployed, sort_keys=True)) != json.loads(json.dumps(desired, sort_keys=True)))

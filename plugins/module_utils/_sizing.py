@@ -268,21 +268,6 @@ def startup_budget_seconds(
     return int(math.ceil((base_seconds + weights_gib / load_throughput_gib_s) * safety_factor))
 
 
-def startup_probe(budget_seconds: int, period_seconds: int = 10, timeout_seconds: int = 5) -> dict[str, int]:
-    """A startupProbe timing block whose failureThreshold * periodSeconds covers ``budget_seconds``.
-
-    Returns ``{"periodSeconds", "failureThreshold", "timeoutSeconds"}`` to merge into a probe that
-    targets ``/health``; liveness and readiness probes only start once it has passed.
-    """
-    if budget_seconds < 1 or period_seconds < 1 or timeout_seconds < 1:
-        raise KubeInferError("startup_probe needs positive budget, period and timeout", budget_seconds=budget_seconds)
-    return {
-        "periodSeconds": period_seconds,
-        "failureThreshold": max(1, math.ceil(budget_seconds / period_seconds)),
-        "timeoutSeconds": timeout_seconds,
-    }
-
-
 def scale_down_window_seconds(startup_budget_seconds: int, minimum: int = DEFAULT_MIN_SCALE_DOWN_WINDOW_SECONDS,
                               maximum: int = HPA_MAX_STABILIZATION_WINDOW_SECONDS) -> int:
     """The HPA scale-down stabilization window: max(minimum, startup_budget_seconds).

@@ -142,7 +142,9 @@ options:
     type: int
     default: 600
   atomic:
-    description: Roll the release back when the upgrade fails (C(helm --atomic), which implies O(wait)).
+    description:
+      - When the upgrade fails, roll the release back to the revision before this run, or uninstall a release this run
+        created. Implies O(wait) (C(helm --wait)), so that a release that never gets ready counts as failed.
     type: bool
     default: false
   helm_binary:
@@ -157,7 +159,7 @@ options:
     choices: [present, absent]
     default: present
 notes:
-  - Only C(helm list), C(helm get values), C(helm upgrade --install) and C(helm uninstall) are run. Helm's own API
+  - Only C(helm list), C(helm get values), C(helm upgrade --install), C(helm rollback) (with O(atomic)) and C(helm uninstall) are run. Helm's own API
     requests are not in RV(api_requests), which counts this module's direct requests.
   - O(values) may hold anything the chart accepts. Do not put secrets in them; they are stored in the release.
 seealso:
@@ -197,12 +199,15 @@ EXAMPLES = r"""
 
 RETURN = r"""
 release:
-  description: The release as C(helm list) shows it after the run; null when there is none.
+  description:
+    - The release as C(helm list) shows it after the run (before it, in check mode).
+    - Always a dict; without a release C(installed) is false, C(revision) 0 and the other fields null.
   type: dict
   returned: always
   sample:
     name: gpu-operator
     namespace: gpu-operator
+    installed: true
     chart: gpu-operator-v26.7.0
     chart_name: gpu-operator
     chart_version: v26.7.0
@@ -244,6 +249,12 @@ changes:
   elements: str
   returned: when O(state=present)
   sample: ["chart: gpu-operator-v25.10.0 -> gpu-operator-v26.7.0", "values.driver.enabled: true -> false"]
+changed_values:
+  description: Dotted paths of the values that differ from the deployed release's user values.
+  type: list
+  elements: str
+  returned: when O(state=present)
+  sample: [driver.enabled]
 configmaps:
   description: The ConfigMaps the module manages (the time-slicing config), and whether each was changed.
   type: list
@@ -251,7 +262,9 @@ configmaps:
   returned: always
   sample: [{name: time-slicing-config, changed: false}]
 helm_commands:
-  description: The helm command lines run, with the values file shown as C(<values-file>). A run with nothing to do shows no C(upgrade).
+  description:
+    - The helm command lines run, secrets masked and the values file shown as C(<values-file>).
+    - A run with nothing to do shows no C(helm upgrade).
   type: list
   elements: str
   returned: always
@@ -266,6 +279,11 @@ release_would_change:
   type: bool
   returned: in check mode when the release would change
   sample: true
+rolled_back:
+  description: What O(atomic=true) undid after a failed upgrade.
+  type: str
+  returned: on failure with O(atomic=true)
+  sample: rolled back to revision 1
 namespace_created:
   description: Whether the namespace was (or would be) created by the module before the time-slicing ConfigMap.
   type: bool
@@ -283,7 +301,7 @@ from ansible.module_utils.basic import AnsibleModule
 from ansible_collections.kubeinfer.llm.plugins.module_utils._args_common import AUTH_ARG_SPEC, HELM_ARG_SPEC, PROBE_ARG_SPEC, STATE_ARG_SPEC, argument_spec
 from ansible_collections.kubeinfer.llm.plugins.module_utils._client import build_api_client
 from ansible_collections.kubeinfer.llm.plugins.module_utils._errors import KubeInferError
-from ansible_collections.kubeinfer.llm.plugins.module_utils._gpu_operator import reconcile, validate
+from ansible_collections.kubeinfer.llm.plugins.module_utils._gpu_operator import run
 from ansible_collections.kubeinfer.llm.plugins.module_utils._gpu_operator_values import (
     DEFAULT_CHART_REPO_URL,
     DEFAULT_CHART_VERSION,
@@ -321,10 +339,9 @@ def main() -> None:
     )
     p = module.params
     try:
-        source = validate(p)
         kube = Kube(build_api_client(p))
         helm = Helm(module.run_command, find_helm(p["helm_binary"], module.get_bin_path), p)
-        result = reconcile(kube, helm, p, module.check_mode, module._diff, source)
+        result = run(kube, helm, p, module.check_mode, module._diff)
     except KubeInferError as e:
         module.fail_json(msg=e.msg, **e.result)
     module.exit_json(**result)

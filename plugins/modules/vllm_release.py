@@ -221,7 +221,7 @@ options:
     type: str
   chart_version:
     description:
-      - Chart version, for a chart from a repository.
+      - Chart version, for a chart from a repository. A chart directory or archive must have this version when it is set.
     type: str
   helm_binary:
     description:
@@ -319,10 +319,22 @@ EXAMPLES = r"""
 
 RETURN = r"""
 release:
-  description: The Helm release after the run (before it, in check mode).
+  description:
+    - The Helm release after the run (before it, in check mode), as C(helm list) shows it.
+    - Always a dict; without a release C(installed) is false, C(revision) 0 and the other fields null.
   type: dict
   returned: always
-  sample: {name: llama, namespace: vllm, installed: true, chart: vllm-0.1.0, app_version: v0.11.0, status: deployed, revision: 1}
+  sample:
+    name: llama
+    namespace: vllm
+    installed: true
+    chart: vllm-0.1.0
+    chart_name: vllm
+    chart_version: 0.1.0
+    app_version: v0.11.0
+    revision: 1
+    status: deployed
+    updated: "2026-11-04 10:12:31.123 +0000 UTC"
 chart:
   description: The chart that was rendered.
   type: dict
@@ -338,7 +350,7 @@ change_reasons:
   type: list
   elements: str
   returned: when O(state=present)
-  sample: ["values changed: replicaCount"]
+  sample: ["values.replicaCount: 1 -> 2"]
 changed_values:
   description: Dotted paths of the values that differ from the deployed release.
   type: list
@@ -465,11 +477,13 @@ api_requests:
   returned: always
   sample: {get: 3, list: 3}
 helm_commands:
-  description: The helm subcommands run; a re-run without changes shows no C(upgrade).
+  description:
+    - The helm command lines run, secrets masked and the values file shown as C(<values-file>).
+    - A re-run without changes shows no C(helm upgrade).
   type: list
   elements: str
   returned: always
-  sample: [show chart, template, list, get values]
+  sample: ["/usr/local/bin/helm list --namespace vllm --all --filter ^llama$ --output json"]
 diff:
   description: The deployed user-supplied values and the computed ones.
   type: dict
@@ -486,63 +500,62 @@ from ansible_collections.kubeinfer.llm.plugins.module_utils._helm import Helm, f
 from ansible_collections.kubeinfer.llm.plugins.module_utils._resources import Kube
 from ansible_collections.kubeinfer.llm.plugins.module_utils._vllm import run
 
+ARGUMENT_SPEC = argument_spec(
+    AUTH_ARG_SPEC, STATE_ARG_SPEC, HELM_ARG_SPEC,
+    name={"type": "str", "required": True},
+    namespace={"type": "str", "required": True},
+    create_namespace={"type": "bool", "default": False},
+    model={"type": "str"},
+    revision={"type": "str"},
+    served_model_name={"type": "str"},
+    replicas={"type": "int", "default": 1},
+    gpus_per_replica={"type": "int", "default": 1},
+    tensor_parallel_size={"type": "int"},
+    dtype={"type": "str", "choices": ["auto", "half", "float16", "bfloat16", "float", "float32"], "default": "auto"},
+    quantization={"type": "str"},
+    max_model_len={"type": "int"},
+    gpu_memory_utilization={"type": "float", "default": 0.9},
+    extra_args={"type": "list", "elements": "str", "default": []},
+    hf_token_secret={"type": "dict", "no_log": False, "options": {
+        "name": {"type": "str", "required": True},
+        "key": {"type": "str", "default": "HF_TOKEN", "no_log": False},
+        "optional": {"type": "bool", "default": False},
+    }},
+    model_cache={"type": "dict", "options": {
+        "type": {"type": "str", "choices": ["emptyDir", "pvc", "hostPath"], "default": "emptyDir"},
+        "size": {"type": "str"},
+        "storage_class": {"type": "str"},
+        "existing_claim": {"type": "str"},
+        "host_path": {"type": "str"},
+        "offline": {"type": "bool", "default": False},
+    }},
+    gpu_products={"type": "list", "elements": "str", "default": []},
+    node_selector={"type": "dict", "default": {}},
+    tolerations={"type": "list", "elements": "dict", "default": []},
+    resources={"type": "dict"},
+    engine={"type": "str", "choices": ["vllm", "sim"], "default": "vllm"},
+    image={"type": "dict", "options": {
+        "repository": {"type": "str"},
+        "tag": {"type": "str"},
+    }},
+    pod_labels={"type": "dict", "default": {}},
+    values={"type": "dict", "default": {}},
+    chart_ref={"type": "str"},
+    chart_version={"type": "str"},
+    wait={"type": "bool", "default": True},
+    timeout={"type": "int"},
+    atomic={"type": "bool", "default": False},
+    preflight_capacity={"type": "bool", "default": True},
+    params_billion={"type": "float"},
+    gpu_memory_mib={"type": "int"},
+    load_throughput_gib_s={"type": "float"},
+    startup_budget_seconds={"type": "int"},
+)
+REQUIRED_IF = [("state", "present", ("model",))]
+
 
 def main() -> None:
-    module = AnsibleModule(
-        argument_spec=argument_spec(
-            AUTH_ARG_SPEC, STATE_ARG_SPEC, HELM_ARG_SPEC,
-            name={"type": "str", "required": True},
-            namespace={"type": "str", "required": True},
-            create_namespace={"type": "bool", "default": False},
-            model={"type": "str"},
-            revision={"type": "str"},
-            served_model_name={"type": "str"},
-            replicas={"type": "int", "default": 1},
-            gpus_per_replica={"type": "int", "default": 1},
-            tensor_parallel_size={"type": "int"},
-            dtype={"type": "str", "choices": ["auto", "half", "float16", "bfloat16", "float", "float32"], "default": "auto"},
-            quantization={"type": "str"},
-            max_model_len={"type": "int"},
-            gpu_memory_utilization={"type": "float", "default": 0.9},
-            extra_args={"type": "list", "elements": "str", "default": []},
-            hf_token_secret={"type": "dict", "no_log": False, "options": {
-                "name": {"type": "str", "required": True},
-                "key": {"type": "str", "default": "HF_TOKEN", "no_log": False},
-                "optional": {"type": "bool", "default": False},
-            }},
-            model_cache={"type": "dict", "options": {
-                "type": {"type": "str", "choices": ["emptyDir", "pvc", "hostPath"], "default": "emptyDir"},
-                "size": {"type": "str"},
-                "storage_class": {"type": "str"},
-                "existing_claim": {"type": "str"},
-                "host_path": {"type": "str"},
-                "offline": {"type": "bool", "default": False},
-            }},
-            gpu_products={"type": "list", "elements": "str", "default": []},
-            node_selector={"type": "dict", "default": {}},
-            tolerations={"type": "list", "elements": "dict", "default": []},
-            resources={"type": "dict"},
-            engine={"type": "str", "choices": ["vllm", "sim"], "default": "vllm"},
-            image={"type": "dict", "options": {
-                "repository": {"type": "str"},
-                "tag": {"type": "str"},
-            }},
-            pod_labels={"type": "dict", "default": {}},
-            values={"type": "dict", "default": {}},
-            chart_ref={"type": "str"},
-            chart_version={"type": "str"},
-            wait={"type": "bool", "default": True},
-            timeout={"type": "int"},
-            atomic={"type": "bool", "default": False},
-            preflight_capacity={"type": "bool", "default": True},
-            params_billion={"type": "float"},
-            gpu_memory_mib={"type": "int"},
-            load_throughput_gib_s={"type": "float"},
-            startup_budget_seconds={"type": "int"},
-        ),
-        required_if=[("state", "present", ("model",))],
-        supports_check_mode=True,
-    )
+    module = AnsibleModule(argument_spec=ARGUMENT_SPEC, required_if=REQUIRED_IF, supports_check_mode=True)
     p = module.params
     try:
         kube = Kube(build_api_client(p))

@@ -341,7 +341,7 @@ def test_shm_only_with_more_than_one_gpu(values_file: Path) -> None:
 
 def test_affinity_and_the_capacity_planner_accept_the_same_products(tmp_path: Path) -> None:
     """The planner (vllm_release's preflight) must count exactly the nodes the rendered affinity lets the pods onto."""
-    from ansible_collections.kubeinfer.llm.plugins.module_utils._vllm import node_ineligible_reason
+    from ansible_collections.kubeinfer.llm.plugins.module_utils._vllm_capacity import node_ineligible_reason
 
     products = ["NVIDIA-A100-SXM4-80GB", "NVIDIA-H100-80GB-HBM3"]
     values = {"scheduling": {"gpuProducts": products}}
@@ -812,10 +812,13 @@ def test_one_sided_resources_are_mirrored(sets: tuple[str, ...], requests: dict[
 
 def test_collection_sizing_reaches_the_pod(tmp_path: Path) -> None:
     """vllm_release's build_values sizes cpu and memory from the weights; the chart renders them as given."""
-    from ansible_collections.kubeinfer.llm.plugins.module_utils._vllm import build_values
+    from ansible.module_utils.common.arg_spec import ArgumentSpecValidator
 
-    p = {"name": "big", "model": "meta-llama/Llama-3.1-70B-Instruct", "gpus_per_replica": 4, "engine": "vllm"}
-    values = build_values(p, 900)
+    from ansible_collections.kubeinfer.llm.plugins.module_utils._vllm_values import build_values
+    from ansible_collections.kubeinfer.llm.plugins.modules.vllm_release import ARGUMENT_SPEC
+
+    given = {"name": "big", "namespace": "llm", "model": "meta-llama/Llama-3.1-70B-Instruct", "gpus_per_replica": 4, "engine": "vllm"}
+    values = build_values(ArgumentSpecValidator(ARGUMENT_SPEC).validate(given).validated_parameters, 900)
     res = container(render(extra_values=values, tmp=tmp_path))["resources"]
     assert res["requests"] == {"cpu": "13", "memory": "320Gi", "nvidia.com/gpu": "4"}
     assert res["limits"] == res["requests"]

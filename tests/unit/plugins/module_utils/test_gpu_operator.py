@@ -9,23 +9,18 @@ from typing import Any
 
 import pytest
 
+from ansible_collections.kubeinfer.llm.plugins.module_utils import _gpu_operator
 from ansible_collections.kubeinfer.llm.plugins.module_utils._errors import KubeInferError
-from ansible_collections.kubeinfer.llm.plugins.module_utils._gpu_operator import (
-    chart_matches,
-    chart_source,
-    parse_driver_enabled,
-    probe_candidates,
-    reconcile,
-    validate,
-    value_changes,
-)
+from ansible_collections.kubeinfer.llm.plugins.module_utils._gpu_operator import chart_source, parse_driver_enabled, probe_candidates, validate
 from ansible_collections.kubeinfer.llm.plugins.module_utils._helm import Helm
+from ansible_collections.kubeinfer.llm.plugins.module_utils._helm_release import Chart
 from ansible_collections.kubeinfer.llm.plugins.module_utils._resources import Kube
 
 from .fake_api import FakeApiClient
 from .fake_cluster import FakeCluster, answer_probes, pod_succeeded, probe_answer, probe_pods
 
 REPO = Path(__file__).resolve().parents[4]
+NVIDIA_REPO = "https://helm.ngc.nvidia.com/nvidia"
 NFD_3D = "feature.node.kubernetes.io/pci-0302_10de.present"
 NODES_PATH = "/api/v1/nodes"
 NS_PATH = "/api/v1/namespaces/gpu-operator"
@@ -47,14 +42,18 @@ def params(**overrides: Any) -> dict[str, Any]:
 
 
 class FakeHelm:
-    """A run_command stand-in that keeps one release and answers helm list / get values / upgrade / uninstall."""
+    """A run_command stand-in that keeps one release and answers helm list / get values / upgrade / rollback / uninstall.
+    ``fail_upgrade`` makes helm upgrade fail after it wrote a new revision, as a timed-out ``--wait`` does."""
 
-    def __init__(self, release: dict[str, Any] | None = None, values: dict[str, Any] | None = None) -> None:
+    def __init__(self, release: dict[str, Any] | None = None, values: dict[str, Any] | None = None, fail_upgrade: bool = False) -> None:
         self.release = release
         self.values = values or {}
         self.upgrades: list[dict[str, Any]] = []
+        self.fail_upgrade = fail_upgrade
+        self.argvs: list[list[str]] = []
 
     def __call__(self, argv: list[str], environ_update: dict[str, str] | None = None) -> tuple[int, str, str]:
+        self.argvs.append(argv)
         verb = argv[1]
         if verb == "list":
             return 0, json.dumps([self.release] if self.release else []), ""
@@ -67,6 +66,12 @@ class FakeHelm:
             revision = int(self.release["revision"]) + 1 if self.release else 1
             self.release = {"name": argv[3], "namespace": "gpu-operator", "revision": str(revision), "status": "deployed",
                             "chart": "gpu-operator-v26.7.0", "app_version": "v26.7.0"}
+            if self.fail_upgrade:
+                self.release["status"] = "failed"
+                return 1, "", "Error: UPGRADE FAILED: context deadline exceeded"
+            return 0, "", ""
+        if verb == "rollback":
+            self.release = dict(self.release or {}, revision=str(int((self.release or {})["revision"]) + 1), status="deployed")
             return 0, "", ""
         if verb == "uninstall":
             self.release = None
@@ -77,7 +82,7 @@ class FakeHelm:
 def run(api: Any, fake: FakeHelm, check: bool = False, diff: bool = False, **overrides: Any) -> dict[str, Any]:
     kube = Kube(api)
     helm = Helm(fake, "/bin/helm", {"kubeconfig": "/k"})
-    return reconcile(kube, helm, params(**overrides), check, diff)
+    return _gpu_operator.run(kube, helm, params(**overrides), check, diff)
 
 
 def gpu_node(name: str, **labels: str) -> dict[str, Any]:
@@ -110,53 +115,45 @@ def upstream_chart() -> Path:
 
 # -- chart sources ----------------------------------------------------------------------
 def test_default_source_is_nvidia_repo_at_the_pinned_version() -> None:
-    src = chart_source(None)
-    assert src == {"type": "repo", "chart": "gpu-operator", "repo": "https://helm.ngc.nvidia.com/nvidia",
-                   "version": "v26.7.0", "name": "gpu-operator"}
+    assert chart_source(None, NVIDIA_REPO, "v26.7.0") == (
+        "repo", Chart(ref="gpu-operator", name="gpu-operator", version="v26.7.0", repo=NVIDIA_REPO, version_arg="v26.7.0"))
 
 
 def test_oci_mirror_and_archive_url_sources() -> None:
-    oci = chart_source("oci://registry.example.com/nvidia/gpu-operator", version := "v26.7.0", version)
-    assert oci["type"] == "oci" and oci["chart"] == "oci://registry.example.com/nvidia/gpu-operator" and oci["version"] == "v26.7.0"
-    mirror = chart_source("https://charts.example.com/nvidia")
-    assert mirror["type"] == "repo" and mirror["repo"] == "https://charts.example.com/nvidia" and mirror["chart"] == "gpu-operator"
-    url = chart_source("https://charts.example.com/gpu-operator-v26.7.0.tgz")
-    assert url["type"] == "url" and url["name"] == "gpu-operator" and url["version"] is None
+    kind, oci = chart_source("oci://registry.example.com/nvidia/gpu-operator", NVIDIA_REPO, "v26.7.0")
+    assert kind == "oci" and oci.ref == "oci://registry.example.com/nvidia/gpu-operator" and oci.version_arg == "v26.7.0"
+    kind, mirror = chart_source("https://charts.example.com/nvidia", NVIDIA_REPO, "v26.7.0")
+    assert kind == "repo" and mirror.repo == "https://charts.example.com/nvidia" and mirror.ref == "gpu-operator"
+    kind, url = chart_source("https://charts.example.com/gpu-operator-v26.7.0.tgz", NVIDIA_REPO, "v26.7.0")
+    assert kind == "url" and url.name == "gpu-operator" and url.version_arg is None and url.id == "gpu-operator-v26.7.0"
     with pytest.raises(KubeInferError, match="^chart_ref: .*without a tag"):
-        chart_source("oci://registry.example.com/nvidia/gpu-operator:v26.7.0")
+        chart_source("oci://registry.example.com/nvidia/gpu-operator:v26.7.0", NVIDIA_REPO, "v26.7.0")
 
 
 def test_local_directory_and_archive_use_their_own_version(upstream_chart: Path, tmp_path: Path) -> None:
-    archive = chart_source(str(upstream_chart))
-    assert archive["type"] == "local" and archive["chart"] == str(upstream_chart) and archive["name"] == "gpu-operator"
-    assert archive["version"] is None, "helm ignores --version for a local chart"
-    assert archive["expected_version"] == "v26.7.0"
+    kind, archive = chart_source(str(upstream_chart), NVIDIA_REPO, "v26.7.0")
+    assert kind == "local" and archive.ref == str(upstream_chart) and archive.name == "gpu-operator"
+    assert archive.version_arg is None, "helm ignores --version for a local chart"
+    assert archive.version == "v26.7.0" and archive.app_version == "v26.7.0"
     with pytest.raises(KubeInferError, match="^chart_version: the local chart .* is version v26.7.0, not v25.10.0"):
-        chart_source(str(upstream_chart), chart_version="v25.10.0")
+        chart_source(str(upstream_chart), NVIDIA_REPO, "v25.10.0")
     with tarfile.open(upstream_chart) as tar:
         tar.extractall(tmp_path, filter="data")
-    local = chart_source(str(tmp_path / "gpu-operator"), chart_version="26.7.0")
-    assert local["type"] == "local" and local["name"] == "gpu-operator" and local["expected_version"] == "v26.7.0"
+    kind, local = chart_source(str(tmp_path / "gpu-operator"), NVIDIA_REPO, "26.7.0")
+    assert kind == "local" and local.name == "gpu-operator" and local.version == "v26.7.0"
     with pytest.raises(KubeInferError, match="^chart_version: the local chart .* is version v26.7.0, not v26.3.0"):
-        chart_source(str(tmp_path / "gpu-operator"), chart_version="v26.3.0")
+        chart_source(str(tmp_path / "gpu-operator"), NVIDIA_REPO, "v26.3.0")
 
 
 def test_missing_or_bogus_local_chart_names_chart_ref(tmp_path: Path) -> None:
     with pytest.raises(KubeInferError, match="^chart_ref: local chart /nonexistent/gpu-operator does not exist"):
-        chart_source("/nonexistent/gpu-operator")
+        chart_source("/nonexistent/gpu-operator", NVIDIA_REPO, "v26.7.0")
     with pytest.raises(KubeInferError, match="^chart_ref: .* without a Chart.yaml"):
-        chart_source(str(tmp_path))
+        chart_source(str(tmp_path), NVIDIA_REPO, "v26.7.0")
     junk = tmp_path / "junk.tgz"
     junk.write_text("not a tarball")
     with pytest.raises(KubeInferError, match="^chart_ref: .* neither a chart directory nor a chart archive"):
-        chart_source(str(junk))
-
-
-def test_chart_match_ignores_the_v_prefix() -> None:
-    src = chart_source(None, chart_version="26.7.0")
-    assert chart_matches("gpu-operator-v26.7.0", src)
-    assert not chart_matches("gpu-operator-v25.10.0", src)
-    assert not chart_matches("other-v26.7.0", src)
+        chart_source(str(junk), NVIDIA_REPO, "v26.7.0")
 
 
 # -- validation -----------------------------------------------------------------------------
@@ -188,7 +185,7 @@ def test_driver_enabled_strings() -> None:
 
 
 def test_validate_state_absent_skips_chart_checks() -> None:
-    assert validate(params(state="absent", chart_ref="/no/such/chart")) == {}
+    assert validate(params(state="absent", chart_ref="/no/such/chart")) is None
 
 
 # -- reconcile --------------------------------------------------------------------------------
@@ -227,8 +224,10 @@ def test_fresh_install_probes_the_gpu_nodes_and_installs_the_driver_where_none_i
     assert argv[argv.index("--version") + 1] == "v26.7.0"
     assert fake.upgrades[0]["values"]["driver"] == {"enabled": True}
     assert result["release"]["revision"] == 1 and result["release"]["chart_version"] == "v26.7.0"
+    assert result["release"]["installed"] is True and result["release"]["chart_name"] == "gpu-operator"
     assert any("upgrade --install" in c and "<values-file>" in c for c in result["helm_commands"])
     assert result["changes"] == ["release: (none) -> gpu-operator-v26.7.0"]
+    assert result["changed_values"] == ["dcgmExporter", "devicePlugin", "driver", "mig", "toolkit"], "a new release: every top-level key"
     assert result["api_requests"] == {"list": 2, "create": 1, "delete": 1}
 
 
@@ -293,7 +292,7 @@ def test_changed_value_upgrades_and_reports_the_change() -> None:
     run(api, fake)
     result = run(api, fake, mig_strategy="none", diff=True)
     assert result["changed"] is True and len(fake.upgrades) == 2
-    assert result["changes"] == ["values.mig.strategy: single -> none"]
+    assert result["changes"] == ["values.mig.strategy: single -> none"] and result["changed_values"] == ["mig.strategy"]
     assert result["diff"]["before"]["values"]["mig"] == {"strategy": "single"}
     assert result["diff"]["after"]["values"]["mig"] == {"strategy": "none"}
     assert result["release"]["revision"] == 2
@@ -344,7 +343,7 @@ def test_time_slicing_configmap_is_applied_before_the_release() -> None:
         return original(argv, environ_update)
 
     kube, helm = Kube(api), Helm(recording, "/bin/helm", {})
-    result = reconcile(kube, helm, params(time_slicing_replicas=4), False, False)
+    result = _gpu_operator.run(kube, helm, params(time_slicing_replicas=4), False, False)
     assert order == ["configmap", "helm upgrade"]
     cm = next(c["body"] for c in api.calls if c["path"] == CM_PATH and c["method"] == "PATCH")
     assert cm["metadata"]["namespace"] == "gpu-operator" and "replicas: 4" in cm["data"]["any"]
@@ -355,7 +354,7 @@ def test_time_slicing_configmap_is_applied_before_the_release() -> None:
 def test_time_slicing_in_check_mode_with_missing_namespace_writes_nothing() -> None:
     api = FakeApiClient({("GET", NODES_PATH): {"items": []}})
     fake = FakeHelm()
-    result = reconcile(Kube(api), Helm(fake, "/bin/helm", {}), params(time_slicing_replicas=2), True, False)
+    result = _gpu_operator.run(Kube(api), Helm(fake, "/bin/helm", {}), params(time_slicing_replicas=2), True, False)
     assert result["changed"] is True and result["namespace_created"] is True
     assert [c["path"] for c in api.calls] == [NS_PATH], "only the namespace read: check mode runs no probe"
     assert fake.upgrades == []
@@ -370,9 +369,20 @@ def test_absent_uninstalls_and_deletes_only_our_configmap() -> None:
     assert any(c["method"] == "DELETE" and c["path"] == CM_PATH for c in api.calls)
     again = run(FakeApiClient(), fake, state="absent")
     assert again["changed"] is False and not any("uninstall" in c for c in again["helm_commands"])
+    assert again["release"]["installed"] is False and again["release"]["revision"] == 0
 
 
-def test_value_changes_lists_dotted_paths() -> None:
-    assert value_changes({"a": {"b": 1, "c": 2}}, {"a": {"b": 1, "d": 3}}) == [
-        "values.a.c: 2 -> (unset)", "values.a.d: (unset) -> 3"]
-    assert value_changes({"x": True}, {"x": True}) == []
+@pytest.mark.parametrize(("previous", "undo"), [
+    (None, ["uninstall", "gpu-operator", "--namespace", "gpu-operator"]),
+    ({"name": "gpu-operator", "chart": "gpu-operator-v26.7.0", "status": "deployed", "revision": "3"},
+     ["rollback", "gpu-operator", "3", "--namespace", "gpu-operator", "--wait"]),
+])
+def test_atomic_undoes_a_failed_upgrade(previous: dict[str, Any] | None, undo: list[str]) -> None:
+    fake = FakeHelm(previous, {"driver": {"enabled": True}} if previous else None, fail_upgrade=True)
+    with pytest.raises(KubeInferError, match="^helm upgrade failed .*context deadline exceeded; ") as err:
+        run(FakeApiClient(), fake, driver_enabled="true", mig_strategy="none", atomic=True)
+    upgrade = next(a for a in fake.argvs if a[1] == "upgrade")
+    assert "--wait" in upgrade and "--atomic" not in upgrade, "one rollback path: ours, not helm's"
+    assert fake.argvs[-1][1:len(undo) + 1] == undo
+    assert err.value.result["rolled_back"] == ("uninstalled the release this run created" if previous is None else "rolled back to revision 3")
+    assert err.value.msg.endswith(err.value.result["rolled_back"])

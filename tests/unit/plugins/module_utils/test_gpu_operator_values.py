@@ -21,7 +21,6 @@ from ansible_collections.kubeinfer.llm.plugins.module_utils._gpu_discovery impor
 from ansible_collections.kubeinfer.llm.plugins.module_utils._gpu_operator_values import (
     DEFAULT_CHART_REPO_URL,
     DEFAULT_CHART_VERSION,
-    deep_merge,
     gpu_operator_values,
     resolve_driver_enabled,
     time_slicing_config,
@@ -189,14 +188,6 @@ def test_user_driver_value_overrides_auto() -> None:
 def test_invalid_options(kwargs: dict[str, Any], problem: str) -> None:
     with pytest.raises(KubeInferError, match=problem):
         gpu_operator_values(**kwargs)
-
-
-def test_deep_merge() -> None:
-    base = {"a": {"b": 1, "c": [1, 2]}, "d": 1}
-    assert deep_merge(base, {"a": {"c": [3]}, "e": None}) == {"a": {"b": 1, "c": [3]}, "d": 1, "e": None}
-    assert deep_merge(base, {"a": 5}) == {"a": 5, "d": 1}
-    assert deep_merge({"a": 5}, {"a": {"x": 1}}) == {"a": {"x": 1}}
-    assert base == {"a": {"b": 1, "c": [1, 2]}, "d": 1}
 
 
 def test_driver_reason_stays_short_on_large_clusters() -> None:

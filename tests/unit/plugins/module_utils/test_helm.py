@@ -1,12 +1,18 @@
+"""The helm CLI runner and the one Helm-release lifecycle (_helm_release), with a recorded run_command."""
 from __future__ import annotations
 
 import json
 import os
+import tarfile
+from pathlib import Path
+from typing import Any
 
 import pytest
 
+from ansible_collections.kubeinfer.llm.plugins.module_utils import _helm_release
 from ansible_collections.kubeinfer.llm.plugins.module_utils._errors import KubeInferError
-from ansible_collections.kubeinfer.llm.plugins.module_utils._helm import Helm, values_differ
+from ansible_collections.kubeinfer.llm.plugins.module_utils._helm import Helm
+from ansible_collections.kubeinfer.llm.plugins.module_utils._helm_release import Chart, Current, deep_merge, value_changes
 
 
 class Recorder:
@@ -27,16 +33,18 @@ class Recorder:
 def test_upgrade_argv_values_file_and_token_in_env_only() -> None:
     rec = Recorder()
     helm = Helm(rec, "/bin/helm", {"kubeconfig": "/k", "context": "c", "api_key": "s3cr3t"})
-    helm.upgrade_install("r", "./chart", "ns", {"a": 1}, version="1.2.3", create_namespace=True, atomic=True, timeout=60)
+    helm.upgrade_install("r", "./chart", "ns", {"a": 1}, version="1.2.3", create_namespace=True, wait=True, timeout=60)
     argv = rec.argv
     assert argv[:7] == ["/bin/helm", "upgrade", "--install", "r", "./chart", "--namespace", "ns"]
     assert ["--version", "1.2.3"] == argv[argv.index("--version"):argv.index("--version") + 2]
-    assert "--atomic" in argv and "--wait" in argv and "--create-namespace" in argv
+    assert argv[argv.index("--wait"):argv.index("--wait") + 3] == ["--wait", "--timeout", "60s"] and "--create-namespace" in argv
     assert argv[argv.index("--kubeconfig") + 1] == "/k" and argv[argv.index("--kube-context") + 1] == "c"
     assert "s3cr3t" not in " ".join(argv)
     assert rec.env == {"HELM_KUBETOKEN": "s3cr3t"}
     assert rec.values == {"a": 1}
     assert not os.path.exists(argv[argv.index("--values") + 1]), "the values file is removed"
+    (line,) = helm.command_lines()
+    assert line.startswith("/bin/helm upgrade --install r ./chart") and "--values <values-file>" in line and "s3cr3t" not in line
 
 
 def test_failure_reports_masked_stderr_and_command() -> None:
@@ -55,6 +63,142 @@ def test_release_lookup_parses_list_output() -> None:
     assert rec.argv[rec.argv.index("--filter") + 1] == "^gpu-operator$"
 
 
-def test_values_compare_as_json() -> None:
-    assert not values_differ({"a": [1, 2], "b": {"c": 1.0}}, {"b": {"c": 1}, "a": (1, 2)})
-    assert values_differ({"a": 1}, {"a": 2})
+# -- the lifecycle ---------------------------------------------------------------------------
+def test_values_compare_as_helm_stores_them() -> None:
+    assert value_changes({"a": [1, 2], "b": {"c": 1.0}}, {"b": {"c": 1}, "a": (1, 2)}) == []
+    assert value_changes({"a": {"b": 1, "c": 2}, "x": True}, {"a": {"b": 1, "d": 3}, "x": False}) == [
+        ("a.c", 2, _helm_release._UNSET), ("a.d", _helm_release._UNSET, 3), ("x", True, False)]
+
+
+def test_deep_merge() -> None:
+    base = {"a": {"b": 1, "c": [1, 2]}, "d": 1}
+    assert deep_merge(base, {"a": {"c": [3]}, "e": None}) == {"a": {"b": 1, "c": [3]}, "d": 1, "e": None}
+    assert deep_merge(base, {"a": 5}) == {"a": 5, "d": 1}
+    assert deep_merge({"a": 5}, {"a": {"x": 1}}) == {"a": {"x": 1}}
+    assert base == {"a": {"b": 1, "c": [1, 2]}, "d": 1}
+
+
+CHART = Chart(ref="./vllm", name="vllm", version="0.2.0")
+
+
+def current(row: dict[str, Any] | None, values: dict[str, Any] | None = None) -> Current:
+    return Current("r", "ns", row, values or {})
+
+
+def test_plan_says_why_an_upgrade_is_needed() -> None:
+    deployed = {"replicaCount": 1, "model": {"name": "m"}, "vllm": {"gpuMemoryUtilization": 0.9}}
+    desired = {"replicaCount": 2, "model": {"name": "m"}, "vllm": {"gpuMemoryUtilization": 0.9}, "podLabels": {"a": "b"}}
+    row = {"chart": "vllm-0.2.0", "status": "deployed", "revision": "3"}
+    same = _helm_release.plan(current(row, deployed), CHART, deployed)
+    assert same.reasons == [] and same.changed_values == []
+    assert _helm_release.plan(current(dict(row, chart="vllm-v0.2.0"), deployed), CHART, deployed).reasons == [], "a leading v does not count"
+    fresh = _helm_release.plan(current(None), CHART, desired)
+    assert fresh.reasons == ["release: (none) -> vllm-0.2.0"] and fresh.changed_values == ["model", "podLabels", "replicaCount", "vllm"]
+    stale = _helm_release.plan(current(dict(row, status="failed", chart="vllm-0.1.9"), deployed), CHART, desired)
+    assert stale.reasons == ["release status: failed -> deployed", "chart: vllm-0.1.9 -> vllm-0.2.0",
+                             "values.podLabels: (unset) -> {'a': 'b'}", "values.replicaCount: 1 -> 2"]
+    assert stale.changed_values == ["podLabels", "replicaCount"]
+    assert not CHART.matches("other-0.2.0") and not CHART.matches("vllm-0.2.1") and not CHART.matches(None)
+    with pytest.raises(KubeInferError, match="^release ns/r is in status pending-install: another helm operation") as err:
+        _helm_release.plan(current(dict(row, status="pending-install")), CHART, desired)
+    assert err.value.result["release"]["status"] == "pending-install"
+
+
+@pytest.mark.parametrize(("row", "view"), [
+    (None, {"installed": False, "chart": None, "chart_name": None, "chart_version": None, "revision": 0, "status": None}),
+    ({"chart": "gpu-operator-v26.7.0", "revision": "2", "status": "deployed", "app_version": "v26.7.0", "updated": "now"},
+     {"installed": True, "chart": "gpu-operator-v26.7.0", "chart_name": "gpu-operator", "chart_version": "v26.7.0", "revision": 2,
+      "status": "deployed", "app_version": "v26.7.0", "updated": "now"}),
+    ({"chart": "my-chart-1.0.0-rc.1", "revision": "7", "status": "failed"},
+     {"chart_name": "my-chart", "chart_version": "1.0.0-rc.1", "revision": 7}),
+])
+def test_release_view_has_one_shape(row: dict[str, Any] | None, view: dict[str, Any]) -> None:
+    shown = _helm_release.release_view(row, "r", "ns")
+    assert set(shown) == {"name", "namespace", "installed", "chart", "chart_name", "chart_version", "app_version", "revision",
+                          "status", "updated"}
+    assert {k: shown[k] for k in view} == view and shown["name"] == "r" and shown["namespace"] == "ns"
+
+
+class Release:
+    """run_command for helm that keeps one release; ``fail`` makes the upgrade fail."""
+
+    def __init__(self, row: dict[str, Any] | None, fail: bool = False, chart: str = "vllm-0.2.0") -> None:
+        self.row, self.fail, self.chart = row, fail, chart
+        self.verbs: list[list[str]] = []
+
+    def __call__(self, argv: list[str], environ_update: dict[str, str] | None = None) -> tuple[int, str, str]:
+        self.verbs.append(argv[1:])
+        if argv[1] == "list":
+            return 0, json.dumps([self.row] if self.row else []), ""
+        if argv[1] == "upgrade":
+            self.row = {"chart": self.chart, "status": "failed" if self.fail else "deployed",
+                        "revision": str(int((self.row or {}).get("revision", 0)) + 1)}
+            return (1, "", "Error: UPGRADE FAILED") if self.fail else (0, "", "")
+        return 0, "", ""
+
+
+def test_apply_upgrades_then_waits() -> None:
+    cli = Release({"chart": "vllm-0.1.0", "status": "deployed", "revision": "1"})
+    helm = Helm(cli, "helm", {})
+    planned = _helm_release.plan(current(cli.row), CHART, {"a": 1})
+    waited: list[bool] = []
+    after = _helm_release.apply(helm, planned, create_namespace=True, atomic=False, wait=lambda: waited.append(True))
+    assert after["revision"] == 2 and after["status"] == "deployed" and waited == [True]
+    assert cli.verbs[0][:4] == ["upgrade", "--install", "r", "./vllm"] and "--create-namespace" in cli.verbs[0]
+    assert "--wait" not in cli.verbs[0], "the caller's wait, not helm's"
+
+
+@pytest.mark.parametrize(("row", "undo", "said"), [
+    (None, ["uninstall", "r", "--namespace", "ns"], "uninstalled the release this run created"),
+    ({"chart": "vllm-0.1.0", "status": "deployed", "revision": "4"}, ["rollback", "r", "4", "--namespace", "ns", "--wait"],
+     "rolled back to revision 4"),
+])
+def test_atomic_undoes_a_failed_upgrade_or_wait(row: dict[str, Any] | None, undo: list[str], said: str) -> None:
+    cli = Release(row, fail=True)
+    helm = Helm(cli, "helm", {})
+    with pytest.raises(KubeInferError) as err:
+        _helm_release.apply(helm, _helm_release.plan(current(row), CHART, {"a": 1}), False, atomic=True)
+    assert err.value.msg == f"helm upgrade failed (rc=1): Error: UPGRADE FAILED; {said}" and err.value.result["rolled_back"] == said
+    assert cli.verbs[-1] == undo
+
+    def stuck() -> None:
+        raise KubeInferError("timed out", waited=30)
+
+    cli = Release(row)
+    with pytest.raises(KubeInferError) as err:
+        _helm_release.apply(Helm(cli, "helm", {}), _helm_release.plan(current(row), CHART, {"a": 1}), False, atomic=True, wait=stuck)
+    assert err.value.msg == f"timed out; {said}" and err.value.result["waited"] == 30 and cli.verbs[-1] == undo
+    cli = Release(row, fail=True)
+    with pytest.raises(KubeInferError):
+        _helm_release.apply(Helm(cli, "helm", {}), _helm_release.plan(current(row), CHART, {"a": 1}), False, atomic=False)
+    assert [v[0] for v in cli.verbs] == ["upgrade"], "without atomic nothing is undone"
+
+
+def test_apply_refuses_a_chart_other_than_the_planned_one() -> None:
+    cli = Release(None, chart="vllm-0.1.0")
+    with pytest.raises(KubeInferError, match="^chart_ref: helm installed vllm-0.1.0, but vllm-0.2.0 was asked for"):
+        _helm_release.apply(Helm(cli, "helm", {}), _helm_release.plan(current(None), CHART, {}), False, atomic=False)
+
+
+def test_read_chart_reads_local_charts_and_asks_helm_for_the_rest(tmp_path: Path) -> None:
+    chart_dir = tmp_path / "mychart"
+    chart_dir.mkdir()
+    (chart_dir / "Chart.yaml").write_text("apiVersion: v2\nname: mychart  # a comment\nversion: 1.2.3\nappVersion: '4.5'\n")
+    archive = tmp_path / "mychart-1.2.3.tgz"
+    with tarfile.open(archive, "w:gz") as tar:
+        tar.add(chart_dir, arcname="mychart")
+    cli = Release(None)
+    helm = Helm(cli, "helm", {})
+    for ref in (chart_dir, archive):
+        chart = _helm_release.read_chart(helm, str(ref))
+        assert chart == Chart(ref=str(ref), name="mychart", version="1.2.3", app_version="4.5"), "no --version for a local chart"
+    assert cli.verbs == [], "a local chart is read from disk"
+    with pytest.raises(KubeInferError, match="^chart_version: the local chart .* is version 1.2.3, not 2.0.0"):
+        _helm_release.read_chart(helm, str(archive), "2.0.0")
+
+    def show(argv: list[str], environ_update: dict[str, str] | None = None) -> tuple[int, str, str]:
+        assert argv[1:] == ["show", "chart", "oci://example.com/charts/vllm", "--version", "0.2.0"]
+        return 0, "apiVersion: v2\nname: vllm\nversion: 0.2.0\n", ""
+
+    assert _helm_release.read_chart(Helm(show, "helm", {}), "oci://example.com/charts/vllm", "0.2.0") == Chart(
+        ref="oci://example.com/charts/vllm", name="vllm", version="0.2.0", version_arg="0.2.0")

@@ -17,7 +17,6 @@ from ansible_collections.kubeinfer.llm.plugins.module_utils._sizing import (
     params_from_model_name,
     scale_down_window_seconds,
     startup_budget_seconds,
-    startup_probe,
 )
 
 A100_80GB_MIB = 81920
@@ -189,14 +188,6 @@ def test_startup_budget_grows_with_size_and_slower_storage() -> None:
 def test_startup_budget_invalid(kwargs: dict) -> None:
     with pytest.raises(KubeInferError, match="Invalid startup budget input"):
         startup_budget_seconds(**kwargs)
-
-
-def test_startup_probe_covers_budget() -> None:
-    assert startup_probe(135) == {"periodSeconds": 10, "failureThreshold": 14, "timeoutSeconds": 5}
-    probe = startup_probe(482, period_seconds=15)
-    assert probe["failureThreshold"] * probe["periodSeconds"] >= 482
-    with pytest.raises(KubeInferError):
-        startup_probe(0)
 
 
 def test_scale_down_window() -> None:

@@ -1,29 +1,32 @@
-"""Pure logic of vllm_release: values, sizing inputs, GPU packing, manifest validation, change detection, and the run order."""
+"""vllm_release's pure logic and its runner: values, sizing inputs, GPU packing, rendered manifests, and the run order."""
 from __future__ import annotations
 
 import copy
+import functools
+import json
+import os
+import subprocess
 from collections import Counter
+from pathlib import Path
 from typing import Any
 
 import pytest
+from ansible.module_utils.common.arg_spec import ArgumentSpecValidator
 
-from ansible_collections.kubeinfer.llm.plugins.module_utils import _vllm
+from ansible_collections.kubeinfer.llm.plugins.module_utils import _manifests, _vllm, _vllm_capacity, _vllm_values, _waiter
 from ansible_collections.kubeinfer.llm.plugins.module_utils._errors import KubeInferError
+from ansible_collections.kubeinfer.llm.plugins.module_utils._helm import Helm
+from ansible_collections.kubeinfer.llm.plugins.modules import vllm_release
+
+REPO = Path(__file__).resolve().parents[4]
 
 
 def params(**over: Any) -> dict[str, Any]:
-    base: dict[str, Any] = {
-        "name": "llama", "namespace": "serve", "state": "present", "model": "meta-llama/Llama-3.1-8B-Instruct",
-        "revision": None, "served_model_name": None, "replicas": 1, "gpus_per_replica": 1, "tensor_parallel_size": None,
-        "dtype": "auto", "quantization": None, "max_model_len": None, "gpu_memory_utilization": 0.9, "extra_args": [],
-        "hf_token_secret": None, "model_cache": None, "gpu_products": [], "node_selector": {}, "tolerations": [],
-        "resources": None, "engine": "vllm", "image": None, "pod_labels": {}, "values": {}, "chart_ref": "/c/charts/vllm",
-        "chart_version": None, "wait": True, "timeout": None, "atomic": False, "preflight_capacity": True,
-        "params_billion": None, "gpu_memory_mib": None, "load_throughput_gib_s": None, "startup_budget_seconds": None,
-        "create_namespace": False,
-    }
-    base.update(over)
-    return base
+    """The module's parameters as AnsibleModule hands them over: its own argument spec fills in the defaults."""
+    given = {"name": "llama", "namespace": "serve", "model": "meta-llama/Llama-3.1-8B-Instruct", "chart_ref": "/c/charts/vllm", **over}
+    checked = ArgumentSpecValidator(vllm_release.ARGUMENT_SPEC).validate({k: v for k, v in given.items() if v is not None})
+    assert not checked.error_messages, checked.error_messages
+    return dict(checked.validated_parameters)
 
 
 def node(name: str, gpus: int = 8, memory: str | None = "81920", product: str = "NVIDIA-A100-SXM4-80GB",
@@ -53,7 +56,6 @@ def pod(name: str, node_name: str | None, gpus: int, namespace: str = "other", l
     ({"name": "Bad_Name"}, "name: 'Bad_Name'"),
     ({"name": "x" * 54}, "at most 53"),
     ({"namespace": "a.b"}, "namespace: 'a.b'"),
-    ({"model": None}, "model: required"),
     ({"chart_ref": None}, "chart_ref: required"),
     ({"gpus_per_replica": 2, "tensor_parallel_size": 4}, "tensor_parallel_size: must be between 1 and gpus_per_replica (2)"),
     ({"gpu_memory_utilization": 1.5}, "gpu_memory_utilization"),
@@ -62,18 +64,18 @@ def pod(name: str, node_name: str | None, gpus: int, namespace: str = "other", l
     ({"hf_token_secret": {"name": "t", "key": "a b"}}, "hf_token_secret.key"),
     ({"params_billion": 0.0}, "params_billion: must be > 0"),
 ])
-def test_validate_params_names_the_option(over: dict[str, Any], fragment: str) -> None:
+def test_validate_names_the_option(over: dict[str, Any], fragment: str) -> None:
     with pytest.raises(KubeInferError) as info:
-        _vllm.validate_params(params(**over))
+        _vllm_values.validate(params(**over))
     assert fragment in info.value.msg
 
 
-def test_validate_params_absent_needs_no_model() -> None:
-    _vllm.validate_params(params(state="absent", model=None, chart_ref=None))
+def test_validate_absent_needs_no_model() -> None:
+    _vllm_values.validate(params(state="absent", model=None, chart_ref=None))
 
 
 def test_build_values_minimal_sets_the_required_keys_only() -> None:
-    values = _vllm.build_values(params(), 135)
+    values = _vllm_values.build_values(params(), 135)
     assert values == {
         "fullnameOverride": "llama", "engine": "vllm", "model": {"name": "meta-llama/Llama-3.1-8B-Instruct"},
         "replicaCount": 1, "gpusPerReplica": 1, "probes": {"startup": {"budgetSeconds": 135}},
@@ -93,7 +95,7 @@ def test_build_values_full() -> None:
                tolerations=[{"key": "dedicated", "operator": "Exists", "effect": "NoSchedule"}],
                resources={"requests": {"cpu": "8"}}, image={"repository": "my/vllm", "tag": None}, pod_labels={"team": "ml"},
                values={"service": {"port": 9000}, "vllm": {"maxNumSeqs": 64}})
-    values = _vllm.build_values(p, 500)
+    values = _vllm_values.build_values(p, 500)
     assert values["model"] == {"name": "meta-llama/Llama-3.1-8B-Instruct", "revision": "abc", "servedModelName": "llama"}
     assert values["replicaCount"] == 3 and values["gpusPerReplica"] == 4
     assert values["vllm"] == {"tensorParallelSize": 2, "dtype": "bfloat16", "gpuMemoryUtilization": 0.9, "maxModelLen": 8192,
@@ -105,11 +107,10 @@ def test_build_values_full() -> None:
     assert values["image"] == {"vllm": {"repository": "my/vllm"}}
     assert values["podLabels"] == {"team": "ml"}
     assert values["service"] == {"port": 9000}
-    assert _vllm.endpoint("llama", "serve", values)["url"] == "http://llama.serve.svc.cluster.local:9000"
 
 
 def test_build_values_sim_has_no_vllm_section() -> None:
-    values = _vllm.build_values(params(engine="sim", model="facebook/opt-125m", max_model_len=2048, image={"tag": "v1"}), 91)
+    values = _vllm_values.build_values(params(engine="sim", model="facebook/opt-125m", max_model_len=2048, image={"tag": "v1"}), 91)
     assert "vllm" not in values
     assert "resources" not in values, "the simulator loads no weights: the chart's small defaults apply"
     assert values["sim"] == {"maxModelLen": 2048}
@@ -127,12 +128,12 @@ def test_build_values_sim_has_no_vllm_section() -> None:
     ({"model": "meta-llama/Llama-3.1-70B-Instruct", "quantization": "bitsandbytes"}, "13", "320Gi"),  # unknown: the dtype's bytes
 ])
 def test_build_values_sizes_cpu_and_memory_from_the_weights(over: dict[str, Any], cpu: str, memory: str) -> None:
-    resources = _vllm.build_values(params(**over), 100)["resources"]
+    resources = _vllm_values.build_values(params(**over), 100)["resources"]
     assert resources == {"requests": {"cpu": cpu, "memory": memory}, "limits": {"cpu": cpu, "memory": memory}}
 
 
 def test_default_resources_grow_with_the_weights() -> None:
-    sizes = [_vllm.default_resources(params(params_billion=b)) for b in (0.5, 7, 8, 13, 34, 70, 180, 405)]
+    sizes = [_vllm_values.default_resources(params(params_billion=b)) for b in (0.5, 7, 8, 13, 34, 70, 180, 405)]
     cpus = [int(r["requests"]["cpu"]) for r in sizes]
     memory = [int(r["requests"]["memory"].removesuffix("Gi")) for r in sizes]
     assert cpus == sorted(cpus) and memory == sorted(memory)
@@ -152,41 +153,59 @@ def test_default_resources_grow_with_the_weights() -> None:
 def test_given_resources_win_key_by_key(given: dict[str, Any], expected: dict[str, Any]) -> None:
     p = params(resources=given)
     before = copy.deepcopy(p)
-    assert _vllm.build_values(p, 100)["resources"] == expected
+    assert _vllm_values.build_values(p, 100)["resources"] == expected
     assert p == before
 
 
 def test_sim_keeps_given_resources() -> None:
-    values = _vllm.build_values(params(engine="sim", resources={"limits": {"memory": "1Gi"}}), 100)
+    values = _vllm_values.build_values(params(engine="sim", resources={"limits": {"memory": "1Gi"}}), 100)
     assert values["resources"] == {"limits": {"memory": "1Gi"}}
 
 
 def test_free_values_win_and_do_not_change_the_options() -> None:
     p = params(values={"replicaCount": 7, "model": {"servedModelName": "x"}})
     before = copy.deepcopy(p)
-    values = _vllm.build_values(p, 100)
+    values = _vllm_values.build_values(p, 100)
     assert values["replicaCount"] == 7
     assert values["model"] == {"name": "meta-llama/Llama-3.1-8B-Instruct", "servedModelName": "x"}
     assert p == before
 
 
+VERSIONS_ENV = (REPO / "tools" / "localcluster" / "versions.env").read_text().splitlines()
+VERSIONS = {k.strip(): v.strip() for k, v in (line.split("=", 1) for line in VERSIONS_ENV if "=" in line and not line.startswith("#"))}
+HELM = os.environ.get("HELM_BINARY") or str(Path.home() / ".cache" / "kubeinfer" / f"helm-{VERSIONS['HELM_VERSION']}" / "helm")
+
+
+def run_command(argv: list[str], environ_update: dict[str, str] | None = None) -> tuple[int, str, str]:
+    done = subprocess.run(argv, capture_output=True, text=True, timeout=120, check=False, env=dict(os.environ, **(environ_update or {})))
+    return done.returncode, done.stdout, done.stderr
+
+
 @pytest.mark.parametrize("name, values, expected", [
-    ("r", {"fullnameOverride": "given"}, "given"),
-    ("my-vllm", {}, "my-vllm"),
-    ("r", {}, "r-vllm"),
-    ("r", {"nameOverride": "srv"}, "r-srv"),
+    ("r", {"fullnameOverride": "given"}, {"deployment": "given", "service": "given", "port": 8000}),
+    ("my-vllm", {}, {"deployment": "my-vllm", "service": "my-vllm", "port": 8000}),
+    ("r", {}, {"deployment": "r-vllm", "service": "r-vllm", "port": 8000}),
+    ("r", {"nameOverride": "srv", "service": {"port": 9000}}, {"deployment": "r-srv", "service": "r-srv", "port": 9000}),
 ])
-def test_fullname_follows_the_chart_helper(name: str, values: dict[str, Any], expected: str) -> None:
-    assert _vllm.fullname(name, values) == expected
+def test_served_names_come_from_the_real_chart_render(name: str, values: dict[str, Any], expected: dict[str, Any]) -> None:
+    helm = Helm(run_command, HELM, {})
+    docs = _manifests.parse_manifests(helm.template(name, str(REPO / "charts" / "vllm"), "serve", dict(values, model={"name": "m"}),
+                                                    kube_version=VERSIONS["KUBERNETES_VERSION"]))
+    workload = _manifests.served_workload(docs)
+    assert {k: workload[k] for k in expected} == expected
+    deployment = next(d for d in docs if d["kind"] == "Deployment")
+    assert workload["selector"] == ",".join(f"{k}={v}" for k, v in sorted(deployment["spec"]["selector"]["matchLabels"].items()))
+    assert f"app.kubernetes.io/instance={name}" in workload["selector"]
 
 
-def test_pod_selector() -> None:
-    assert _vllm.pod_selector("r", {}) == "app.kubernetes.io/name=vllm,app.kubernetes.io/instance=r"
+def test_served_workload_needs_one_deployment_and_one_service() -> None:
+    with pytest.raises(KubeInferError, match="^chart_ref: the chart rendered 0 Deployment objects"):
+        _manifests.served_workload(_manifests.parse_manifests(RENDERED.split("---")[1]))
 
 
 # -- sizing -------------------------------------------------------------------------
 def test_sizing_reads_params_from_name_and_memory_from_the_smallest_node() -> None:
-    estimate, budget = _vllm.sizing(params(), [node("a", memory="81920"), node("b", memory="40960"), node("c", memory=None)])
+    estimate, budget = _vllm_values.sizing(params(), [node("a", memory="81920"), node("b", memory="40960"), node("c", memory=None)])
     assert estimate["params_billion"] == 8.0 and estimate["params_billion_source"] == "model name"
     assert estimate["gpu_memory_mib"] == 40960 and "smallest of 2 nodes" in estimate["gpu_memory_mib_source"]
     assert estimate["fits"] is True
@@ -194,21 +213,21 @@ def test_sizing_reads_params_from_name_and_memory_from_the_smallest_node() -> No
 
 
 def test_sizing_overrides() -> None:
-    estimate, budget = _vllm.sizing(params(model="my-model", params_billion=1.0, gpu_memory_mib=24576, load_throughput_gib_s=2.0), [])
+    estimate, budget = _vllm_values.sizing(params(model="my-model", params_billion=1.0, gpu_memory_mib=24576, load_throughput_gib_s=2.0), [])
     assert estimate["params_billion"] == 1.0 and estimate["gpu_memory_mib"] == 24576
     assert budget["load_throughput_gib_s"] == 2.0 and budget["seconds"] == 92  # ceil((60 + 1.863/2) * 1.5)
-    fixed = _vllm.sizing(params(startup_budget_seconds=900), [node("a")])[1]
+    fixed = _vllm_values.sizing(params(startup_budget_seconds=900), [node("a")])[1]
     assert fixed["seconds"] == 900 and fixed["source"] == "startup_budget_seconds"
 
 
 def test_sizing_quantization_sets_bytes_per_param() -> None:
-    estimate = _vllm.sizing(params(quantization="awq"), [node("a")])[0]
+    estimate = _vllm_values.sizing(params(quantization="awq"), [node("a")])[0]
     assert estimate["bytes_per_param"] == 0.5
 
 
 def test_sizing_fails_with_numbers_when_the_model_is_too_large() -> None:
     with pytest.raises(KubeInferError) as info:
-        _vllm.sizing(params(model="meta-llama/Llama-3.1-405B-Instruct", gpus_per_replica=4), [node("a")])
+        _vllm_values.sizing(params(model="meta-llama/Llama-3.1-405B-Instruct", gpus_per_replica=4), [node("a")])
     msg = info.value.msg
     assert "405B parameters" in msg and "tensor_parallel=4" in msg and "GiB per GPU" in msg
     assert info.value.result["sizing"]["fits"] is False
@@ -216,47 +235,47 @@ def test_sizing_fails_with_numbers_when_the_model_is_too_large() -> None:
 
 def test_sizing_needs_a_parameter_count_and_a_memory_size() -> None:
     with pytest.raises(KubeInferError, match="params_billion: the parameter count cannot be read"):
-        _vllm.sizing(params(model="org/mystery"), [node("a")])
+        _vllm_values.sizing(params(model="org/mystery"), [node("a")])
     with pytest.raises(KubeInferError, match="gpu_memory_mib: none of the eligible GPU nodes"):
-        _vllm.sizing(params(), [node("a", memory=None)])
+        _vllm_values.sizing(params(), [node("a", memory=None)])
 
 
 # -- GPU capacity -------------------------------------------------------------------
 def test_tolerations_follow_the_scheduler_rules() -> None:
     taint = {"key": "nvidia.com/gpu", "value": "present", "effect": "NoSchedule"}
-    assert _vllm.tolerates([{"key": "nvidia.com/gpu", "operator": "Exists", "effect": "NoSchedule"}], taint)
-    assert _vllm.tolerates([{"operator": "Exists"}], taint)
-    assert _vllm.tolerates([{"key": "nvidia.com/gpu", "operator": "Equal", "value": "present"}], taint)
-    assert not _vllm.tolerates([{"key": "nvidia.com/gpu", "operator": "Equal", "value": "other"}], taint)
-    assert not _vllm.tolerates([{"key": "nvidia.com/gpu", "operator": "Exists", "effect": "NoExecute"}], taint)
+    assert _vllm_capacity.tolerates([{"key": "nvidia.com/gpu", "operator": "Exists", "effect": "NoSchedule"}], taint)
+    assert _vllm_capacity.tolerates([{"operator": "Exists"}], taint)
+    assert _vllm_capacity.tolerates([{"key": "nvidia.com/gpu", "operator": "Equal", "value": "present"}], taint)
+    assert not _vllm_capacity.tolerates([{"key": "nvidia.com/gpu", "operator": "Equal", "value": "other"}], taint)
+    assert not _vllm_capacity.tolerates([{"key": "nvidia.com/gpu", "operator": "Exists", "effect": "NoExecute"}], taint)
 
 
 def test_node_eligibility() -> None:
     values: dict[str, Any] = {"scheduling": {"gpuProducts": ["NVIDIA-A100-SXM4-80GB"], "nodeSelector": {"pool": "a"}}}
-    assert _vllm.node_ineligible_reason(node("ok", labels={"pool": "a"}), values) is None
-    assert "no allocatable" in str(_vllm.node_ineligible_reason(node("cpu", gpus=0), values))
-    assert "not Ready" in str(_vllm.node_ineligible_reason(node("nr", ready=False, labels={"pool": "a"}), values))
-    assert "node selector" in str(_vllm.node_ineligible_reason(node("b", labels={"pool": "b"}), values))
-    assert "not one of" in str(_vllm.node_ineligible_reason(node("h", product="H100", labels={"pool": "a"}), values))
+    assert _vllm_capacity.node_ineligible_reason(node("ok", labels={"pool": "a"}), values) is None
+    assert "no allocatable" in str(_vllm_capacity.node_ineligible_reason(node("cpu", gpus=0), values))
+    assert "not Ready" in str(_vllm_capacity.node_ineligible_reason(node("nr", ready=False, labels={"pool": "a"}), values))
+    assert "node selector" in str(_vllm_capacity.node_ineligible_reason(node("b", labels={"pool": "b"}), values))
+    assert "not one of" in str(_vllm_capacity.node_ineligible_reason(node("h", product="H100", labels={"pool": "a"}), values))
     gpu_tainted = node("t", labels={"pool": "a"}, taints=[{"key": "nvidia.com/gpu", "value": "present", "effect": "NoSchedule"}])
-    assert _vllm.node_ineligible_reason(gpu_tainted, values) is None, "the chart tolerates the GPU taint"
+    assert _vllm_capacity.node_ineligible_reason(gpu_tainted, values) is None, "the chart tolerates the GPU taint"
     other = node("o", labels={"pool": "a"}, taints=[{"key": "dedicated", "value": "x", "effect": "NoSchedule"}])
-    assert "not tolerated" in str(_vllm.node_ineligible_reason(other, values))
+    assert "not tolerated" in str(_vllm_capacity.node_ineligible_reason(other, values))
     values["scheduling"]["tolerations"] = [{"key": "dedicated", "operator": "Exists"}]
-    assert _vllm.node_ineligible_reason(other, values) is None
+    assert _vllm_capacity.node_ineligible_reason(other, values) is None
     prefer = node("p", labels={"pool": "a"}, taints=[{"key": "soft", "effect": "PreferNoSchedule"}])
-    assert _vllm.node_ineligible_reason(prefer, values) is None
+    assert _vllm_capacity.node_ineligible_reason(prefer, values) is None
 
 
 def test_shared_product_label_of_time_sliced_gpus_is_eligible() -> None:
     values: dict[str, Any] = {"scheduling": {"gpuProducts": ["NVIDIA-A100-SXM4-80GB", "NVIDIA-H100-80GB-HBM3"]}}
-    assert _vllm.node_ineligible_reason(node("s", product="NVIDIA-H100-80GB-HBM3-SHARED"), values) is None
-    assert _vllm.node_ineligible_reason(node("a", product="NVIDIA-A100-SXM4-80GB"), values) is None
+    assert _vllm_capacity.node_ineligible_reason(node("s", product="NVIDIA-H100-80GB-HBM3-SHARED"), values) is None
+    assert _vllm_capacity.node_ineligible_reason(node("a", product="NVIDIA-A100-SXM4-80GB"), values) is None
     for product in ("NVIDIA-L4-SHARED", "NVIDIA-H100-80GB-HBM3-SHARED-SHARED", "SHARED", "NVIDIA-H100-80GB-HBM3-shared"):
-        reason = _vllm.node_ineligible_reason(node("x", product=product), values)
+        reason = _vllm_capacity.node_ineligible_reason(node("x", product=product), values)
         assert reason == (f"nvidia.com/gpu.product={product} is not one of ['NVIDIA-A100-SXM4-80GB', 'NVIDIA-H100-80GB-HBM3'] "
                           "(or their -SHARED forms)")
-    assert _vllm.node_ineligible_reason(node("any", product="NVIDIA-L4-SHARED"), {}) is None, "no products: any GPU"
+    assert _vllm_capacity.node_ineligible_reason(node("any", product="NVIDIA-L4-SHARED"), {}) is None, "no products: any GPU"
 
 
 def sliced(replicas: str, product: str = "NVIDIA-A100-SXM4-80GB-SHARED") -> dict[str, Any]:
@@ -264,63 +283,63 @@ def sliced(replicas: str, product: str = "NVIDIA-A100-SXM4-80GB-SHARED") -> dict
 
 
 def test_time_sliced_gpus_need_memory_for_every_share() -> None:
-    reason = _vllm.node_ineligible_reason(sliced("4"), {"vllm": {"gpuMemoryUtilization": 0.9}})
+    reason = _vllm_capacity.node_ineligible_reason(sliced("4"), {"vllm": {"gpuMemoryUtilization": 0.9}})
     assert reason == ("its GPUs are time-sliced 4 ways (nvidia.com/gpu.replicas=4), and 4 replicas at gpu_memory_utilization 0.9 "
                       "would need 3.6 of one GPU's memory; set gpu_memory_utilization to at most 0.25")
-    assert _vllm.node_ineligible_reason(sliced("4"), {"vllm": {"gpuMemoryUtilization": 0.25}}) is None, "4 x 0.25 fills it exactly"
-    assert _vllm.node_ineligible_reason(sliced("2"), {"vllm": {"gpuMemoryUtilization": 0.45}}) is None
-    assert _vllm.node_ineligible_reason(sliced("1"), {"vllm": {"gpuMemoryUtilization": 0.9}}) is None, "1 replica is no sharing"
-    assert _vllm.node_ineligible_reason(sliced("junk"), {"vllm": {"gpuMemoryUtilization": 0.9}}) is None
-    assert _vllm.node_ineligible_reason(sliced("8"), {}) is None, "the sim engine has no vllm section and holds no GPU memory"
-    plan = _vllm.plan_capacity([sliced("4")], [], 1, 1, {"vllm": {"gpuMemoryUtilization": 0.9}}, "serve", "llama")
+    assert _vllm_capacity.node_ineligible_reason(sliced("4"), {"vllm": {"gpuMemoryUtilization": 0.25}}) is None, "4 x 0.25 fills it exactly"
+    assert _vllm_capacity.node_ineligible_reason(sliced("2"), {"vllm": {"gpuMemoryUtilization": 0.45}}) is None
+    assert _vllm_capacity.node_ineligible_reason(sliced("1"), {"vllm": {"gpuMemoryUtilization": 0.9}}) is None, "1 replica is no sharing"
+    assert _vllm_capacity.node_ineligible_reason(sliced("junk"), {"vllm": {"gpuMemoryUtilization": 0.9}}) is None
+    assert _vllm_capacity.node_ineligible_reason(sliced("8"), {}) is None, "the sim engine has no vllm section and holds no GPU memory"
+    plan = _vllm_capacity.plan_capacity([sliced("4")], [], 1, 1, {"vllm": {"gpuMemoryUtilization": 0.9}}, "serve", "llama")
     assert not plan["fits"] and "time-sliced 4 ways" in plan["ineligible_nodes"]["ts"]
 
 
 @pytest.mark.parametrize("shares", range(2, 17))
 def test_the_suggested_gpu_memory_utilization_is_accepted(shares: int) -> None:
-    reason = str(_vllm.node_ineligible_reason(sliced(str(shares)), {"vllm": {"gpuMemoryUtilization": 0.9}}))
+    reason = str(_vllm_capacity.node_ineligible_reason(sliced(str(shares)), {"vllm": {"gpuMemoryUtilization": 0.9}}))
     limit = float(reason.rsplit("at most ", 1)[1])
     assert 0 < limit <= 1 / shares
-    assert _vllm.node_ineligible_reason(sliced(str(shares)), {"vllm": {"gpuMemoryUtilization": limit}}) is None, reason
+    assert _vllm_capacity.node_ineligible_reason(sliced(str(shares)), {"vllm": {"gpuMemoryUtilization": limit}}) is None, reason
 
 
 def test_pod_gpus_counts_requests_or_limits_and_init_containers() -> None:
     p = pod("a", "n", 2)
     p["spec"]["containers"].append({"name": "d", "resources": {"requests": {"nvidia.com/gpu": "1"}}})
-    assert _vllm.pod_gpus(p) == 3
+    assert _vllm_capacity.pod_gpus(p) == 3
     p["spec"]["initContainers"] = [{"name": "i", "resources": {"limits": {"nvidia.com/gpu": "4"}}}]
-    assert _vllm.pod_gpus(p) == 4
+    assert _vllm_capacity.pod_gpus(p) == 4
 
 
 def test_plan_capacity_packs_whole_replicas_per_node() -> None:
     nodes = [node("g1"), node("g2"), node("cpu", gpus=0)]
     pods = [pod("x", "g1", 3), pod("y", None, 8, phase="Pending"), pod("done", "g2", 8, phase="Succeeded"),
             pod("own", "g2", 4, namespace="serve", labels={"app.kubernetes.io/instance": "llama"})]
-    plan = _vllm.plan_capacity(nodes, pods, replicas=3, gpus_per_replica=4, values={}, namespace="serve", release="llama")
+    plan = _vllm_capacity.plan_capacity(nodes, pods, replicas=3, gpus_per_replica=4, values={}, namespace="serve", release="llama")
     assert plan["nodes"] == {"g1": {"allocatable": 8, "requested": 3, "free": 5, "replica_slots": 1},
                              "g2": {"allocatable": 8, "requested": 0, "free": 8, "replica_slots": 2}}
     assert plan["replica_slots"] == 3 and plan["fits"] is True
-    _vllm.check_capacity(plan)
-    plan = _vllm.plan_capacity(nodes, pods, replicas=4, gpus_per_replica=4, values={}, namespace="serve", release="llama")
+    _vllm_capacity.check_capacity(plan)
+    plan = _vllm_capacity.plan_capacity(nodes, pods, replicas=4, gpus_per_replica=4, values={}, namespace="serve", release="llama")
     assert not plan["fits"]
     with pytest.raises(KubeInferError) as info:
-        _vllm.check_capacity(plan)
+        _vllm_capacity.check_capacity(plan)
     assert "4 replicas x 4 GPUs" in info.value.msg and "room for 3" in info.value.msg
     assert "g1: 5 of 8 free (1 replicas)" in info.value.msg
     assert info.value.result["capacity"]["replica_slots"] == 3
 
 
 def test_plan_capacity_a_replica_cannot_span_nodes() -> None:
-    plan = _vllm.plan_capacity([node("g1"), node("g2")], [pod("x", "g1", 4), pod("y", "g2", 4)], replicas=1,
-                               gpus_per_replica=8, values={}, namespace="serve", release="llama")
+    plan = _vllm_capacity.plan_capacity([node("g1"), node("g2")], [pod("x", "g1", 4), pod("y", "g2", 4)], replicas=1,
+                                        gpus_per_replica=8, values={}, namespace="serve", release="llama")
     assert plan["replica_slots"] == 0 and not plan["fits"], "8 free GPUs split over two nodes hold no 8-GPU replica"
 
 
 def test_plan_capacity_lists_ineligible_gpu_nodes() -> None:
-    plan = _vllm.plan_capacity([node("g1", product="T4")], [], 1, 1, {"scheduling": {"gpuProducts": ["A100"]}}, "s", "r")
+    plan = _vllm_capacity.plan_capacity([node("g1", product="T4")], [], 1, 1, {"scheduling": {"gpuProducts": ["A100"]}}, "s", "r")
     assert not plan["fits"] and "g1" in plan["ineligible_nodes"]
     with pytest.raises(KubeInferError, match="not eligible: g1"):
-        _vllm.check_capacity(plan)
+        _vllm_capacity.check_capacity(plan)
 
 
 # -- manifests ----------------------------------------------------------------------
@@ -348,38 +367,26 @@ spec: {endpoints: [{port: http}], selector: {}}
 
 
 def test_validate_manifests_validates_and_lists_skipped_kinds() -> None:
-    docs = _vllm.parse_manifests(DEPLOYMENT)
+    docs = _manifests.parse_manifests(DEPLOYMENT)
     assert [d["kind"] for d in docs] == ["Deployment", "ServiceMonitor"]
-    result = _vllm.validate_manifests(docs, "v1.36.3")
+    result = _manifests.validate_manifests(docs, "v1.36.3")
     assert result["validated"] == ["Deployment/llama"]
     assert result["skipped"][0]["object"] == "ServiceMonitor/llama"
     assert result["schema_version"] == "1.36"
 
 
 def test_validate_manifests_fails_on_an_unknown_field() -> None:
-    docs = _vllm.parse_manifests(DEPLOYMENT)
+    docs = _manifests.parse_manifests(DEPLOYMENT)
     docs[0]["spec"]["template"]["spec"]["containers"][0]["gpus"] = 1
     with pytest.raises(KubeInferError) as info:
-        _vllm.validate_manifests(docs, "v1.36.3")
+        _manifests.validate_manifests(docs, "v1.36.3")
     assert "Deployment/llama" in info.value.msg and "gpus" in info.value.msg
     assert info.value.result["validation"]["validated"] == []
 
 
 def test_validate_manifests_newer_server_uses_the_newest_schema() -> None:
-    result = _vllm.validate_manifests(_vllm.parse_manifests(DEPLOYMENT), "v1.99.0")
+    result = _manifests.validate_manifests(_manifests.parse_manifests(DEPLOYMENT), "v1.99.0")
     assert "no schemas for 1.99.0" in result["note"]
-
-
-# -- change detection ---------------------------------------------------------------
-def test_changed_paths_and_needs_upgrade() -> None:
-    deployed = {"replicaCount": 1, "model": {"name": "m"}, "vllm": {"gpuMemoryUtilization": 0.9}}
-    desired = {"replicaCount": 2, "model": {"name": "m"}, "vllm": {"gpuMemoryUtilization": 0.9}, "podLabels": {"a": "b"}}
-    assert _vllm.changed_paths(deployed, desired) == ["podLabels", "replicaCount"]
-    release = {"chart": "vllm-0.1.0", "status": "deployed", "revision": "3"}
-    assert _vllm.needs_upgrade(release, "vllm-0.1.0", deployed, deployed) == []
-    assert _vllm.needs_upgrade(None, "vllm-0.1.0", {}, desired) == ["not installed"]
-    reasons = _vllm.needs_upgrade(dict(release, status="failed", chart="vllm-0.0.9"), "vllm-0.1.0", deployed, desired)
-    assert reasons == ["release status is failed", "chart vllm-0.0.9 -> vllm-0.1.0", "values changed: podLabels, replicaCount"]
 
 
 # -- the run order, with fakes ------------------------------------------------------
@@ -408,55 +415,61 @@ class FakeKube:
 
 
 RENDERED = """
+apiVersion: apps/v1
+kind: Deployment
+metadata: {name: llama, namespace: serve}
+spec:
+  selector: {matchLabels: {app.kubernetes.io/name: vllm, app.kubernetes.io/instance: llama}}
+  template:
+    metadata: {labels: {app.kubernetes.io/name: vllm, app.kubernetes.io/instance: llama}}
+    spec:
+      containers: [{name: server, image: "vllm/vllm-openai:v0.11.0"}]
+---
 apiVersion: v1
 kind: Service
 metadata: {name: llama, namespace: serve}
-spec: {selector: {app: x}, ports: [{name: http, port: 8000, targetPort: http}]}
+spec:
+  selector: {app.kubernetes.io/name: vllm, app.kubernetes.io/instance: llama}
+  ports: [{name: http, port: 8000, targetPort: http}]
 """
 
 
-class FakeHelm:
+class FakeHelmCli:
+    """A run_command stand-in for helm that keeps one release: show chart, template, list, get values, upgrade,
+    rollback and uninstall, each argv recorded."""
+
     def __init__(self, release: dict[str, Any] | None = None, values: dict[str, Any] | None = None) -> None:
-        self.deployed, self.deployed_values = release, values or {}
-        self.commands: list[list[str]] = []
-        self.installed: dict[str, Any] | None = None
+        self.release, self.values = release, values or {}
+        self.argvs: list[list[str]] = []
 
-    def _log(self, *argv: str) -> None:
-        self.commands.append(["helm", *argv])
-
-    def show_chart(self, chart: str, version: str | None = None, repo: str | None = None) -> dict[str, Any]:
-        self._log("show", "chart")
-        return {"name": "vllm", "version": "0.1.0", "appVersion": "v0.11.0"}
-
-    def template(self, name: str, chart: str, namespace: str, values: dict[str, Any], **kwargs: Any) -> str:
-        self._log("template")
-        assert kwargs["kube_version"] == "v1.36.3"
-        return RENDERED
-
-    def release(self, name: str, namespace: str) -> dict[str, Any] | None:
-        self._log("list")
-        return self.deployed
-
-    def values(self, name: str, namespace: str) -> dict[str, Any]:
-        self._log("get", "values")
-        return self.deployed_values
-
-    def upgrade_install(self, name: str, chart: str, namespace: str, values: dict[str, Any], **kwargs: Any) -> str:
-        self._log("upgrade")
-        self.installed = values
-        revision = int((self.deployed or {}).get("revision", 0)) + 1
-        self.deployed = {"name": name, "chart": "vllm-0.1.0", "status": "deployed", "revision": str(revision)}
-        self.deployed_values = values
-        return ""
-
-    def rollback(self, name: str, namespace: str, revision: int | None = None) -> None:
-        self._log("rollback", str(revision))
-
-    def uninstall(self, name: str, namespace: str, wait: bool = True, timeout: int = 300) -> None:
-        self._log("uninstall")
+    def __call__(self, argv: list[str], environ_update: dict[str, str] | None = None) -> tuple[int, str, str]:
+        self.argvs.append(argv)
+        verb = argv[1]
+        if verb == "show":
+            return 0, "apiVersion: v2\nname: vllm\nversion: 0.1.0\nappVersion: v0.11.0\n", ""
+        if verb == "template":
+            assert argv[argv.index("--kube-version") + 1] == "v1.36.3"
+            return 0, RENDERED, ""
+        if verb == "list":
+            return 0, json.dumps([self.release] if self.release else []), ""
+        if verb == "get":
+            return 0, json.dumps(self.values), ""
+        if verb == "upgrade":
+            with open(argv[argv.index("--values") + 1]) as f:
+                self.values = json.load(f)
+            revision = int((self.release or {}).get("revision", 0)) + 1
+            self.release = {"name": argv[3], "chart": "vllm-0.1.0", "status": "deployed", "revision": str(revision)}
+            return 0, "", ""
+        if verb in ("rollback", "uninstall"):
+            return 0, "", ""
+        return 1, "", f"unexpected helm call {argv}"
 
     def verbs(self) -> list[str]:
-        return [c[1] for c in self.commands]
+        return [a[1] for a in self.argvs]
+
+
+def run(kube: FakeKube, cli: FakeHelmCli, p: dict[str, Any], check_mode: bool = False, diff: bool = False) -> dict[str, Any]:
+    return _vllm.run(kube, Helm(cli, "helm", {}), p, check_mode, diff)  # type: ignore[arg-type]
 
 
 def rolled_out(replicas: int) -> dict[str, Any]:
@@ -477,27 +490,31 @@ class FakeClock:
 
 
 def test_run_installs_once_then_reruns_without_a_write() -> None:
-    kube = FakeKube([node("g1")], [], rolled_out(1))
-    helm = FakeHelm()
-    first = _vllm.run(kube, helm, params(), check_mode=False, want_diff=False)  # type: ignore[arg-type]
-    assert first["changed"] and helm.verbs().count("upgrade") == 1
+    cli = FakeHelmCli()
+    first = run(FakeKube([node("g1")], [], rolled_out(1)), cli, params())
+    assert first["changed"] and cli.verbs().count("upgrade") == 1
+    assert first["change_reasons"] == ["release: (none) -> vllm-0.1.0"]
     assert first["startup_budget_seconds"] == 135 and first["rollout"]["rolled_out"]
-    assert first["endpoint"]["host"] == "llama.serve.svc.cluster.local"
+    assert first["endpoint"] == {"service": "llama", "namespace": "serve", "host": "llama.serve.svc.cluster.local", "port": 8000,
+                                 "url": "http://llama.serve.svc.cluster.local:8000"}
+    assert first["release"]["installed"] and first["release"]["revision"] == 1 and first["release"]["chart_version"] == "0.1.0"
+    assert any(c.startswith("helm upgrade --install llama /c/charts/vllm") and "<values-file>" in c for c in first["helm_commands"])
 
-    again = FakeHelm(helm.deployed, helm.deployed_values)
-    second = _vllm.run(FakeKube([node("g1")], [], rolled_out(1)), again, params(), check_mode=False, want_diff=True)  # type: ignore[arg-type]
-    assert not second["changed"] and second["change_reasons"] == []
+    again = FakeHelmCli(cli.release, cli.values)
+    second = run(FakeKube([node("g1")], [], rolled_out(1)), again, params(), diff=True)
+    assert not second["changed"] and second["change_reasons"] == [] and second["changed_values"] == []
     assert "upgrade" not in again.verbs()
     assert second["diff"]["before"] == second["diff"]["after"]
 
 
 def test_check_mode_reports_the_diff_and_writes_nothing() -> None:
-    helm = FakeHelm({"chart": "vllm-0.1.0", "status": "deployed", "revision": "1"},
-                    _vllm.build_values(params(), 135))
-    result = _vllm.run(FakeKube([node("g1")], [], rolled_out(1)), helm, params(replicas=2), check_mode=True, want_diff=True)  # type: ignore[arg-type]
+    cli = FakeHelmCli({"chart": "vllm-0.1.0", "status": "deployed", "revision": "1"}, _vllm_values.build_values(params(), 135))
+    result = run(FakeKube([node("g1")], [], rolled_out(1)), cli, params(replicas=2), check_mode=True, diff=True)
     assert result["changed"] and result["changed_values"] == ["replicaCount"]
+    assert result["change_reasons"] == ["values.replicaCount: 1 -> 2"]
     assert result["diff"]["before"]["replicaCount"] == 1 and result["diff"]["after"]["replicaCount"] == 2
-    assert not {"upgrade", "rollback", "uninstall"} & set(helm.verbs())
+    assert not {"upgrade", "rollback", "uninstall"} & set(cli.verbs())
+    assert result["release"]["revision"] == 1
 
 
 @pytest.mark.parametrize("over, fragment", [
@@ -505,18 +522,25 @@ def test_check_mode_reports_the_diff_and_writes_nothing() -> None:
     ({"replicas": 3, "gpus_per_replica": 8}, "Not enough GPU capacity"),
 ])
 def test_preflight_failure_installs_nothing(over: dict[str, Any], fragment: str) -> None:
-    helm = FakeHelm()
+    cli = FakeHelmCli()
     with pytest.raises(KubeInferError) as info:
-        _vllm.run(FakeKube([node("g1"), node("g2")], []), helm, params(**over), check_mode=False, want_diff=False)  # type: ignore[arg-type]
+        run(FakeKube([node("g1"), node("g2")], []), cli, params(**over))
     assert fragment in info.value.msg
-    assert helm.verbs() == ["show"], "only the chart was read"
+    assert cli.verbs() == ["show"], "only the chart was read"
+    assert info.value.result["release"]["installed"] is False and info.value.result["helm_commands"][0].startswith("helm show chart")
 
 
 def test_capacity_check_can_be_left_to_the_scheduler() -> None:
-    helm = FakeHelm()
     p = params(replicas=2, gpus_per_replica=8, preflight_capacity=False)
-    result = _vllm.run(FakeKube([node("g1")], [], rolled_out(2)), helm, p, check_mode=True, want_diff=False)  # type: ignore[arg-type]
+    result = run(FakeKube([node("g1")], [], rolled_out(2)), FakeHelmCli(), p, check_mode=True)
     assert result["capacity"]["fits"] is False and result["capacity"]["checked"] is False
+
+
+def test_a_pending_release_is_refused_before_any_write() -> None:
+    cli = FakeHelmCli({"chart": "vllm-0.1.0", "status": "pending-upgrade", "revision": "2"})
+    with pytest.raises(KubeInferError, match="is in status pending-upgrade"):
+        run(FakeKube([node("g1")], []), cli, params())
+    assert "upgrade" not in cli.verbs()
 
 
 def pending_pod() -> dict[str, Any]:
@@ -527,29 +551,33 @@ def pending_pod() -> dict[str, Any]:
 
 
 @pytest.mark.parametrize("previous, undo", [
-    (None, ["uninstall"]),
-    ({"chart": "vllm-0.1.0", "status": "deployed", "revision": "4"}, ["rollback", "4"]),
+    (None, ["uninstall", "llama", "--namespace", "serve"]),
+    ({"chart": "vllm-0.1.0", "status": "deployed", "revision": "4"}, ["rollback", "llama", "4", "--namespace", "serve", "--wait"]),
 ])
-def test_rollout_timeout_reports_the_scheduler_and_atomic_undoes(previous: dict[str, Any] | None, undo: list[str]) -> None:
+def test_rollout_timeout_reports_the_scheduler_and_atomic_undoes(monkeypatch: pytest.MonkeyPatch, previous: dict[str, Any] | None,
+                                                                 undo: list[str]) -> None:
+    fake = FakeClock()
+    monkeypatch.setattr(_vllm, "wait_for", functools.partial(_waiter.wait_for, clock=fake.clock, sleep=fake.sleep))
     stuck = rolled_out(2)
     stuck["status"]["availableReplicas"] = 1
-    kube = FakeKube([node("g1")], [pending_pod()], stuck)
-    helm = FakeHelm(previous, {"replicaCount": 1} if previous else None)
-    fake = FakeClock()
+    cli = FakeHelmCli(previous, {"replicaCount": 1} if previous else None)
     with pytest.raises(KubeInferError) as info:
-        _vllm.run(kube, helm, params(replicas=2, preflight_capacity=False, timeout=30, atomic=True), check_mode=False,  # type: ignore[arg-type]
-                  want_diff=False, wait_options={"clock": fake.clock, "sleep": fake.sleep})
+        run(FakeKube([node("g1")], [pending_pod()], stuck), cli, params(replicas=2, preflight_capacity=False, timeout=30, atomic=True))
     msg = info.value.msg
     assert "timed out after 30s" in msg and "0/2 nodes are available: 2 Insufficient nvidia.com/gpu." in msg
     assert info.value.result["unschedulable_reason"].startswith("pod llama-abc unschedulable")
-    assert helm.commands[-1][1:] == undo
+    assert cli.argvs[-1][1:len(undo) + 1] == undo
+    assert msg.endswith(info.value.result["rolled_back"])
     assert info.value.result["placement"] == {"llama-abc": None}
 
 
 def test_absent_uninstalls_only_an_existing_release() -> None:
-    helm = FakeHelm({"chart": "vllm-0.1.0", "status": "deployed", "revision": "2"})
-    result = _vllm.run(FakeKube([], []), helm, params(state="absent"), check_mode=False, want_diff=False)  # type: ignore[arg-type]
-    assert result["changed"] and helm.verbs() == ["list", "uninstall"]
-    helm = FakeHelm(None)
-    result = _vllm.run(FakeKube([], []), helm, params(state="absent"), check_mode=False, want_diff=False)  # type: ignore[arg-type]
-    assert not result["changed"] and helm.verbs() == ["list"]
+    cli = FakeHelmCli({"chart": "vllm-0.1.0", "status": "deployed", "revision": "2"})
+    result = run(FakeKube([], []), cli, params(state="absent"))
+    assert result["changed"] and cli.verbs() == ["list", "get", "uninstall"]
+    assert result["release"]["installed"] and result["release"]["revision"] == 2
+    cli = FakeHelmCli(None)
+    result = run(FakeKube([], []), cli, params(state="absent"))
+    assert not result["changed"] and cli.verbs() == ["list"]
+    assert result["release"] == {"name": "llama", "namespace": "serve", "installed": False, "chart": None, "chart_name": None,
+                                 "chart_version": None, "app_version": None, "revision": 0, "status": None, "updated": None}

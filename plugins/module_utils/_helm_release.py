@@ -1,0 +1,301 @@
+# -*- coding: utf-8 -*-
+# Copyright: contributors to kubeinfer.llm
+# GNU General Public License v3.0+ (see https://www.gnu.org/licenses/gpl-3.0.txt)
+"""The lifecycle of one Helm release: plan, apply, wait, roll back, with one result shape. Private to this collection: the interface may change without notice.
+
+Every module that installs a chart goes through it:
+
+- ``read_chart`` resolves the chart to install (one Chart.yaml reader: a local directory or archive is read
+  here, any other reference through ``helm show chart``);
+- ``plan`` compares the release ``helm list`` and ``helm get values`` show with the chart and the values
+  wanted (one comparison, as helm stores values: a JSON round trip) and says why an upgrade is needed;
+- ``apply`` runs the one ``helm upgrade --install``, then the caller's wait, and with ``atomic`` undoes a
+  failure the one way: back to the revision before this run, or uninstall a release this run created;
+- ``result`` is the shape every such module returns: ``release`` (always a dict), ``helm_commands`` and
+  ``changed_values``.
+
+Check mode never reaches ``apply``: a plan reads only.
+"""
+from __future__ import annotations
+
+import copy
+import json
+import os
+import re
+import tarfile
+from dataclasses import dataclass, field
+from typing import Any, Callable, Mapping
+
+from ansible_collections.kubeinfer.llm.plugins.module_utils._errors import KubeInferError
+from ansible_collections.kubeinfer.llm.plugins.module_utils._helm import Helm
+
+try:
+    import yaml
+    HAS_YAML = True
+except ImportError:  # pragma: no cover - PyYAML comes with ansible-core
+    HAS_YAML = False
+
+UPGRADABLE = ("deployed", "failed", "superseded")
+"""``helm list`` statuses an upgrade may start from; the pending-* ones mean another operation runs or was cut off."""
+
+_CHART_COLUMN = re.compile(r"^(?P<name>.+)-(?P<version>v?\d+(\.\d+)*([-+][0-9A-Za-z.+-]*)?)$")
+
+
+def deep_merge(base: Mapping[str, Any], over: Mapping[str, Any] | None) -> dict[str, Any]:
+    """A new dict: ``base`` with ``over`` merged in. Mappings merge key by key; any other value of ``over``
+    (lists, scalars, None) replaces the one in ``base``. Neither input is changed."""
+    merged: dict[str, Any] = copy.deepcopy(dict(base))
+    for key, value in (over or {}).items():
+        if isinstance(value, Mapping) and isinstance(merged.get(key), Mapping):
+            merged[key] = deep_merge(merged[key], value)
+        else:
+            merged[key] = copy.deepcopy(value)
+    return merged
+
+
+def _as_stored(values: Any) -> Any:
+    """Values as helm stores them: a JSON round trip, so 1 and 1.0, or a tuple and a list, are equal."""
+    return json.loads(json.dumps(values, sort_keys=True))
+
+
+def value_changes(before: Any, after: Any, prefix: str = "") -> list[tuple[str, Any, Any]]:
+    """``(dotted path, old, new)`` for every value that differs; a key only one side has is one change."""
+    before, after = _as_stored(before), _as_stored(after)
+    if isinstance(before, dict) and isinstance(after, dict):
+        out: list[tuple[str, Any, Any]] = []
+        for key in sorted(set(before) | set(after)):
+            path = f"{prefix}.{key}" if prefix else str(key)
+            if key not in before or key not in after:
+                out.append((path, before.get(key, _UNSET), after.get(key, _UNSET)))
+            else:
+                out += value_changes(before[key], after[key], path)
+        return out
+    return [] if before == after else [(prefix or "<root>", before, after)]
+
+
+class _Unset:
+    def __repr__(self) -> str:
+        return "(unset)"
+
+
+_UNSET = _Unset()
+
+
+def _short(value: Any) -> str:
+    if isinstance(value, bool):
+        return str(value).lower()
+    text = value if isinstance(value, str) else repr(value)
+    return text if len(text) <= 80 else text[:77] + "..."
+
+
+# -- the chart --------------------------------------------------------------------------
+@dataclass(frozen=True)
+class Chart:
+    """A chart as ``helm upgrade`` takes it (``ref``, ``repo``, ``version_arg``), and the ``name`` and
+    ``version`` that ``helm list`` shows once it is installed."""
+
+    ref: str
+    name: str
+    version: str
+    app_version: str | None = None
+    repo: str | None = None
+    version_arg: str | None = None
+
+    @property
+    def id(self) -> str:
+        """The ``chart`` column of ``helm list`` ("gpu-operator-v26.7.0")."""
+        return f"{self.name}-{self.version}"
+
+    def matches(self, column: str | None) -> bool:
+        """Whether a ``helm list`` chart column is this chart, at this version."""
+        parts = _CHART_COLUMN.match(column or "")
+        return parts is not None and parts.group("name") == self.name and same_version(parts.group("version"), self.version)
+
+
+def same_version(a: str | None, b: str | None) -> bool:
+    """Chart versions compared as helm resolves them: a leading "v" does not matter."""
+    return bool(a) and bool(b) and str(a).lstrip("v") == str(b).lstrip("v")
+
+
+def parse_chart_yaml(text: str, where: str) -> dict[str, Any]:
+    """The fields of a Chart.yaml; raises naming ``chart_ref`` when it has no name or version."""
+    if not HAS_YAML:  # pragma: no cover
+        raise KubeInferError("the PyYAML library is required")
+    try:
+        meta = yaml.safe_load(text)
+    except yaml.YAMLError as e:
+        raise KubeInferError(f"chart_ref: the Chart.yaml of {where} is not YAML: {e}") from e
+    if not isinstance(meta, dict) or not meta.get("name") or not meta.get("version"):
+        raise KubeInferError(f"chart_ref: the Chart.yaml of {where} has no name or version")
+    return {key: str(value) for key, value in meta.items() if isinstance(value, (str, int, float))}
+
+
+def _local_chart_yaml(path: str) -> str:
+    """The Chart.yaml text of a chart directory or ``.tgz`` archive; raises naming ``chart_ref``."""
+    if os.path.isdir(path):
+        chart_yaml = os.path.join(path, "Chart.yaml")
+        if not os.path.isfile(chart_yaml):
+            raise KubeInferError(f"chart_ref: {path} is a directory without a Chart.yaml, so it is not a Helm chart")
+        with open(chart_yaml, encoding="utf-8") as f:
+            return f.read()
+    try:
+        with tarfile.open(path, "r:*") as archive:
+            member = next((m for m in archive.getmembers()
+                           if m.isfile() and m.name.count("/") == 1 and m.name.endswith("/Chart.yaml")), None)
+            extracted = archive.extractfile(member) if member else None
+            if extracted is None:
+                raise KubeInferError(f"chart_ref: archive {path} holds no <chart>/Chart.yaml, so it is not a packaged Helm chart")
+            return extracted.read().decode("utf-8")
+    except tarfile.TarError as e:
+        raise KubeInferError(f"chart_ref: {path} is neither a chart directory nor a chart archive (.tgz): {e}") from e
+
+
+def read_local_chart(path: str, version: str | None = None) -> Chart:
+    """A chart directory or archive on this host. With ``version`` its own version must equal it (the pin holds
+    for local charts too); helm takes no ``--version`` for them."""
+    if not os.path.exists(path):
+        raise KubeInferError(f"chart_ref: local chart {path} does not exist (use an oci:// reference, an https:// URL or a chart path)")
+    meta = parse_chart_yaml(_local_chart_yaml(path), path)
+    if version and not same_version(meta["version"], version):
+        raise KubeInferError(f"chart_version: the local chart {path} is version {meta['version']}, not {version}; "
+                             "set chart_version to the chart's version to install it")
+    return Chart(ref=path, name=meta["name"], version=meta["version"], app_version=meta.get("appVersion"))
+
+
+def read_chart(helm: Helm, ref: str, version: str | None = None, repo: str | None = None) -> Chart:
+    """The chart ``ref`` names: a local path read from disk, any other reference through ``helm show chart``."""
+    path = os.path.abspath(os.path.expanduser(ref))
+    if os.path.exists(path):
+        return read_local_chart(path, version)
+    meta = parse_chart_yaml(helm.show_chart(ref, version, repo), ref)
+    return Chart(ref=ref, name=meta["name"], version=meta["version"], app_version=meta.get("appVersion"), repo=repo,
+                 version_arg=version)
+
+
+# -- the release ----------------------------------------------------------------------------
+def release_view(row: Mapping[str, Any] | None, name: str, namespace: str) -> dict[str, Any]:
+    """The ``release`` result: a ``helm list`` row, or ``installed: false`` with empty fields when there is none."""
+    view: dict[str, Any] = {"name": name, "namespace": namespace, "installed": bool(row), "chart": None, "chart_name": None,
+                            "chart_version": None, "app_version": None, "revision": 0, "status": None, "updated": None}
+    if row:
+        chart = str(row.get("chart") or "")
+        parts = _CHART_COLUMN.match(chart)
+        revision = str(row.get("revision") or "0")
+        view.update(chart=chart, chart_name=parts.group("name") if parts else chart,
+                    chart_version=parts.group("version") if parts else None, app_version=row.get("app_version"),
+                    revision=int(revision) if revision.isdigit() else 0, status=row.get("status"), updated=row.get("updated"))
+    return view
+
+
+@dataclass
+class Plan:
+    """What an upgrade of release ``name`` would change, and why; ``reasons`` is empty when nothing would."""
+
+    name: str
+    namespace: str
+    chart: Chart
+    row: dict[str, Any] | None
+    desired: dict[str, Any]
+    reasons: list[str] = field(default_factory=list)
+    changed_values: list[str] = field(default_factory=list)
+
+
+@dataclass
+class Current:
+    """The release as helm has it now: its ``helm list`` row (None when not installed) and user values."""
+
+    name: str
+    namespace: str
+    row: dict[str, Any] | None
+    values: dict[str, Any]
+
+
+def read(helm: Helm, name: str, namespace: str) -> Current:
+    """``helm list`` and, when the release exists, ``helm get values``."""
+    row = helm.release(name, namespace)
+    return Current(name, namespace, row, helm.values(name, namespace) if row else {})
+
+
+def check_upgradable(current: Current) -> None:
+    """Refuse a pending-* release: another helm operation runs or was interrupted."""
+    status = (current.row or {}).get("status")
+    if current.row and status not in UPGRADABLE:
+        raise KubeInferError(
+            f"release {current.namespace}/{current.name} is in status {status}: another helm operation runs or was interrupted; "
+            "wait for it, or roll the release back, then run again", release=release_view(current.row, current.name, current.namespace))
+
+
+def plan(current: Current, chart: Chart, desired: dict[str, Any]) -> Plan:
+    """The one needs-upgrade decision: not installed, a failed or superseded status, another chart or version,
+    or other values. A pending-* release is refused (check_upgradable)."""
+    check_upgradable(current)
+    row = current.row
+    status = (row or {}).get("status")
+    changes = value_changes(current.values, desired)
+    reasons: list[str] = []
+    if not row:
+        reasons.append(f"release: (none) -> {chart.id}")
+    else:
+        if status != "deployed":
+            reasons.append(f"release status: {status} -> deployed")
+        if not chart.matches(row.get("chart")):
+            reasons.append(f"chart: {row.get('chart')} -> {chart.id}")
+        reasons += [f"values.{path}: {_short(old)} -> {_short(new)}" for path, old, new in changes]
+    return Plan(current.name, current.namespace, chart, row, desired, reasons, [path for path, _old, _new in changes])
+
+
+def apply(helm: Helm, planned: Plan, create_namespace: bool, atomic: bool, helm_wait: bool = False, timeout: int = 300,
+          wait: Callable[[], Any] | None = None) -> dict[str, Any]:
+    """Run ``helm upgrade --install`` for ``planned``, then ``wait`` (the caller's readiness wait, if any).
+
+    ``helm_wait`` makes helm itself wait up to ``timeout`` (``--wait``). With ``atomic`` a failure of either
+    is undone (see undo) and the error carries ``rolled_back``. Returns the release view after the upgrade.
+    """
+    chart = planned.chart
+    try:
+        helm.upgrade_install(planned.name, chart.ref, planned.namespace, planned.desired, version=chart.version_arg,
+                             repo=chart.repo, create_namespace=create_namespace, wait=helm_wait, timeout=timeout)
+        row = helm.release(planned.name, planned.namespace)
+        after = release_view(row, planned.name, planned.namespace)
+        if row and not chart.matches(row.get("chart")):
+            raise KubeInferError(f"chart_ref: helm installed {row.get('chart')}, but {chart.id} was asked for "
+                                 "(is chart_version right for this chart source?)", release=after)
+        if wait is not None:
+            wait()
+    except KubeInferError as e:
+        if not atomic:
+            raise
+        undone = undo(helm, planned)
+        raise KubeInferError(f"{e.msg}; {undone}", **dict(e.result, rolled_back=undone)) from e
+    return after
+
+
+def undo(helm: Helm, planned: Plan) -> str:
+    """Roll back to the revision before this run, or uninstall the release this run created; say which."""
+    revision = release_view(planned.row, planned.name, planned.namespace)["revision"]
+    try:
+        if revision:
+            helm.rollback(planned.name, planned.namespace, revision)
+            return f"rolled back to revision {revision}"
+        helm.uninstall(planned.name, planned.namespace, wait=False)
+        return "uninstalled the release this run created"
+    except KubeInferError as e:
+        return f"atomic undo failed: {e.msg}"
+
+
+def remove(helm: Helm, current: Current, check_mode: bool, wait: bool, timeout: int) -> bool:
+    """``helm uninstall`` when the release exists (nothing in check mode); whether it did, or would."""
+    if current.row is None:
+        return False
+    if not check_mode:
+        helm.uninstall(current.name, current.namespace, wait=wait, timeout=timeout)
+    return True
+
+
+def result(helm: Helm, release: dict[str, Any], planned: Plan | None = None) -> dict[str, Any]:
+    """The keys every Helm-release module returns: ``release`` (a release_view), ``helm_commands`` and, after a plan,
+    ``changed_values``."""
+    out: dict[str, Any] = {"release": release, "helm_commands": helm.command_lines()}
+    if planned is not None:
+        out["changed_values"] = planned.changed_values
+    return out
