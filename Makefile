@@ -31,8 +31,9 @@ help:
 	@echo "make cluster-up | cluster-down | kubeconfig"
 
 # Debian packages the local cluster needs: rsync (sanity copy), prometheus (metrics chain), curl and jq
-# (scripts), iproute2 and util-linux (the simulator's network namespace: ip, unshare, setsid).
-DEBIAN_PACKAGES := rsync prometheus curl jq iproute2 util-linux
+# (scripts), iproute2 and util-linux (the simulator's network namespace: ip, unshare), socat (the
+# simulator's relays to 127.0.0.1).
+DEBIAN_PACKAGES := rsync prometheus curl jq iproute2 util-linux socat
 deps:
 	@tools/install-debian-packages.sh $(DEBIAN_PACKAGES)
 

@@ -60,16 +60,11 @@ from typing import Any, Callable, Optional
 
 REPO = Path(__file__).resolve().parent.parent
 TOOLS = REPO / "tools" / "localcluster"
-CACHE = Path(os.environ.get("KUBEINFER_CACHE") or Path.home() / ".cache" / "kubeinfer")
+sys.path.insert(0, str(TOOLS))
+from hostproc import cache_dir, pinned  # noqa: E402  (tools/localcluster/hostproc.py: versions.env, the cache)
+
+CACHE = cache_dir()
 VENV_BIN = CACHE / "venv" / "bin"
-
-
-def pinned(name: str) -> str:
-    for line in (TOOLS / "versions.env").read_text().splitlines():
-        if line.startswith(name + "="):
-            return line.split("=", 1)[1].strip()
-    raise RuntimeError(f"{name} not pinned in tools/localcluster/versions.env")
-
 
 CUSTOM_METRIC = "vllm_queue_depth"
 SOURCE_METRIC = "vllm:num_requests_waiting"

@@ -32,7 +32,12 @@ import pytest
 from kubernetes import client, config
 
 REPO = Path(__file__).resolve().parents[2]
-CLUSTER_SH = REPO / "tools" / "localcluster" / "cluster.sh"
+TOOLS = REPO / "tools" / "localcluster"
+CLUSTER_SH = TOOLS / "cluster.sh"
+# The harness's own reading of versions.env and the binary cache (tools/localcluster/hostproc.py), for every test module.
+sys.path.insert(0, str(TOOLS))
+from hostproc import cache_dir, pinned  # noqa: E402
+
 # ansible-playbook and the interpreter that has the kubernetes client: the venv pytest runs in.
 BIN = Path(sys.executable).parent
 
@@ -208,23 +213,10 @@ def playbook(tmp_path: Path, playbook_runner: Callable[[Path], PlaybookRunner]) 
 
 
 # -- the GPU stack, the simulated hardware and the audit log ---------------------------------------------------------
-TOOLS = REPO / "tools" / "localcluster"
-
-
-def _pinned(name: str) -> str:
-    for line in (TOOLS / "versions.env").read_text().splitlines():
-        if line.startswith(name + "="):
-            return line.split("=", 1)[1].strip()
-    raise AssertionError(f"{name} not pinned in tools/localcluster/versions.env")
-
-
-def _cache() -> Path:
-    return Path(os.environ.get("KUBEINFER_CACHE") or Path.home() / ".cache" / "kubeinfer")
-
 
 def helm_binary() -> str:
     """HELM_BINARY, else the helm that tools/localcluster/build.sh built."""
-    return os.environ.get("HELM_BINARY") or str(_cache() / f"helm-{_pinned('HELM_VERSION')}" / "helm")
+    return os.environ.get("HELM_BINARY") or str(cache_dir() / f"helm-{pinned('HELM_VERSION')}" / "helm")
 
 
 def _tool(*argv: str, timeout: float = 600) -> str:

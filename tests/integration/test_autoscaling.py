@@ -18,13 +18,14 @@ import json
 import os
 import subprocess
 import sys
-import time
 import uuid
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import pytest
+from conftest import helm_binary
+from hostproc import kubectl  # tools/localcluster, on sys.path through conftest.py
 from kubernetes import client
 from kubernetes.client.rest import ApiException
 
@@ -33,8 +34,6 @@ if TYPE_CHECKING:
 
 REPO = Path(__file__).resolve().parents[2]
 TOOLS = REPO / "tools" / "localcluster"
-VERSIONS_ENV = TOOLS / "versions.env"
-CACHE = Path(os.environ.get("KUBEINFER_CACHE") or Path.home() / ".cache" / "kubeinfer")
 MODEL = "kubeinfer/tiny-sim"
 RELEASE = "asim"
 DEPLOYMENT = "asim-vllm"
@@ -44,15 +43,8 @@ KEDA_VERSION = "v2.20.2"
 SCALEDOBJECT_CRD = "keda.sh_scaledobjects.yaml"
 
 
-def pinned(name: str) -> str:
-    for line in VERSIONS_ENV.read_text().splitlines():
-        if line.startswith(name + "="):
-            return line.split("=", 1)[1].strip()
-    raise AssertionError(f"{name} not pinned in {VERSIONS_ENV}")
-
-
-KUBECTL = CACHE / f"kubernetes-{pinned('KUBERNETES_VERSION')}" / "kubectl"
-HELM = Path(os.environ.get("HELM_BINARY") or CACHE / f"helm-{pinned('HELM_VERSION')}" / "helm")
+KUBECTL = kubectl()
+HELM = helm_binary()
 
 
 def sh(argv: list[str], timeout: float = 120, check: bool = True, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
@@ -85,16 +77,13 @@ def simulator() -> Iterator[int]:
         sh(runner + ["stop", name], timeout=60)
 
 
-def wait_ready_pod(core: client.CoreV1Api, ns: str, selector: str, timeout: float = 90) -> str:
-    deadline = time.monotonic() + timeout
-    while True:
-        for pod in core.list_namespaced_pod(ns, label_selector=selector).items:
-            conds = {c.type: c.status for c in (pod.status.conditions or [])}
-            if pod.status.phase == "Running" and conds.get("Ready") == "True" and not pod.metadata.deletion_timestamp:
-                return str(pod.metadata.name)
-        if time.monotonic() > deadline:
-            raise AssertionError(f"no Ready pod in {ns} matching {selector} after {timeout:g}s")
-        time.sleep(0.5)
+def ready_pod(core: client.CoreV1Api, ns: str, selector: str) -> str:
+    """The name of the Ready pod matching ``selector`` (helm install --wait has waited for it)."""
+    for pod in core.list_namespaced_pod(ns, label_selector=selector).items:
+        conds = {c.type: c.status for c in (pod.status.conditions or [])}
+        if pod.status.phase == "Running" and conds.get("Ready") == "True" and not pod.metadata.deletion_timestamp:
+            return str(pod.metadata.name)
+    raise AssertionError(f"no Ready pod in {ns} matching {selector}")
 
 
 @pytest.fixture(scope="module")
@@ -116,8 +105,9 @@ def release(api: client.ApiClient, kubeconfig: str, simulator: int, prometheus_u
     }))
     env = dict(os.environ, KUBECONFIG=kubeconfig)
     try:
-        sh([str(HELM), "install", RELEASE, str(REPO / "charts" / "vllm"), "--namespace", ns, "--values", str(values)], env=env)
-        pod = wait_ready_pod(core, ns, f"app.kubernetes.io/instance={RELEASE}")
+        sh([str(HELM), "install", RELEASE, str(REPO / "charts" / "vllm"), "--namespace", ns, "--values", str(values),
+            "--wait", "--timeout", "90s"], env=env, timeout=150)
+        pod = ready_pod(core, ns, f"app.kubernetes.io/instance={RELEASE}")
         sh([str(TOOLS / "cluster.sh"), "forward", ns, pod, str(simulator), "8000"])
         yield ns, pod
     finally:

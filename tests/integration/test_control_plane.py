@@ -11,7 +11,6 @@ Run: ``pytest tests/integration/test_control_plane.py`` with the venv python.
 from __future__ import annotations
 
 import http.server
-import os
 import socket
 import subprocess
 import threading
@@ -23,6 +22,7 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 import pytest
+from hostproc import kubectl, pinned  # tools/localcluster, on sys.path through conftest.py
 from kubernetes import client
 from kubernetes.client.rest import ApiException
 from kubernetes.dynamic import DynamicClient
@@ -30,17 +30,9 @@ from kubernetes.dynamic.exceptions import ConflictError
 
 REPO = Path(__file__).resolve().parents[2]
 CLUSTER_SH = REPO / "tools" / "localcluster" / "cluster.sh"
-VERSIONS_ENV = REPO / "tools" / "localcluster" / "versions.env"
 SIM_NODE_LABEL = "kubeinfer.io/sim-node"
 IMAGE = "registry.k8s.io/pause:3.10"
 T = TypeVar("T")
-
-
-def _pinned(name: str) -> str:
-    for line in VERSIONS_ENV.read_text().splitlines():
-        if line.startswith(name + "="):
-            return line.split("=", 1)[1].strip()
-    raise AssertionError(f"{name} not pinned in {VERSIONS_ENV}")
 
 
 def _cluster_sh(*args: str) -> str:
@@ -107,7 +99,7 @@ def _sim_nodes(core: client.CoreV1Api) -> set[str]:
 
 def test_server_version_is_the_pinned_build(api: client.ApiClient) -> None:
     info = client.VersionApi(api).get_code()
-    assert info.git_version == _pinned("KUBERNETES_VERSION")
+    assert info.git_version == pinned("KUBERNETES_VERSION")
 
 
 def test_gpu_nodes_advertise_gpus_once_the_gpu_stack_runs(core: client.CoreV1Api, gpu_stack: None) -> None:
@@ -250,7 +242,6 @@ def test_port_forward_reaches_a_host_process(core: client.CoreV1Api, namespace: 
 
     server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
     threading.Thread(target=server.serve_forever, daemon=True).start()
-    kubectl = Path(os.environ.get("KUBEINFER_CACHE", Path.home() / ".cache" / "kubeinfer")) / f"kubernetes-{_pinned('KUBERNETES_VERSION')}" / "kubectl"
     local = _free_port()
     proc: subprocess.Popen[str] | None = None
     try:
@@ -258,7 +249,7 @@ def test_port_forward_reaches_a_host_process(core: client.CoreV1Api, namespace: 
         wait_for("pod Running", lambda: _phase(core, "web", namespace) == "Running")
         _cluster_sh("forward", namespace, "web", str(server.server_address[1]), "8000")
         proc = subprocess.Popen(
-            [str(kubectl), "--kubeconfig", kubeconfig, "-n", namespace, "port-forward", "--address", "127.0.0.1", "pod/web", f"{local}:8000"],
+            [str(kubectl()), "--kubeconfig", kubeconfig, "-n", namespace, "port-forward", "--address", "127.0.0.1", "pod/web", f"{local}:8000"],
             stdout=subprocess.PIPE,
             stderr=subprocess.PIPE,
             text=True,

@@ -32,7 +32,7 @@ from kubernetes.client.rest import ApiException
 if TYPE_CHECKING:
     from conftest import PlaybookRunner
 
-GPU_NODES = ("kwok-gpu-0001", "kwok-gpu-0002")
+GPU_NODES = ("kwok-gpu-0000", "kwok-gpu-0001")
 NAMESPACE = "gpu-operator"
 SIM_LABELS = {"kubeinfer.io/sim-complete": "true"}
 HOST_DRIVER = "550.54.15"

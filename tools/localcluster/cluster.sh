@@ -79,7 +79,7 @@ check_binaries() {
 }
 
 # The kwokctl configuration: every binary from the local build, every
-# listener on 127.0.0.1, and the kwok Stages. Written to STATE_DIR so that a
+# listener on 127.0.0.1, the kwok Stages and the node template. Written to STATE_DIR so that a
 # change in it (new version, new stages) forces a re-create on the next up.
 write_config() {
   mkdir -p "$STATE_DIR"
@@ -119,6 +119,8 @@ componentsPatches:
 ---
 EOF
     cat "$here/kwok/stages.yaml"
+    echo ---
+    cat "$here/kwok/node.yaml"
   } > "$cfg.new"
   mv "$cfg.new" "$cfg"
   echo "$cfg"
@@ -152,84 +154,25 @@ write_sim_files() {
 
 apply_simulation() {
   write_sim_files
-  local deadline=$(( $(date +%s) + 60 ))
-  # The CRDs are created by kwokctl just before it returns; wait until they serve.
-  until kc apply --server-side --force-conflicts --field-manager="$FIELD_MANAGER" \
-        -f "$STATE_DIR/simulation.yaml" >/dev/null 2>"$STATE_DIR/apply-sim.err"; do
-    [ "$(date +%s)" -lt "$deadline" ] || die "applying kwok resources failed: $(cat "$STATE_DIR/apply-sim.err")"
-    sleep 0.5
-  done
+  # kwokctl creates the CRDs just before it returns; wait until they serve.
+  local crds=(crd/clusterlogs.kwok.x-k8s.io crd/metrics.kwok.x-k8s.io)
+  kc wait --for=create "${crds[@]}" --timeout=60s >/dev/null \
+    && kc wait --for=condition=Established "${crds[@]}" --timeout=60s >/dev/null \
+    || die "the kwok CRDs did not appear"
+  kc apply --server-side --force-conflicts --field-manager="$FIELD_MANAGER" -f "$STATE_DIR/simulation.yaml" >/dev/null \
+    || die "applying kwok/simulation.yaml failed"
 }
 
 gpu_node_name() { printf 'kwok-gpu-%04d' "$1"; }
 gpudrv_node_name() { printf 'kwok-gpudrv-%04d' "$1"; }
 cpu_node_name() { printf 'kwok-cpu-%04d' "$1"; }
 
-# One multi-document file for all nodes. Status is kept on create (the node
-# strategy does not reset it), and kwok's node stage preserves capacity (and
-# the nvidia.com/* resources gpu_sim.py adds later). GPU nodes are bare: what
-# makes them GPU nodes is their entry in the hardware file.
-write_nodes() {
-  local out=$STATE_DIR/nodes.yaml i name
-  {
-    for name in $(desired_node_names | grep -v '^kwok-cpu-'); do
-      cat <<EOF
----
-apiVersion: v1
-kind: Node
-metadata:
-  name: $name
-  labels:
-    kubernetes.io/hostname: $name
-    kubernetes.io/os: linux
-    kubernetes.io/arch: amd64
-    type: kwok
-    $SIM_NODE_LABEL: "true"
-    node-role.kubernetes.io/gpu-worker: ""
-  annotations:
-    kwok.x-k8s.io/node: fake
-    node.alpha.kubernetes.io/ttl: "0"
-status:
-  capacity: {cpu: "$GPU_NODE_CPU", memory: $GPU_NODE_MEMORY, pods: "$NODE_PODS"}
-  allocatable: {cpu: "$GPU_NODE_CPU", memory: $GPU_NODE_MEMORY, pods: "$NODE_PODS"}
-  nodeInfo: {architecture: amd64, operatingSystem: linux, osImage: "Ubuntu 22.04.4 LTS (kwok simulated)"}
-EOF
-    done
-    for ((i = 1; i <= CPU_NODES; i++)); do
-      name=$(cpu_node_name "$i")
-      cat <<EOF
----
-apiVersion: v1
-kind: Node
-metadata:
-  name: $name
-  labels:
-    kubernetes.io/hostname: $name
-    kubernetes.io/os: linux
-    kubernetes.io/arch: amd64
-    type: kwok
-    $SIM_NODE_LABEL: "true"
-    node-role.kubernetes.io/cpu-worker: ""
-  annotations:
-    kwok.x-k8s.io/node: fake
-    node.alpha.kubernetes.io/ttl: "0"
-status:
-  capacity: {cpu: "$CPU_NODE_CPU", memory: $CPU_NODE_MEMORY, pods: "$NODE_PODS"}
-  allocatable: {cpu: "$CPU_NODE_CPU", memory: $CPU_NODE_MEMORY, pods: "$NODE_PODS"}
-  nodeInfo: {architecture: amd64, operatingSystem: linux, osImage: "Ubuntu 22.04.4 LTS (kwok simulated)"}
-EOF
-    done
-  } > "$out"
-  echo "$out"
-}
-
-desired_node_names() { desired_node_kinds | cut -d' ' -f1; }
-
-desired_node_kinds() { # NAME KIND, one a line
+# The names kwokctl scale gives (NAME-0000, NAME-0001, ...) and their kind, one a line.
+desired_node_kinds() {
   local i
-  for ((i = 1; i <= GPU_NODES; i++)); do echo "$(gpu_node_name "$i") gpu"; done
-  for ((i = 1; i <= GPU_DRIVER_NODES; i++)); do echo "$(gpudrv_node_name "$i") gpudrv"; done
-  for ((i = 1; i <= CPU_NODES; i++)); do echo "$(cpu_node_name "$i") cpu"; done
+  for ((i = 0; i < GPU_NODES; i++)); do echo "$(gpu_node_name "$i") gpu"; done
+  for ((i = 0; i < GPU_DRIVER_NODES; i++)); do echo "$(gpudrv_node_name "$i") gpudrv"; done
+  for ((i = 0; i < CPU_NODES; i++)); do echo "$(cpu_node_name "$i") cpu"; done
 }
 
 # The simulated hardware of every wanted node: entries of existing nodes are
@@ -239,59 +182,36 @@ write_hardware() {
     KUBEINFER_CACHE=$CACHE KUBEINFER_CLUSTER=$NAME "$here/gpu_sim.py" init-hardware
 }
 
-# Create missing nodes in bulk, delete simulated nodes beyond the wanted
-# shape. Existing nodes are left alone (their status belongs to kwok).
+# One pool of nodes from the template kwok/node.yaml, with kwokctl's own scaling: it creates
+# the missing POOL-NNNN nodes and deletes the newest beyond COUNT. Existing nodes are left alone
+# (their status belongs to kwok and gpu_sim.py).
+scale_pool() { # scale_pool POOL COUNT ROLE CPU MEMORY
+  "$KWOKCTL" --name "$NAME" -c "$STATE_DIR/kwokctl.yaml" scale kubeinfer-node "$1" --replicas "$2" \
+    --serial-length 4 --param ".role=\"$3\"" --param ".cpu=\"$4\"" --param ".memory=\"$5\"" \
+    --param ".pods=\"$NODE_PODS\"" >"$STATE_DIR/kwokctl-scale.log" 2>&1 \
+    || { tail -5 "$STATE_DIR/kwokctl-scale.log" >&2; die "kwokctl scale of the $1 nodes failed"; }
+}
+
 ensure_nodes() {
-  local want have missing extra
-  want=$(desired_node_names | sort)
-  have=$(kc get nodes -l "$SIM_NODE_LABEL=true" -o name | sed 's#^node/##' | sort)
-  missing=$(comm -23 <(echo "$want") <(echo "$have") | grep -c . || true)
-  extra=$(comm -13 <(echo "$want") <(echo "$have") | grep . || true)
-  if [ -n "$extra" ]; then
-    log "deleting $(echo "$extra" | wc -l) surplus simulated nodes"
-    local nwant
-    nwant=$(echo "$want" | wc -l)
-    if [ "$nwant" -le 100 ]; then
-      # One DeleteCollection request: every simulated node except the wanted ones.
-      local fs
-      fs=$(echo "$want" | sed 's/^/metadata.name!=/' | paste -sd, -)
-      kc delete --raw "/api/v1/nodes?labelSelector=$SIM_NODE_LABEL%3Dtrue&fieldSelector=$fs" >/dev/null
-    else
-      echo "$extra" | xargs -n 100 -P 4 "$KUBECTL" --kubeconfig "$KUBECONFIG_PATH" delete node --wait=false >/dev/null
-    fi
-  fi
-  if [ "$missing" -gt 0 ]; then
-    local file
-    file=$(write_nodes)
-    log "creating $missing nodes ($GPU_NODES bare GPU + $GPU_DRIVER_NODES GPU with host driver, x $GPU_PER_NODE $GPU_PRODUCT; $CPU_NODES CPU)"
-    # kubectl create sends one POST per document from a single process;
-    # AlreadyExists for the nodes we keep is expected and filtered out.
-    kc create -f "$file" -o name 2>&1 >/dev/null | grep -v 'AlreadyExists' >&2 || true
-  fi
+  log "nodes: $GPU_NODES bare GPU + $GPU_DRIVER_NODES GPU with host driver (x $GPU_PER_NODE $GPU_PRODUCT), $CPU_NODES CPU"
+  scale_pool kwok-gpu "$GPU_NODES" gpu-worker "$GPU_NODE_CPU" "$GPU_NODE_MEMORY"
+  scale_pool kwok-gpudrv "$GPU_DRIVER_NODES" gpu-worker "$GPU_NODE_CPU" "$GPU_NODE_MEMORY"
+  scale_pool kwok-cpu "$CPU_NODES" cpu-worker "$CPU_NODE_CPU" "$CPU_NODE_MEMORY"
   write_hardware
 }
 
 wait_nodes_ready() {
-  local want=$(( GPU_NODES + GPU_DRIVER_NODES + CPU_NODES )) ready deadline=$(( $(date +%s) + UP_TIMEOUT ))
-  while :; do
-    ready=$(kc get nodes -l "$SIM_NODE_LABEL=true" \
-      -o jsonpath='{range .items[*]}{.status.conditions[?(@.type=="Ready")].status}{"\n"}{end}' \
-      | grep -c '^True$' || true)
-    [ "$ready" -eq "$want" ] && break
-    [ "$(date +%s)" -lt "$deadline" ] || die "only $ready of $want nodes Ready after ${UP_TIMEOUT}s"
-    sleep 0.5
-  done
-  log "$ready nodes Ready"
+  [ $(( GPU_NODES + GPU_DRIVER_NODES + CPU_NODES )) -gt 0 ] || return 0
+  kc wait --for=condition=Ready node -l "$SIM_NODE_LABEL=true" --timeout="${UP_TIMEOUT}s" >/dev/null \
+    || die "the simulated nodes are not all Ready after ${UP_TIMEOUT}s"
+  log "$(kc get nodes -l "$SIM_NODE_LABEL=true" -o name | wc -l) nodes Ready"
 }
 
 # The default ServiceAccount is made by the controller manager; pods cannot be
 # created in a namespace before it exists.
 wait_default_sa() {
-  local deadline=$(( $(date +%s) + 60 ))
-  until kc -n default get serviceaccount default >/dev/null 2>&1; do
-    [ "$(date +%s)" -lt "$deadline" ] || die "default ServiceAccount never appeared"
-    sleep 0.5
-  done
+  kc -n default wait --for=create serviceaccount/default --timeout=60s >/dev/null \
+    || die "default ServiceAccount never appeared"
 }
 
 # kwokctl writes one pid file per component, without a trailing newline.

@@ -37,8 +37,11 @@ case "${1:-}" in
         --wait --timeout "${TIMEOUT}s" >/dev/null
     fi
     deadline=$(( $(date +%s) + TIMEOUT ))
-    until [ "$(kc get clusterpolicies.nvidia.com cluster-policy -o jsonpath='{.status.state}' 2>/dev/null)" = ready ] && gpu_nodes_ready; do
-      [ "$(date +%s)" -lt "$deadline" ] || { log "ClusterPolicy or allocatable GPUs not ready after ${TIMEOUT}s"; kc get clusterpolicies.nvidia.com -o yaml >&2 || true; exit 1; }
+    kc wait --for=jsonpath='{.status.state}'=ready clusterpolicies.nvidia.com/cluster-policy --timeout="${TIMEOUT}s" >/dev/null \
+      || { log "ClusterPolicy not ready after ${TIMEOUT}s"; kc get clusterpolicies.nvidia.com -o yaml >&2 || true; exit 1; }
+    # "more than 0 allocatable" is not a kubectl wait condition: poll the nodes.
+    until gpu_nodes_ready; do
+      [ "$(date +%s)" -lt "$deadline" ] || { log "GPUs not allocatable after ${TIMEOUT}s"; exit 1; }
       sleep 1
     done
     log "ClusterPolicy ready; GPUs allocatable" ;;

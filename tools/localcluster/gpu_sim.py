@@ -61,15 +61,13 @@ from pathlib import Path
 from typing import Any
 
 import yaml
+from hostproc import HostProcess, cluster_name, kubectl, state_dir, workdir
 from kubeapi import KubeApi
 
-HERE = Path(__file__).resolve().parent
-CACHE = Path(os.environ.get("KUBEINFER_CACHE") or Path.home() / ".cache" / "kubeinfer")
-CLUSTER = os.environ.get("KUBEINFER_CLUSTER") or "kubeinfer"
-WORKDIR = Path(os.environ.get("KWOK_WORKDIR") or CACHE / "kwok")
-KUBECONFIG = WORKDIR / "clusters" / CLUSTER / "kubeconfig.yaml"
-STATE = WORKDIR / f"kubeinfer-{CLUSTER}"
-HARDWARE, PIDFILE, LOG, BEAT = (STATE / n for n in ("gpu-hardware.json", "gpu-sim.pid", "gpu-sim.log", "gpu-sim.beat"))
+KUBECONFIG = workdir() / "clusters" / cluster_name() / "kubeconfig.yaml"
+STATE = state_dir()
+PROC = HostProcess(STATE, "gpu-sim")
+HARDWARE, BEAT = STATE / "gpu-hardware.json", STATE / "gpu-sim.beat"
 INTERVAL = float(os.environ.get("GPU_SIM_INTERVAL") or 1)
 SIM = {"kubeinfer.io/sim-kubelet": "gpu-sim"}
 NFD_NS, NFD_LABELS = "feature.node.kubernetes.io", "nfd.node.kubernetes.io/feature-labels"
@@ -125,15 +123,8 @@ class Api(KubeApi):
     """The local cluster's API server (kubeapi.py), plus a per-pass cache of ConfigMaps."""
 
     def __init__(self) -> None:
-        super().__init__(KUBECONFIG, CACHE / f"kubernetes-{pinned('KUBERNETES_VERSION')}" / "kubectl", STATE, "gpu-sim-client")
+        super().__init__(KUBECONFIG, kubectl(), STATE, "gpu-sim-client")
         self.cache: dict[tuple[str, str], Any] = {}
-
-
-def pinned(name: str) -> str:
-    for line in (HERE / "versions.env").read_text().splitlines():
-        if line.startswith(name + "="):
-            return line.split("=", 1)[1].strip()
-    raise SystemExit(f"{name} not pinned in versions.env")
 
 
 def labels(obj: dict[str, Any]) -> dict[str, str]:
@@ -598,16 +589,7 @@ def signature(status: dict[str, Any]) -> Any:
             states("initContainerStatuses"), states("containerStatuses"))
 
 
-# --- process handling ----------------------------------------------------------------------
-
-def our_pid() -> int | None:
-    try:
-        pid = int(PIDFILE.read_text().strip())
-        cmdline = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
-    except (OSError, ValueError):
-        return None
-    return pid if b"run" in cmdline and str(STATE).encode() in cmdline else None
-
+# --- the loop ------------------------------------------------------------------------------
 
 def loop() -> None:
     api: Api | None = None
@@ -629,7 +611,6 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("command", choices=["start", "stop", "status", "run", "hardware", "init-hardware"])
     ap.add_argument("node", nargs="?")
-    ap.add_argument("--state", help=argparse.SUPPRESS)
     ap.add_argument("--host-driver")
     ap.add_argument("--gpus", type=int)
     ap.add_argument("--product")
@@ -640,33 +621,21 @@ def main() -> None:
     if a.command == "run":
         loop()
     elif a.command == "start":
-        if our_pid():
+        if PROC.pid():
             return
         BEAT.unlink(missing_ok=True)
-        with open(LOG, "ab") as out:
-            proc = subprocess.Popen([sys.executable, str(Path(__file__).resolve()), "run", "--state", str(STATE)],
-                                    stdin=subprocess.DEVNULL, stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
-        PIDFILE.write_text(f"{proc.pid}\n")
+        pid = PROC.start([sys.executable, str(Path(__file__).resolve()), "run"])
         deadline = time.monotonic() + 20
-        while not BEAT.exists() and time.monotonic() < deadline and proc.poll() is None:
+        while not BEAT.exists() and time.monotonic() < deadline and PROC.pid():
             time.sleep(0.2)
         if not BEAT.exists():
-            raise SystemExit(f"gpu_sim started (pid {proc.pid}) but has not completed a pass; see {LOG}")
+            raise SystemExit(f"gpu_sim started (pid {pid}) but has not completed a pass; see {PROC.logfile}")
     elif a.command == "stop":
-        pid = our_pid()
-        if pid:
-            os.killpg(pid, signal.SIGTERM)
-            for _ in range(50):
-                if our_pid() != pid:
-                    break
-                time.sleep(0.1)
-            else:
-                os.killpg(pid, signal.SIGKILL)
-        PIDFILE.unlink(missing_ok=True)
+        PROC.stop(timeout=5)
         BEAT.unlink(missing_ok=True)
     elif a.command == "status":
-        pid = our_pid()
-        print(f"gpu_sim: {f'running, pid {pid}' if pid else 'not running'}; log {LOG}; hardware {HARDWARE}")
+        pid = PROC.pid()
+        print(f"gpu_sim: {f'running, pid {pid}' if pid else 'not running'}; log {PROC.logfile}; hardware {HARDWARE}")
         raise SystemExit(0 if pid else 1)
     elif a.command == "init-hardware":
         init_hardware()

@@ -40,7 +40,6 @@ import hashlib
 import json
 import os
 import re
-import signal
 import socket
 import subprocess
 import sys
@@ -51,6 +50,8 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, Iterator
 
+from hostproc import HostProcess, cache_dir, cluster_name, pinned, workdir
+from hostproc import kubectl as kubectl_binary
 from kubeapi import KubeApi
 
 HERE = Path(__file__).resolve().parent
@@ -68,22 +69,13 @@ APISERVICES = ("v1beta1.custom.metrics.k8s.io", "v1beta2.custom.metrics.k8s.io")
 FIELD_MANAGER = "kubeinfer-localcluster-metrics"
 
 
-def pinned(name: str) -> str:
-    for line in (HERE / "versions.env").read_text().splitlines():
-        if line.startswith(name + "="):
-            return line.split("=", 1)[1].strip()
-    raise SystemExit(f"{name} not pinned in versions.env")
-
-
-CACHE = Path(os.environ.get("KUBEINFER_CACHE") or Path.home() / ".cache" / "kubeinfer")
-CLUSTER = os.environ.get("KUBEINFER_CLUSTER") or "kubeinfer"
-WORKDIR = Path(os.environ.get("KWOK_WORKDIR") or CACHE / "kwok")
-CLUSTER_DIR = WORKDIR / "clusters" / CLUSTER
+CLUSTER = cluster_name()
+CLUSTER_DIR = workdir() / "clusters" / CLUSTER
 KUBECONFIG = CLUSTER_DIR / "kubeconfig.yaml"
-STATE = WORKDIR / f"kubeinfer-{CLUSTER}" / "metrics"
-KUBECTL = CACHE / f"kubernetes-{pinned('KUBERNETES_VERSION')}" / "kubectl"
+STATE = workdir() / f"kubeinfer-{CLUSTER}" / "metrics"
+KUBECTL = kubectl_binary()
 ADAPTER_VERSION = pinned("PROMETHEUS_ADAPTER_VERSION")
-ADAPTER_BIN = CACHE / f"prometheus-adapter-{ADAPTER_VERSION}" / "adapter"
+ADAPTER_BIN = cache_dir() / f"prometheus-adapter-{ADAPTER_VERSION}" / "adapter"
 PROMETHEUS_BIN = Path(os.environ.get("PROMETHEUS_BINARY") or "/usr/bin/prometheus")
 ADAPTER_CONFIG = STATE / "adapter-config.yaml"
 TARGETS = STATE / "targets.json"
@@ -106,66 +98,18 @@ def Api(kubeconfig: Path) -> KubeApi:
 
 
 def kubectl(*args: str, stdin: str | None = None, check: bool = True, timeout: float = 60) -> subprocess.CompletedProcess:
-    proc = subprocess.run([str(KUBECTL), "--kubeconfig", str(KUBECONFIG), *args], input=stdin,
-                          capture_output=True, text=True, timeout=timeout, check=False)
-    if check and proc.returncode != 0:
-        die(f"kubectl {' '.join(args)} failed: {proc.stderr.strip()}")
-    return proc
+    res = subprocess.run([str(KUBECTL), "--kubeconfig", str(KUBECONFIG), *args], input=stdin,
+                         capture_output=True, text=True, timeout=timeout, check=False)
+    if check and res.returncode != 0:
+        die(f"kubectl {' '.join(args)} failed: {res.stderr.strip()}")
+    return res
 
 
 # --- processes -----------------------------------------------------------------------------
 
-def pid_of(comp: str) -> int | None:
-    """PID of component COMP if it runs and is ours (its command line names our state dir)."""
-    try:
-        pid = int((STATE / f"{comp}.pid").read_text().strip())
-        cmdline = Path(f"/proc/{pid}/cmdline").read_bytes()
-    except (OSError, ValueError):
-        return None
-    return pid if str(STATE).encode() in cmdline else None
-
-
-def args_of(comp: str) -> list[str] | None:
-    pid = pid_of(comp)
-    if pid is None:
-        return None
-    return [a.decode() for a in Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")[:-1]]
-
-
-def spawn(comp: str, argv: list[str]) -> int:
-    STATE.mkdir(parents=True, exist_ok=True)
-    with open(STATE / f"{comp}.log", "ab") as out:
-        proc = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=out, stderr=subprocess.STDOUT,
-                                start_new_session=True, close_fds=True)
-    (STATE / f"{comp}.pid").write_text(f"{proc.pid}\n")
-    return proc.pid
-
-
-def stop(comp: str, timeout: float = 15) -> bool:
-    pid = pid_of(comp)
-    if pid is None:
-        (STATE / f"{comp}.pid").unlink(missing_ok=True)
-        return False
-    os.kill(pid, signal.SIGTERM)
-    deadline = time.monotonic() + timeout
-    while pid_of(comp) == pid and not zombie(pid) and time.monotonic() < deadline:
-        time.sleep(0.1)
-    if pid_of(comp) == pid and not zombie(pid):
-        log(f"{comp} (pid {pid}) ignored SIGTERM for {timeout:.0f}s; killing it")
-        os.kill(pid, signal.SIGKILL)
-    try:  # reap it when it is our child (the sync loop restarting the adapter)
-        os.waitpid(pid, os.WNOHANG)
-    except ChildProcessError:
-        pass
-    (STATE / f"{comp}.pid").unlink(missing_ok=True)
-    return True
-
-
-def zombie(pid: int) -> bool:
-    try:
-        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] == "Z"
-    except OSError:
-        return True
+def proc(comp: str) -> HostProcess:
+    """Component COMP (prometheus, adapter, sync), recorded in STATE (hostproc.py)."""
+    return HostProcess(STATE, comp)
 
 
 @contextmanager
@@ -205,7 +149,7 @@ def choose_ports() -> dict[str, int]:
     for comp, env in (("prometheus", "PROMETHEUS_PORT"), ("adapter", "ADAPTER_PORT")):
         if os.environ.get(env):
             ports[comp] = int(os.environ[env])
-        elif not ports.get(comp) or (pid_of(comp) is None and not port_free(ports[comp])):
+        elif not ports.get(comp) or (proc(comp).pid() is None and not port_free(ports[comp])):
             ports[comp] = free_port()
     STATE.mkdir(parents=True, exist_ok=True)
     (STATE / "ports.json").write_text(json.dumps(ports) + "\n")
@@ -234,8 +178,8 @@ def adapter_argv(ports: dict[str, int]) -> list[str]:
 def restart_adapter(reason: str) -> None:
     with locked():
         ports = load_ports()
-        stop("adapter")
-        pid = spawn("adapter", adapter_argv(ports))
+        proc("adapter").stop()
+        pid = proc("adapter").start(adapter_argv(ports))
     log(f"adapter started (pid {pid}, https://127.0.0.1:{ports['adapter']}): {reason}")
 
 
@@ -343,12 +287,8 @@ def sync_loop() -> None:
     log(f"sync loop started (pid {me}, every {SYNC_PERIOD:.0f}s)")
     while True:
         tick = time.monotonic()
-        try:
-            if int((STATE / "sync.pid").read_text().strip()) != me:
-                log("pid file names another process; exiting")
-                return
-        except (OSError, ValueError):
-            log("pid file gone; exiting")
+        if proc("sync").pid() != me:
+            log("sync.pid is gone or names another process; exiting")
             return
         try:
             if sync_targets(api):
@@ -365,7 +305,7 @@ def sync_loop() -> None:
             if reasons:
                 restart_adapter("; ".join(reasons))
                 last_start = time.monotonic()
-            elif pid_of("adapter") is None and time.monotonic() - last_start > ADAPTER_RESTART_BACKOFF:
+            elif proc("adapter").pid() is None and time.monotonic() - last_start > ADAPTER_RESTART_BACKOFF:
                 tail = (STATE / "adapter.log").read_text(errors="replace").strip().splitlines()[-1:] \
                     if (STATE / "adapter.log").exists() else []
                 restart_adapter(f"it was not running (last log line: {tail[0][:300] if tail else '-'})")
@@ -410,7 +350,7 @@ def cmd_up() -> None:
     if (STATE / "cluster-id").is_file() and (STATE / "cluster-id").read_text() != cluster_id:
         log(f"cluster {CLUSTER} was re-created; restarting the metrics processes")
         for comp in ("sync", "adapter", "prometheus"):
-            stop(comp)
+            proc(comp).stop()
     (STATE / "cluster-id").write_text(cluster_id)
     ports = choose_ports()
 
@@ -418,13 +358,13 @@ def cmd_up() -> None:
     sync_targets(api)
     changed = write_if_changed(STATE / "prometheus.yml", render("prometheus.yml.in", ports))
     prom_url = f"http://127.0.0.1:{ports['prometheus']}"
-    if args_of("prometheus") != prometheus_argv(ports):
-        stop("prometheus")
-        log(f"starting prometheus on {prom_url} (pid {spawn('prometheus', prometheus_argv(ports))})")
+    if proc("prometheus").argv() != prometheus_argv(ports):
+        proc("prometheus").stop()
+        log(f"starting prometheus on {prom_url} (pid {proc('prometheus').start(prometheus_argv(ports))})")
     elif changed:
         urllib.request.urlopen(urllib.request.Request(f"{prom_url}/-/reload", method="POST"), timeout=10).close()
         log("prometheus configuration reloaded")
-    wait_for("prometheus /-/ready", lambda: pid_of("prometheus") is not None and http_ok(f"{prom_url}/-/ready"))
+    wait_for("prometheus /-/ready", lambda: proc("prometheus").pid() is not None and http_ok(f"{prom_url}/-/ready"))
 
     # Cluster objects. The ConfigMap is created only when missing: its rules belong to metrics_adapter.
     kubectl("apply", "--server-side", "--force-conflicts", f"--field-manager={FIELD_MANAGER}", "-f", "-",
@@ -439,15 +379,14 @@ def cmd_up() -> None:
         state = load_sync_state()
         state["checksum"] = checksum
         (STATE / "sync-state.json").write_text(json.dumps(state) + "\n")
-        if args_of("adapter") != adapter_argv(ports) or cfg_changed:
-            stop("adapter")
+        if proc("adapter").argv() != adapter_argv(ports) or cfg_changed:
+            proc("adapter").stop()
             log(f"starting prometheus-adapter on https://127.0.0.1:{ports['adapter']} "
-                f"(pid {spawn('adapter', adapter_argv(ports))})")
-    if pid_of("sync") is None:
-        log(f"starting the sync loop (pid {spawn('sync', [sys.executable, str(Path(__file__).resolve()), '_sync', str(STATE)])})")
+                f"(pid {proc('adapter').start(adapter_argv(ports))})")
+    if proc("sync").pid() is None:
+        log(f"starting the sync loop (pid {proc('sync').start([sys.executable, str(Path(__file__).resolve()), '_sync', str(STATE)])})")
 
-    for name in APISERVICES:
-        wait_for(f"APIService {name} Available", lambda n=name: apiservice_available(api, n)[0], timeout=90)
+    kubectl("wait", "--for=condition=Available", "--timeout=90s", *(f"apiservice/{n}" for n in APISERVICES), timeout=100)
     wait_for("GET /apis/custom.metrics.k8s.io/v1beta1",
              lambda: isinstance(api.get("/apis/custom.metrics.k8s.io/v1beta1"), dict), timeout=30)
     log(f"metrics chain up in {time.monotonic() - start:.1f}s: prometheus {prom_url}, "
@@ -457,12 +396,12 @@ def cmd_up() -> None:
 def cmd_down() -> None:
     if KUBECONFIG.is_file():
         for name in APISERVICES:
-            proc = kubectl("delete", "apiservice", name, "--ignore-not-found", "--wait=false", "--request-timeout=5s",
-                           check=False, timeout=15)
-            if proc.returncode != 0:
-                log(f"could not delete APIService {name} (cluster down?): {proc.stderr.strip()[:200]}")
+            res = kubectl("delete", "apiservice", name, "--ignore-not-found", "--wait=false", "--request-timeout=5s",
+                          check=False, timeout=15)
+            if res.returncode != 0:
+                log(f"could not delete APIService {name} (cluster down?): {res.stderr.strip()[:200]}")
     for comp in ("sync", "adapter", "prometheus"):
-        if stop(comp):
+        if proc(comp).stop():
             log(f"stopped {comp}")
 
 
@@ -470,7 +409,7 @@ def cmd_status() -> int:
     ports = load_ports()
     ok = True
     for comp in ("prometheus", "adapter", "sync"):
-        pid = pid_of(comp)
+        pid = proc(comp).pid()
         ok = ok and pid is not None
         where = {"prometheus": f"http://127.0.0.1:{ports.get('prometheus')}",
                  "adapter": f"https://127.0.0.1:{ports.get('adapter')}", "sync": f"every {SYNC_PERIOD:.0f}s"}[comp]
@@ -506,7 +445,7 @@ def main(argv: list[str]) -> int:
     if argv in (["prometheus-url"], ["adapter-url"]):
         comp = argv[0].split("-")[0]
         port = load_ports().get(comp)
-        if pid_of(comp) is None or not port:
+        if proc(comp).pid() is None or not port:
             log(f"{comp} is not running; run: tools/localcluster/metrics.sh up")
             return 1
         print(f"{'http' if comp == 'prometheus' else 'https'}://127.0.0.1:{port}")
