@@ -207,10 +207,8 @@ response:
 from ansible.module_utils.basic import AnsibleModule
 
 from ansible_collections.kubeinfer.llm.plugins.module_utils._args_common import AUTH_ARG_SPEC, argument_spec
-from ansible_collections.kubeinfer.llm.plugins.module_utils._client import build_api_client
 from ansible_collections.kubeinfer.llm.plugins.module_utils._completion import run
-from ansible_collections.kubeinfer.llm.plugins.module_utils._errors import KubeInferError
-from ansible_collections.kubeinfer.llm.plugins.module_utils._resources import Kube
+from ansible_collections.kubeinfer.llm.plugins.module_utils._module import run_module
 
 ARGUMENT_SPEC = argument_spec(
     AUTH_ARG_SPEC,
@@ -242,13 +240,8 @@ def main() -> None:
         required_by={"label_selector": "namespace", "service": "namespace", "pod": "namespace"},
         supports_check_mode=True,
     )
-    try:
-        # A check of base_url (an ingress) needs no cluster credentials.
-        kube = None if module.params["base_url"] else Kube(build_api_client(module.params))
-        result = run(kube, module.params, module.check_mode, module._diff)
-    except KubeInferError as e:
-        module.fail_json(msg=e.msg, **e.result)
-    module.exit_json(**result)
+    # A check of base_url (an ingress) needs no cluster credentials.
+    run_module(module, run, cluster=not module.params["base_url"])
 
 
 if __name__ == "__main__":

@@ -202,10 +202,8 @@ api_requests:
 from ansible.module_utils.basic import AnsibleModule
 
 from ansible_collections.kubeinfer.llm.plugins.module_utils._args_common import AUTH_ARG_SPEC, PROBE_ARG_SPEC, STATE_ARG_SPEC, argument_spec
-from ansible_collections.kubeinfer.llm.plugins.module_utils._client import build_api_client
-from ansible_collections.kubeinfer.llm.plugins.module_utils._errors import KubeInferError
+from ansible_collections.kubeinfer.llm.plugins.module_utils._module import run_module
 from ansible_collections.kubeinfer.llm.plugins.module_utils._nodes import run
-from ansible_collections.kubeinfer.llm.plugins.module_utils._resources import Kube
 
 
 def main() -> None:
@@ -226,11 +224,7 @@ def main() -> None:
         ),
         supports_check_mode=True,
     )
-    try:
-        result = run(Kube(build_api_client(module.params)), module.params, module.check_mode, module._diff)
-    except KubeInferError as e:
-        module.fail_json(msg=e.msg, **e.result)
-    module.exit_json(**result)
+    run_module(module, run)
 
 
 if __name__ == "__main__":

@@ -299,8 +299,6 @@ diff:
 from ansible.module_utils.basic import AnsibleModule
 
 from ansible_collections.kubeinfer.llm.plugins.module_utils._args_common import AUTH_ARG_SPEC, HELM_ARG_SPEC, PROBE_ARG_SPEC, STATE_ARG_SPEC, argument_spec
-from ansible_collections.kubeinfer.llm.plugins.module_utils._client import build_api_client
-from ansible_collections.kubeinfer.llm.plugins.module_utils._errors import KubeInferError
 from ansible_collections.kubeinfer.llm.plugins.module_utils._gpu_operator import run
 from ansible_collections.kubeinfer.llm.plugins.module_utils._gpu_operator_values import (
     DEFAULT_CHART_REPO_URL,
@@ -308,8 +306,7 @@ from ansible_collections.kubeinfer.llm.plugins.module_utils._gpu_operator_values
     DEFAULT_NAMESPACE,
     DEFAULT_RELEASE_NAME,
 )
-from ansible_collections.kubeinfer.llm.plugins.module_utils._helm import Helm, find_helm
-from ansible_collections.kubeinfer.llm.plugins.module_utils._resources import Kube
+from ansible_collections.kubeinfer.llm.plugins.module_utils._module import run_module
 
 
 def main() -> None:
@@ -337,14 +334,7 @@ def main() -> None:
         ),
         supports_check_mode=True,
     )
-    p = module.params
-    try:
-        kube = Kube(build_api_client(p))
-        helm = Helm(module.run_command, find_helm(p["helm_binary"], module.get_bin_path), p)
-        result = run(kube, helm, p, module.check_mode, module._diff)
-    except KubeInferError as e:
-        module.fail_json(msg=e.msg, **e.result)
-    module.exit_json(**result)
+    run_module(module, run, helm=True)
 
 
 if __name__ == "__main__":

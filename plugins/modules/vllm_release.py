@@ -494,10 +494,7 @@ diff:
 from ansible.module_utils.basic import AnsibleModule
 
 from ansible_collections.kubeinfer.llm.plugins.module_utils._args_common import AUTH_ARG_SPEC, HELM_ARG_SPEC, STATE_ARG_SPEC, argument_spec
-from ansible_collections.kubeinfer.llm.plugins.module_utils._client import build_api_client
-from ansible_collections.kubeinfer.llm.plugins.module_utils._errors import KubeInferError
-from ansible_collections.kubeinfer.llm.plugins.module_utils._helm import Helm, find_helm
-from ansible_collections.kubeinfer.llm.plugins.module_utils._resources import Kube
+from ansible_collections.kubeinfer.llm.plugins.module_utils._module import run_module
 from ansible_collections.kubeinfer.llm.plugins.module_utils._vllm import run
 
 ARGUMENT_SPEC = argument_spec(
@@ -556,14 +553,7 @@ REQUIRED_IF = [("state", "present", ("model",))]
 
 def main() -> None:
     module = AnsibleModule(argument_spec=ARGUMENT_SPEC, required_if=REQUIRED_IF, supports_check_mode=True)
-    p = module.params
-    try:
-        kube = Kube(build_api_client(p))
-        helm = Helm(module.run_command, find_helm(p["helm_binary"], module.get_bin_path), p)
-        result = run(kube, helm, p, module.check_mode, module._diff)
-    except KubeInferError as e:
-        module.fail_json(msg=e.msg, **e.result)
-    module.exit_json(**result)
+    run_module(module, run, helm=True)
 
 
 if __name__ == "__main__":

@@ -12,6 +12,7 @@ import yaml
 from ansible.module_utils import basic
 from ansible.module_utils.common.text.converters import to_bytes
 
+from ansible_collections.kubeinfer.llm.plugins.module_utils import _module
 from ansible_collections.kubeinfer.llm.plugins.modules import inference_hpa, metrics_adapter
 
 from ..module_utils.fake_cluster import FakeCluster, metric_list
@@ -21,7 +22,7 @@ def run_module(monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[st
                args: dict[str, Any], check_mode: bool = False) -> dict[str, Any]:
     module_args = dict(args, _ansible_check_mode=check_mode, _ansible_diff=True)
     monkeypatch.setattr(basic, "_ANSIBLE_ARGS", to_bytes(json.dumps({"ANSIBLE_MODULE_ARGS": module_args})))
-    monkeypatch.setattr(module, "build_api_client", lambda params: cluster)
+    monkeypatch.setattr(_module, "build_api_client", lambda params: cluster)
     with pytest.raises(SystemExit):
         module.main()
     return json.loads(capsys.readouterr().out)

@@ -8,6 +8,7 @@ import pytest
 from ansible.module_utils import basic
 from ansible.module_utils.common.text.converters import to_bytes
 
+from ansible_collections.kubeinfer.llm.plugins.module_utils import _module
 from ansible_collections.kubeinfer.llm.plugins.module_utils._helm import Helm
 from ansible_collections.kubeinfer.llm.plugins.modules import gpu_node, gpu_operator, gpu_operator_info
 
@@ -23,10 +24,10 @@ def run_main(monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
              args: dict[str, Any], fake_helm: FakeHelm | None = None, check_mode: bool = False) -> dict[str, Any]:
     monkeypatch.setattr(basic, "_ANSIBLE_ARGS", to_bytes(json.dumps(
         {"ANSIBLE_MODULE_ARGS": dict(args, _ansible_check_mode=check_mode, _ansible_diff=True)})))
-    monkeypatch.setattr(module, "build_api_client", lambda params: api)
+    monkeypatch.setattr(_module, "build_api_client", lambda params: api)
     if fake_helm is not None:
-        monkeypatch.setattr(module, "find_helm", lambda explicit, get_bin_path: "/bin/helm")
-        monkeypatch.setattr(module, "Helm", lambda run_command, binary, params: Helm(fake_helm, binary, params))
+        monkeypatch.setattr(_module, "find_helm", lambda explicit, get_bin_path: "/bin/helm")
+        monkeypatch.setattr(_module, "Helm", lambda run_command, binary, params: Helm(fake_helm, binary, params))
     with pytest.raises(SystemExit):
         module.main()
     return json.loads(capsys.readouterr().out)

@@ -9,6 +9,7 @@ import pytest
 from ansible.module_utils import basic
 from ansible.module_utils.common.text.converters import to_bytes
 
+from ansible_collections.kubeinfer.llm.plugins.module_utils import _module
 from ansible_collections.kubeinfer.llm.plugins.modules import hf_token_secret
 
 from ..module_utils.fake_api import FakeApiClient, FakeApiException
@@ -26,7 +27,7 @@ def run_module(monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[st
     """Run main() as Ansible would; return the parsed result and the raw JSON text it printed."""
     module_args = dict(args, _ansible_check_mode=check_mode, _ansible_diff=diff)
     monkeypatch.setattr(basic, "_ANSIBLE_ARGS", to_bytes(json.dumps({"ANSIBLE_MODULE_ARGS": module_args})))
-    monkeypatch.setattr(hf_token_secret, "build_api_client", lambda params: api)
+    monkeypatch.setattr(_module, "build_api_client", lambda params: api)
     for var in ("HF_TOKEN", "HUGGING_FACE_HUB_TOKEN"):
         monkeypatch.delenv(var, raising=False)
     with pytest.raises(SystemExit):
@@ -67,7 +68,7 @@ def test_token_from_environment(monkeypatch: pytest.MonkeyPatch, capsys: pytest.
     api = FakeApiClient({("PATCH", SECRET_PATH): lambda body: body})
     module_args = {"namespace": "vllm", "_ansible_check_mode": True, "_ansible_diff": False}
     monkeypatch.setattr(basic, "_ANSIBLE_ARGS", to_bytes(json.dumps({"ANSIBLE_MODULE_ARGS": module_args})))
-    monkeypatch.setattr(hf_token_secret, "build_api_client", lambda params: api)
+    monkeypatch.setattr(_module, "build_api_client", lambda params: api)
     monkeypatch.delenv("HF_TOKEN", raising=False)
     monkeypatch.setenv("HUGGING_FACE_HUB_TOKEN", TOKEN)
     with pytest.raises(SystemExit):

@@ -13,6 +13,7 @@ from ansible.module_utils import basic
 from ansible.module_utils.common.text.converters import to_bytes
 
 from ansible_collections.kubeinfer.llm.plugins.action import vllm_release as action
+from ansible_collections.kubeinfer.llm.plugins.module_utils import _module
 from ansible_collections.kubeinfer.llm.plugins.modules import vllm_release
 
 from ..module_utils.fake_api import FakeApiClient
@@ -43,7 +44,7 @@ def run_module(monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[st
     })
     helm = FakeHelmRun()
     monkeypatch.setattr(basic, "_ANSIBLE_ARGS", to_bytes(json.dumps({"ANSIBLE_MODULE_ARGS": dict(args, helm_binary="/bin/true")})))
-    monkeypatch.setattr(vllm_release, "build_api_client", lambda params: api)
+    monkeypatch.setattr(_module, "build_api_client", lambda params: api)
     monkeypatch.setattr(basic.AnsibleModule, "run_command", lambda self, argv, **kw: helm(argv, kw.get("environ_update")))
     with pytest.raises(SystemExit):
         vllm_release.main()
