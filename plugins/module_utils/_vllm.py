@@ -54,6 +54,7 @@ def _present(kube: Kube, helm: Helm, p: dict[str, Any], check_mode: bool, diff: 
     kube_version = str((kube.request("GET", "/version", verb="get") or {}).get("gitVersion") or "")
     if not kube_version:
         raise KubeInferError("could not read the API server version from /version")
+    result["hf_token_secret"] = _token_secret(kube, p["hf_token_secret"], namespace, check_mode)
     nodes = kube.list("v1", "Node")
     pods = kube.list("v1", "Pod", field_selector="status.phase!=Succeeded,status.phase!=Failed")
     gpu_nodes = eligible_nodes(nodes, build_values(p, 1), p["preflight_capacity"])  # placement does not depend on the budget
@@ -100,6 +101,31 @@ def _present(kube: Kube, helm: Helm, p: dict[str, Any], check_mode: bool, diff: 
     result["placement"] = placement(pods_now)
     result["rollout"] = _rollout_status(kube.get("apps/v1", "Deployment", workload["deployment"], namespace))
     return planned
+
+
+def _token_secret(kube: Kube, secret: dict[str, Any] | None, namespace: str, check_mode: bool) -> dict[str, Any] | None:
+    """The token Secret and key the pods read must exist, unless marked optional.
+
+    Otherwise the kubelet holds every pod in CreateContainerConfigError until the rollout times out
+    (k8s.io/kubernetes pkg/kubelet/kubelet_pods.go, makeEnvironmentVariables: a missing secretKeyRef).
+    In check mode the Secret may be one this same run would create, so a missing one is reported, not refused.
+    Only the Secret's key names are read into the result, never its data.
+    """
+    if not secret:
+        return None
+    obj = kube.get("v1", "Secret", secret["name"], namespace)
+    keys = sorted(set((obj or {}).get("data") or {}) | set((obj or {}).get("stringData") or {}))
+    view = {"name": secret["name"], "key": secret["key"], "optional": secret["optional"], "exists": obj is not None,
+            "has_key": secret["key"] in keys}
+    if secret["optional"] or check_mode:
+        return view
+    if obj is None:
+        raise KubeInferError(f"hf_token_secret.name: Secret {namespace}/{secret['name']} does not exist; create it first "
+                             "(the hf_token role or kubeinfer.llm.hf_token_secret), or set hf_token_secret.optional=true")
+    if not view["has_key"]:
+        raise KubeInferError(f"hf_token_secret.key: Secret {namespace}/{secret['name']} has no key {secret['key']!r} "
+                             f"(its keys: {', '.join(keys) or 'none'})")
+    return view
 
 
 def placement(pods: list[dict[str, Any]]) -> dict[str, str | None]:

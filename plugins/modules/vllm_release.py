@@ -121,6 +121,9 @@ options:
   hf_token_secret:
     description:
       - The Secret that holds the Hugging Face token, in O(namespace). Only the reference goes into the Helm values.
+      - Before any write the module checks that the Secret exists and has the key, unless O(hf_token_secret.optional=true);
+        otherwise every pod would wait in C(CreateContainerConfigError) until the rollout timed out. In check mode a
+        missing Secret is reported in RV(hf_token_secret), since the same run may create it first.
     type: dict
     suboptions:
       name:
@@ -435,6 +438,11 @@ validation:
       type: str
       returned: when the server is newer than the library
       sample: kubernetes-validate has no schemas for 1.38.0; validated against 1.37.0
+hf_token_secret:
+  description: The token Secret reference and what the cluster holds for it (key names only, never data).
+  type: dict
+  returned: when O(state=present) and O(hf_token_secret) is set
+  sample: {name: hf-token, key: HF_TOKEN, optional: false, exists: true, has_key: true}
 pods:
   description: Names of the release's pods.
   type: list

@@ -391,8 +391,9 @@ def test_validate_manifests_newer_server_uses_the_newest_schema() -> None:
 
 # -- the run order, with fakes ------------------------------------------------------
 class FakeKube:
-    def __init__(self, nodes: list[dict[str, Any]], pods: list[dict[str, Any]], deployment: dict[str, Any] | None = None) -> None:
-        self.nodes, self.pods, self.deployment = nodes, pods, deployment
+    def __init__(self, nodes: list[dict[str, Any]], pods: list[dict[str, Any]], deployment: dict[str, Any] | None = None,
+                 secrets: dict[str, dict[str, Any]] | None = None) -> None:
+        self.nodes, self.pods, self.deployment, self.secrets = nodes, pods, deployment, secrets or {}
         self.requests: Counter[str] = Counter()
 
     def request(self, method: str, path: str, **kwargs: Any) -> Any:
@@ -411,6 +412,8 @@ class FakeKube:
 
     def get(self, api_version: str, kind: str, name: str, namespace: str | None = None) -> dict[str, Any] | None:
         self.requests["get"] += 1
+        if kind == "Secret":
+            return self.secrets.get(name)
         return self.deployment
 
 
@@ -581,3 +584,29 @@ def test_absent_uninstalls_only_an_existing_release() -> None:
     assert not result["changed"] and cli.verbs() == ["list"]
     assert result["release"] == {"name": "llama", "namespace": "serve", "installed": False, "chart": None, "chart_name": None,
                                  "chart_version": None, "app_version": None, "revision": 0, "status": None, "updated": None}
+
+
+TOKEN = {"name": "hf-token", "key": "HF_TOKEN", "optional": False}
+
+
+@pytest.mark.parametrize("secrets, fragment", [
+    ({}, "hf_token_secret.name: Secret serve/hf-token does not exist"),
+    ({"hf-token": {"data": {"token": "eA=="}}}, "hf_token_secret.key: Secret serve/hf-token has no key 'HF_TOKEN' (its keys: token)"),
+])
+def test_a_missing_token_secret_or_key_is_refused_before_any_write(secrets: dict[str, Any], fragment: str) -> None:
+    cli = FakeHelmCli()
+    with pytest.raises(KubeInferError) as info:
+        run(FakeKube([node("g1")], [], rolled_out(1), secrets), cli, params(hf_token_secret=TOKEN))
+    assert info.value.msg.startswith(fragment)
+    assert "eA==" not in str(info.value.result)
+    assert cli.verbs() == ["show"], "only the chart was read"
+
+
+def test_the_token_secret_is_only_reported_when_optional_or_in_check_mode() -> None:
+    optional = run(FakeKube([node("g1")], [], rolled_out(1)), FakeHelmCli(), params(hf_token_secret=dict(TOKEN, optional=True)))
+    assert optional["hf_token_secret"]["exists"] is False and optional["changed"]
+    preview = run(FakeKube([node("g1")], [], rolled_out(1)), FakeHelmCli(), params(hf_token_secret=TOKEN), check_mode=True)
+    assert preview["hf_token_secret"] == {"name": "hf-token", "key": "HF_TOKEN", "optional": False, "exists": False, "has_key": False}
+    present = run(FakeKube([node("g1")], [], rolled_out(1), {"hf-token": {"data": {"HF_TOKEN": "eA=="}}}), FakeHelmCli(),
+                  params(hf_token_secret=TOKEN))
+    assert present["hf_token_secret"]["has_key"] and "eA==" not in str(present)
