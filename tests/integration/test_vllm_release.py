@@ -25,7 +25,7 @@ from kubernetes import client
 from kubernetes.client.rest import ApiException
 
 if TYPE_CHECKING:
-    from conftest import PlaybookRun, PlaybookRunner
+    from conftest import Audit, PlaybookRun, PlaybookRunner
 
 POOL_LABEL = "kubeinfer.io/it-vllm-pool"
 GPUS_PER_NODE = 8
@@ -205,3 +205,25 @@ def test_too_large_model_fails_in_preflight_with_numbers_and_installs_nothing(
     with pytest.raises(ApiException) as info:
         client.CoreV1Api(api).read_namespace(namespace)
     assert info.value.status == 404, "not even the namespace may be created"
+
+
+def test_a_token_secret_that_does_not_exist_is_refused_before_any_write(
+        run: Runner, api: client.ApiClient, kubeconfig: str, pool: str, namespace: str, audit: Audit) -> None:
+    """kwok never resolves Secrets, so without this check the release would install and report changed; on a real
+    cluster every pod would then wait in CreateContainerConfigError until the rollout timed out."""
+    mark = audit.mark()
+    args = dict(name="gated", namespace=namespace, create_namespace=True, model="facebook/opt-125m", engine="sim",
+                hf_token_secret={"name": "no-such-token"}, **pool_args(pool))
+    proc, result = run.module(args)
+    assert result["failed"], proc.stdout[-4000:]
+    assert result["msg"].startswith(f"hf_token_secret.name: Secret {namespace}/no-such-token does not exist")
+    assert helm_history(kubeconfig, "gated", namespace) == []
+    assert audit.writes(mark, "kubeinfer.llm") == [] and audit.writes(mark, "Helm") == []
+    with pytest.raises(ApiException) as info:
+        client.CoreV1Api(api).read_namespace(namespace)
+    assert info.value.status == 404
+
+    # Marked optional, the same release installs: the pod would start without the token.
+    proc, result = run.module(dict(args, hf_token_secret={"name": "no-such-token", "optional": True}))
+    assert not result.get("failed"), proc.stdout[-4000:]
+    assert result["hf_token_secret"]["exists"] is False and result["changed"]
