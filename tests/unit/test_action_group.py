@@ -53,9 +53,15 @@ def test_module_defaults_for_the_group_reach_every_module(tmp_path: pathlib.Path
     play = [{"name": "Group defaults", "hosts": "localhost", "gather_facts": False,
              "module_defaults": {"group/kubeinfer.llm.k8s": {"kubeconfig": MISSING}}, "tasks": tasks}]
     (tmp_path / "play.yml").write_text(yaml.safe_dump(play))
+    # Self-contained: this checkout as kubeinfer.llm and this interpreter's ansible-playbook, whatever the caller's
+    # environment (the Makefile's ANSIBLE_COLLECTIONS_PATH and PATH are not needed).
+    collections = tmp_path / "collections" / "ansible_collections" / "kubeinfer"
+    collections.mkdir(parents=True)
+    (collections / "llm").symlink_to(REPO)
     env = dict(os.environ, ANSIBLE_NOCOLOR="1", K8S_AUTH_KUBECONFIG="", KUBECONFIG="",
-               ANSIBLE_PYTHON_INTERPRETER=sys.executable)
-    proc = subprocess.run(["ansible-playbook", "-i", "localhost,", "-c", "local", str(tmp_path / "play.yml")],
+               ANSIBLE_PYTHON_INTERPRETER=sys.executable, ANSIBLE_COLLECTIONS_PATH=str(tmp_path / "collections"))
+    ansible_playbook = str(pathlib.Path(sys.executable).with_name("ansible-playbook"))
+    proc = subprocess.run([ansible_playbook, "-i", "localhost,", "-c", "local", str(tmp_path / "play.yml")],
                           capture_output=True, text=True, env=env, cwd=tmp_path, check=False)
     assert (tmp_path / "results.json").exists(), proc.stdout + proc.stderr
     results = json.loads((tmp_path / "results.json").read_text())
