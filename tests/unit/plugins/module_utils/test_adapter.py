@@ -7,7 +7,6 @@ from __future__ import annotations
 import functools
 import http.server
 import json
-import os
 import threading
 from typing import Any, Iterator
 from urllib.parse import parse_qs, urlsplit
@@ -24,9 +23,9 @@ from ansible_collections.kubeinfer.llm.plugins.modules import metrics_adapter
 
 from .fake_api import FakeApiException
 from .fake_cluster import FakeCluster, forward_opener, metric_list
+from .fixture_text import fixture
 from .spec_params import spec_params
 
-FIXTURES = os.path.join(os.path.dirname(__file__), "fixtures")
 CM = "/api/v1/namespaces/monitoring/configmaps/prometheus-adapter"
 DEP = "/apis/apps/v1/namespaces/monitoring/deployments/prometheus-adapter"
 METRIC = "/apis/custom.metrics.k8s.io/v1beta1/namespaces/llm/pods/*/vllm_queue_depth"
@@ -35,10 +34,6 @@ APISERVICE = "/apis/apiregistration.k8s.io/v1/apiservices/v1beta1.custom.metrics
 OTHER = {"seriesQuery": '{__name__=~"^container_.*",namespace!=""}', "resources": {"template": "<<.Resource>>"},
          "name": {"matches": "^container_(.*)$", "as": "${1}"}, "metricsQuery": "sum(<<.Series>>) by (<<.GroupBy>>)"}
 
-
-def fixture(name: str) -> str:
-    with open(os.path.join(FIXTURES, name), encoding="utf-8") as f:
-        return f.read()
 
 
 def pod(name: str, release: str, ready: bool = True) -> dict[str, Any]:

@@ -5,7 +5,6 @@
 from __future__ import annotations
 
 import json
-import os
 
 import pytest
 
@@ -13,12 +12,7 @@ from ansible_collections.kubeinfer.llm.plugins.module_utils._dashboard import da
 from ansible_collections.kubeinfer.llm.plugins.module_utils._errors import KubeInferError
 from ansible_collections.kubeinfer.llm.plugins.module_utils._metrics import detect_vllm_metrics
 
-FIXTURES = os.path.join(os.path.dirname(__file__), "fixtures")
-
-
-def fixture(name: str) -> str:
-    with open(os.path.join(FIXTURES, name), encoding="utf-8") as f:
-        return f.read()
+from .fixture_text import fixture
 
 
 def test_grafana_dashboard_uses_detected_names() -> None:

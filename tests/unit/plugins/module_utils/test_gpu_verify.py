@@ -1,7 +1,6 @@
 """GPU Operator verification against a recording fake API: the causes it names, the test pod's life and its cleanup."""
 from __future__ import annotations
 
-from pathlib import Path
 from types import SimpleNamespace
 from typing import Any
 
@@ -20,8 +19,8 @@ from ansible_collections.kubeinfer.llm.plugins.module_utils._gpu_verify import (
 from ansible_collections.kubeinfer.llm.plugins.module_utils._resources import Kube
 
 from .fake_api import FakeApiClient
+from .fixture_text import fixture
 
-FIXTURES = Path(__file__).parent / "fixtures"
 CP_PATH = "/apis/nvidia.com/v1/clusterpolicies/cluster-policy"
 DS_PATH = "/apis/apps/v1/namespaces/gpu-operator/daemonsets"
 NODES_PATH = "/api/v1/nodes"
@@ -223,7 +222,7 @@ def test_test_pod_succeeds_is_parsed_and_deleted() -> None:
 
 
 def test_failed_test_pod_names_the_reason_and_is_deleted() -> None:
-    log = (FIXTURES / "nvidia_smi_driver_failed.txt").read_text()
+    log = fixture("nvidia_smi_driver_failed.txt")
     terminated = {"terminated": {"reason": "Error", "exitCode": 9, "message": "nvml init failed"}}
     api = FakeApiClient(with_pod(answers(), "Failed", log, terminated))
     with pytest.raises(KubeInferError) as err:

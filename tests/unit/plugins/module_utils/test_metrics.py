@@ -4,8 +4,6 @@
 """The metric-name scanner and the vLLM metric detection, on real vLLM expositions."""
 from __future__ import annotations
 
-import os
-
 import pytest
 
 from ansible_collections.kubeinfer.llm.plugins.module_utils._errors import KubeInferError
@@ -16,12 +14,7 @@ from ansible_collections.kubeinfer.llm.plugins.module_utils._metrics import (
     metric_names,
 )
 
-FIXTURES = os.path.join(os.path.dirname(__file__), "fixtures")
-
-
-def fixture(name: str) -> str:
-    with open(os.path.join(FIXTURES, name), encoding="utf-8") as f:
-        return f.read()
+from .fixture_text import fixture
 
 
 # -- scanner ----------------------------------------------------------------------------------------

@@ -10,12 +10,7 @@ import pytest
 from ansible_collections.kubeinfer.llm.plugins.module_utils._errors import KubeInferError
 from ansible_collections.kubeinfer.llm.plugins.module_utils._nvidia_smi import COMMAND, QUERY_FIELDS, failure_hint, parse
 
-FIXTURES = os.path.join(os.path.dirname(__file__), "fixtures")
-
-
-def fixture(name: str) -> str:
-    with open(os.path.join(FIXTURES, name), encoding="utf-8") as f:
-        return f.read()
+from .fixture_text import fixture
 
 
 def test_the_command_asks_for_the_parsed_fields_without_header_or_units() -> None:
