@@ -35,7 +35,6 @@ OTHER = {"seriesQuery": '{__name__=~"^container_.*",namespace!=""}', "resources"
          "name": {"matches": "^container_(.*)$", "as": "${1}"}, "metricsQuery": "sum(<<.Series>>) by (<<.GroupBy>>)"}
 
 
-
 def pod(name: str, release: str, ready: bool = True) -> dict[str, Any]:
     return {"apiVersion": "v1", "kind": "Pod",
             "metadata": {"name": name, "namespace": "llm", "labels": {"kubeinfer.io/release": release, "app.kubernetes.io/instance": release},
