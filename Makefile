@@ -30,10 +30,10 @@ help:
 	@echo "make test    - sanity, unit, integration and Molecule tests on the local cluster"
 	@echo "make cluster-up | cluster-down | kubeconfig"
 
-# Debian packages the local cluster needs: rsync (sanity copy), prometheus (metrics chain), curl and jq
-# (scripts), iproute2 and util-linux (the simulator's network namespace: ip, unshare), socat (the
-# simulator's relays to 127.0.0.1).
-DEBIAN_PACKAGES := rsync prometheus curl jq iproute2 util-linux socat
+# Debian packages the local cluster needs: rsync (sanity copy), curl and jq (scripts), iproute2 and
+# util-linux (the simulator's network namespace: ip, unshare), socat (the simulator's relays to 127.0.0.1
+# and the pod network's relays from pod IPs). Prometheus and prometheus-operator are built from source.
+DEBIAN_PACKAGES := rsync curl jq iproute2 util-linux socat
 deps:
 	@tools/install-debian-packages.sh $(DEBIAN_PACKAGES)
 
@@ -51,8 +51,9 @@ collection:
 	@mkdir -p $(dir $(COLL_LINK))
 	@ln -sfn $(REPO) $(COLL_LINK)
 
-# The control plane, then the host processes around it: Prometheus, Prometheus Adapter and
-# their sync loop (metrics.sh), and the simulation of what the GPU stack does on the nodes (gpu_sim.py).
+# The control plane, then the host processes around it: the pod network, prometheus-operator, Prometheus,
+# Prometheus Adapter and their sync loop (metrics.sh; MONITORING=annotations for the community chart's
+# scraping instead of the operator), and the simulation of what the GPU stack does on the nodes (gpu_sim.py).
 cluster-up: deps binaries
 	$(CLUSTER) up
 	tools/localcluster/metrics.sh up

@@ -2,7 +2,8 @@
 
 The chain is the one a real cluster runs: the vllm chart's pods (kwok-simulated, one per replica) stand for a
 release; llm-d-inference-sim, a host process on 127.0.0.1, is their engine (reached by the pod's port-forward and
-scraped by Prometheus through the pod annotation kubeinfer.io/sim-metrics-port); the real prometheus-adapter v0.12.0
+scraped at the pod's loopback IP by Prometheus 3 with the config the real prometheus-operator generates from the chart's
+PodMonitor, the pod network relaying it per kubeinfer.io/sim-metrics-port); the real prometheus-adapter v0.12.0
 serves custom.metrics.k8s.io through the aggregator; the real HPA controller in kube-controller-manager reads it.
 The simulator reports a fixed queue (``--fake-metrics``), so the value that must come out at the end is known.
 
@@ -91,8 +92,9 @@ def release(api: client.ApiClient, kubeconfig: str, simulator: int, prometheus_u
             playbook_runner: Callable[[Path], PlaybookRunner], tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[str, str]]:
     """The vllm chart (engine sim) installed with helm in a fresh namespace; its pod forwards port 8000 to the simulator.
 
-    The chart labels the pod kubeinfer.io/release (the scrape turns it into kubeinfer_io_release); the local-cluster
-    annotation kubeinfer.io/sim-metrics-port makes Prometheus scrape the simulator's /metrics as that pod's.
+    The chart labels the pod kubeinfer.io/release, and its PodMonitor lists it in podTargetLabels, so the operator's
+    scrape config turns it into kubeinfer_io_release; the local-cluster annotation kubeinfer.io/sim-metrics-port has the
+    pod network (tools/localcluster/podnet.py) answer the pod's IP with the simulator.
     """
     core = client.CoreV1Api(api)
     ns = f"it-autoscaling-{uuid.uuid4().hex[:8]}"
@@ -101,6 +103,7 @@ def release(api: client.ApiClient, kubeconfig: str, simulator: int, prometheus_u
     values.write_text(json.dumps({
         "engine": "sim", "model": {"name": MODEL}, "replicaCount": 1, "gpusPerReplica": 1,
         "podAnnotations": {"kubeinfer.io/sim-metrics-port": str(simulator)},
+        "metrics": {"podMonitor": {"enabled": True}},
         "probes": {"startup": {"budgetSeconds": BUDGET}},
     }))
     env = dict(os.environ, KUBECONFIG=kubeconfig)
