@@ -380,8 +380,9 @@ def _keep_release(kube: Kube, helm: Helm, params: dict[str, Any], site: Site, ke
     uninstall it, with its rules ConfigMap, once no rule is left in it (state=absent of the last release)."""
     assert site.current is not None and site.configmap is not None
     if not keep:
-        result["changed"] = result["changed"] or _helm_release.remove(helm, site.current, check_mode, wait=False, timeout=params["helm_timeout"])
-        result["changed"] = kube.delete("v1", "ConfigMap", site.configmap, site.namespace, dry_run=check_mode) or result["changed"]
+        removed = _helm_release.remove(helm, site.current, check_mode, wait=False, timeout=params["helm_timeout"])
+        deleted = kube.delete("v1", "ConfigMap", site.configmap, site.namespace, dry_run=check_mode)
+        result["changed"] = result["changed"] or removed or deleted
         result["adapter_uninstalled"] = True
         if not check_mode:
             result["adapter_release"] = _helm_release.release_view(None, site.current.name, site.current.namespace)

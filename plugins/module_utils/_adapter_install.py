@@ -240,7 +240,7 @@ def locate(kube: Kube, helm: Helm, params: Mapping[str, Any], present: bool) -> 
     owner = helm_owner(dep)
     current: _helm_release.Current | None = None
     ours = False
-    if dep is None and install != "never" or owner == (ns, release):
+    if (dep is None and install != "never") or install == "always" or owner == (ns, release):
         helm.require(f"look up the adapter's Helm release {ns}/{release}")
         current = _helm_release.read(helm, release, ns)
         existing = ((current.values.get("rules") or {}) if isinstance(current.values.get("rules"), dict) else {}).get("existing")
