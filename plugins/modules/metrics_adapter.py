@@ -134,8 +134,8 @@ options:
     description:
       - V(auto) installs the chart when the adapter Deployment does not exist, keeps a release the module installed in
         line, and uses any other adapter as it is (after the checks above).
-      - V(always) manages release O(adapter_release) in every case: it is installed, or upgraded to the chart and the
-        computed values (O(chart_values) merged over them), also when someone else installed it. Its other values are replaced.
+      - V(always) manages release O(adapter_release) in every case. It is installed, or upgraded to the chart and the
+        computed values (O(chart_values) merged over them), also when someone else installed it; its other values are replaced.
       - V(never) only uses an adapter that runs; when none does, it fails naming this option.
     type: str
     choices: [auto, always, never]

@@ -6,6 +6,9 @@ and the prometheus-adapter chart release it installs and keeps (a fake API serve
 from __future__ import annotations
 
 import json
+import os
+import re
+import subprocess
 from pathlib import Path
 from typing import Any
 
@@ -36,8 +39,15 @@ CHART_CM = f"/api/v1/namespaces/{NS}/configmaps/prometheus-adapter"
 APISERVICE = "/apis/apiregistration.k8s.io/v1/apiservices/v1beta1.custom.metrics.k8s.io"
 METRIC = "/apis/custom.metrics.k8s.io/v1beta1/namespaces/llm/pods/*/vllm_queue_depth"
 HELM_OWNED = {"meta.helm.sh/release-name": "prometheus-adapter", "meta.helm.sh/release-namespace": NS}
-# The chart archive the tests and make demo install (../shared/upstream, unmodified); the planning tests need only its Chart.yaml.
-CHART = Path(__file__).resolve().parents[5] / "shared" / "upstream" / "charts" / "prometheus-adapter-5.3.0.tgz"
+REPO = Path(__file__).resolve().parents[4]
+# The chart archive the tests and make demo install (../shared/upstream, unmodified, sha256 checked); never an imitation.
+_FOUND = subprocess.run([str(REPO / "tools" / "localcluster" / "upstream-chart.sh"), "prometheus-adapter"], capture_output=True, text=True,
+                        check=False)
+CHART = Path(_FOUND.stdout.strip() or "/nonexistent/prometheus-adapter-5.3.0.tgz")
+_HELM_VERSION = re.search(r"^HELM_VERSION=(\S+)", (REPO / "tools" / "localcluster" / "versions.env").read_text(), re.M)
+_CACHE = Path(os.environ.get("KUBEINFER_CACHE", str(Path.home() / ".cache" / "kubeinfer")))
+HELM = (os.environ.get("HELM_BIN") or os.environ.get("HELM_BINARY")
+        or str(_CACHE / f"helm-{_HELM_VERSION.group(1) if _HELM_VERSION else 'missing'}" / "helm"))
 
 
 class FakeAdapterHelm:
@@ -122,7 +132,7 @@ def upgrades(helm: FakeAdapterHelm) -> list[list[str]]:
 @pytest.fixture(autouse=True)
 def chart_archive() -> None:
     if not CHART.is_file():
-        pytest.fail(f"{CHART} is missing: the tests read the published prometheus-adapter chart from ../shared/upstream", pytrace=False)
+        pytest.fail(f"no prometheus-adapter chart: {_FOUND.stderr.strip()}", pytrace=False)
 
 
 # -- pure pieces ----------------------------------------------------------------------------------------------------
@@ -172,6 +182,34 @@ def test_chart_values_keep_the_rules_in_the_collection_configmap() -> None:
     with pytest.raises(KubeInferError, match="^adapter_prometheus_url: the adapter needs the URL"):
         chart_values("r", None, None, {})
     assert chart_values("r", None, None, {"prometheus": {"url": "http://p"}})["prometheus"] == {"url": "http://p"}
+
+
+def render(values: dict[str, Any], tmp_path: Path) -> dict[str, dict[str, Any]]:
+    """The published chart rendered by the real helm, as ``{kind/name: object}``."""
+    values_file = tmp_path / "values.json"
+    values_file.write_text(json.dumps(values))
+    done = subprocess.run([HELM, "template", "prometheus-adapter", str(CHART), "--namespace", NS, "--values", str(values_file)],
+                          capture_output=True, text=True, check=False)
+    assert done.returncode == 0, done.stderr
+    return {f"{d['kind']}/{d['metadata']['name']}": d for d in yaml.safe_load_all(done.stdout) if d}
+
+
+def test_the_real_chart_renders_the_computed_values(tmp_path: Path) -> None:
+    rendered = render(chart_values("prometheus-adapter-rules", "http://prometheus.monitoring.svc:9090", "f" * 64, {}), tmp_path)
+    assert "ConfigMap/prometheus-adapter" not in rendered, "rules.existing: the chart renders no ConfigMap that a helm upgrade would rewrite"
+    dep = rendered["Deployment/prometheus-adapter"]
+    assert config_source(dep) == ("prometheus-adapter-rules", "config.yaml", "/etc/adapter/config.yaml"), "what the module reads back"
+    assert chart_fullname("prometheus-adapter", {}) == dep["metadata"]["name"]
+    pod = dep["spec"]["template"]
+    assert pod["metadata"]["annotations"]["kubeinfer.io/config-checksum"] == "f" * 64
+    assert "--prometheus-url=http://prometheus.monitoring.svc:9090" in pod["spec"]["containers"][0]["args"]
+    apiservice = rendered["APIService/v1beta1.custom.metrics.k8s.io"]
+    assert apiservice["spec"]["service"] == {"name": "prometheus-adapter", "namespace": NS}
+    svc = rendered["Service/prometheus-adapter"]["spec"]
+    assert svc["ports"][0]["targetPort"] == "https" and pod["spec"]["containers"][0]["ports"][0]["name"] == "https"
+    # The fact the refusal rests on: rules.default=false without custom rules renders no custom metrics APIService.
+    bare = render({"rules": {"default": False, "existing": "mine"}}, tmp_path)
+    assert "APIService/v1beta1.custom.metrics.k8s.io" not in bare
 
 
 # -- install --------------------------------------------------------------------------------------------------------
