@@ -597,7 +597,8 @@ def cmd_adapter_remove() -> None:
             kubectl("delete", "apiservice", name, "--ignore-not-found", "--wait=true")
     for kind, name in (("deployment", NAME), ("service", NAME), ("configmap", NAME), ("service", HOST_SERVICE)):
         obj = api.get(f"/api/v1/namespaces/{NS}/{kind}s/{name}" if kind != "deployment" else f"/apis/apps/v1/namespaces/{NS}/deployments/{name}")
-        if obj is not None and (harness_owned(obj) or kind == "configmap" and (obj["metadata"].get("labels") or {}).get("kubeinfer.io/stand-in")):
+        # The stand-in's ConfigMap is metrics_adapter's once made, so it carries no harness label: it goes unless Helm owns it.
+        if obj is not None and (harness_owned(obj) or (kind == "configmap" and "meta.helm.sh/release-name" not in (obj["metadata"].get("annotations") or {}))):
             kubectl("delete", kind, name, "-n", NS, "--ignore-not-found", "--wait=true")
     sync_adapter(api, load_sync_state(), {}, 0.0)
     log("stand-in adapter removed")
