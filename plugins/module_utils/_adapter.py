@@ -342,7 +342,8 @@ def _helm_result(helm: Helm, result: dict[str, Any], planned: _helm_release.Plan
 def _configure(kube: Kube, helm: Helm, params: dict[str, Any], site: Site, present: bool, check_mode: bool, diff: bool,
                result: dict[str, Any]) -> _helm_release.Plan | None:
     name, release = params["custom_metric_name"], params["release"]
-    assert site.configmap is not None
+    if site.configmap is None:  # pragma: no cover - run() handles the adapter-less case before
+        raise AssertionError("no rules ConfigMap")
     if site.managed and not site.namespace_exists:
         result["namespace_created"] = True
         if not check_mode:
@@ -378,7 +379,8 @@ def _keep_release(kube: Kube, helm: Helm, params: dict[str, Any], site: Site, ke
                   result: dict[str, Any]) -> _helm_release.Plan | None:
     """Install or upgrade the adapter release the module manages (a rule change rolls it through its checksum value);
     uninstall it, with its rules ConfigMap, once no rule is left in it (state=absent of the last release)."""
-    assert site.current is not None and site.configmap is not None
+    if site.current is None or site.configmap is None:  # pragma: no cover - locate reads both for a managed release
+        raise AssertionError("a managed release without its state")
     if not keep:
         removed = _helm_release.remove(helm, site.current, check_mode, wait=False, timeout=params["helm_timeout"])
         deleted = kube.delete("v1", "ConfigMap", site.configmap, site.namespace, dry_run=check_mode)
@@ -387,7 +389,8 @@ def _keep_release(kube: Kube, helm: Helm, params: dict[str, Any], site: Site, ke
         if not check_mode:
             result["adapter_release"] = _helm_release.release_view(None, site.current.name, site.current.namespace)
         return None
-    assert site.chart is not None
+    if site.chart is None:  # pragma: no cover - locate resolves the chart for a managed release
+        raise AssertionError("a managed release without its chart")
     values = chart_values(site.configmap, site.prometheus_url, result["checksum"] if params["restart"] else None, params["chart_values"])
     planned = _helm_release.plan(site.current, site.chart, values)
     result["changes"] = list(planned.reasons)

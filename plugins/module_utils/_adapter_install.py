@@ -304,7 +304,8 @@ def _managed_site(kube: Kube, params: Mapping[str, Any], name: str, dep: dict[st
                   owner: tuple[str, str] | None, current: _helm_release.Current | None) -> Site:
     """The release the module installs or keeps in line."""
     ns, release = params["adapter_namespace"], params["adapter_release"]
-    assert current is not None  # read by locate whenever the release may be managed
+    if current is None:  # pragma: no cover - read by locate whenever the release may be managed
+        raise AssertionError("the release was not read")
     if dep is not None and owner != (ns, release):
         by = f"Helm release {owner[0]}/{owner[1]}" if owner else "something outside Helm"
         raise KubeInferError(f"install=always: the adapter Deployment {ns}/{name} exists and belongs to {by}, not to Helm release "

@@ -24,7 +24,7 @@ import pytest
 import yaml
 from conftest import TOOLS, Audit, helm_binary
 from kubernetes import client
-from test_autoscaling import (  # noqa: F401  (module fixtures shared with test_autoscaling: the simulator and a vllm release)
+from test_autoscaling import (  # noqa: F401  # pylint: disable=unused-import  (fixtures shared with test_autoscaling)
     QUEUE,
     RELEASE,
     prometheus_url,

@@ -98,9 +98,8 @@ class FakeAdapterHelm:
                               "spec": {"service": {"name": "prometheus-adapter", "namespace": NS}},
                               "status": {"conditions": [{"type": "Available", "status": "True"}]}})
         if not rules.get("existing"):
-            self.cluster.add({"apiVersion": "v1", "kind": "ConfigMap", "metadata": {"name": "prometheus-adapter", "namespace": NS,
-                                                                                  "annotations": dict(HELM_OWNED)},
-                              "data": {"config.yaml": "rules: []\n"}})
+            meta = {"name": "prometheus-adapter", "namespace": NS, "annotations": dict(HELM_OWNED)}
+            self.cluster.add({"apiVersion": "v1", "kind": "ConfigMap", "metadata": meta, "data": {"config.yaml": "rules: []\n"}})
 
 
 def fresh_cluster(namespace: bool = True) -> FakeCluster:
@@ -321,8 +320,8 @@ def test_always_takes_over_a_release_whose_rules_live_in_the_chart_configmap() -
 
 def kube_prometheus(cluster: FakeCluster) -> None:
     """kube-prometheus's adapter (manifests/prometheusAdapter-deployment.yaml): reads adapter-config, registers metrics.k8s.io only."""
-    cluster.add(adapter_deployment(configmap="adapter-config", labels={"app.kubernetes.io/part-of": "kube-prometheus",
-                                                                        "app.kubernetes.io/component": "metrics-adapter"}))
+    labels = {"app.kubernetes.io/part-of": "kube-prometheus", "app.kubernetes.io/component": "metrics-adapter"}
+    cluster.add(adapter_deployment(configmap="adapter-config", labels=labels))
     cluster.add({"apiVersion": "v1", "kind": "ConfigMap", "metadata": {"name": "adapter-config", "namespace": NS},
                  "data": {"config.yaml": "resourceRules: {}\n"}})
 
