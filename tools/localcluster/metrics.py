@@ -633,7 +633,7 @@ def cmd_status() -> int:
             print(f"adapter pod {pod['namespace'] + '/' + pod['name'] + ' (ConfigMap ' + pod['configmap'] + ' key ' + pod['key'] + ')' if pod else why}")
             for name in APISERVICES:
                 obj = api.get(f"/apis/apiregistration.k8s.io/v1/apiservices/{name}")
-                if obj is None and pod is None:
+                if obj is None:
                     print(f"apiservice  {name}: none")
                     continue
                 available, detail = apiservice_available(api, name)
