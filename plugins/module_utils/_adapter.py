@@ -9,6 +9,8 @@ import json
 from typing import Any, Callable, Sequence
 from urllib.parse import urlencode
 
+from ansible_collections.kubeinfer.llm.plugins.module_utils import _helm_release
+from ansible_collections.kubeinfer.llm.plugins.module_utils._adapter_install import APISERVICE, CHECKSUM_ANNOTATION, Site, chart_values, locate
 from ansible_collections.kubeinfer.llm.plugins.module_utils._adapter_rules import merge_adapter_rules, parse_adapter_rule, rule_for
 from ansible_collections.kubeinfer.llm.plugins.module_utils._dashboard import (
     dashboard_configmap,
@@ -17,6 +19,7 @@ from ansible_collections.kubeinfer.llm.plugins.module_utils._dashboard import (
     grafana_dashboard,
 )
 from ansible_collections.kubeinfer.llm.plugins.module_utils._errors import KubeInferError
+from ansible_collections.kubeinfer.llm.plugins.module_utils._helm import Helm
 from ansible_collections.kubeinfer.llm.plugins.module_utils._http import endpoint_from_url, excerpt, http_request, parse_json
 from ansible_collections.kubeinfer.llm.plugins.module_utils._k8s_names import RELEASE_POD_LABEL, int_quantity, managed_labels
 from ansible_collections.kubeinfer.llm.plugins.module_utils._metrics import QUEUE_METRIC_CANDIDATES, detect_vllm_metrics
@@ -32,8 +35,6 @@ except ImportError:  # pragma: no cover - PyYAML comes with ansible-core
     HAS_YAML = False
 
 CUSTOM_METRICS_API = "/apis/custom.metrics.k8s.io/v1beta1"
-APISERVICE = "v1beta1.custom.metrics.k8s.io"
-CHECKSUM_ANNOTATION = "kubeinfer.io/config-checksum"
 DEFAULT_METRICS_PORT = 8000
 
 
@@ -75,18 +76,20 @@ def checksum(text: str) -> str:
 
 
 def write_rules(kube: Kube, namespace: str, name: str, key: str, change: Callable[[list[dict[str, Any]]], list[dict[str, Any]]],
-                check_mode: bool) -> dict[str, Any]:
+                check_mode: bool, namespace_exists: bool = True) -> dict[str, Any]:
     """Read the ConfigMap, apply ``change`` to its rules, and write it back only when the rules differ.
 
     The write is a merge patch carrying the resourceVersion that was read, so a concurrent writer
     (another release's task) makes it fail with 409 instead of being overwritten; then it re-reads
     and re-merges (_resources.retry_on_conflict). A missing ConfigMap is created. Returns ``changed``,
     ``before``/``after`` rules and the config ``text`` now in force (or, in check mode, that would be).
+    In check mode with the namespace still to be made, the ConfigMap is computed without a request (a dry
+    run there would answer 404).
     """
     where = f"ConfigMap {namespace}/{name} key {key}"
 
     def write(_attempt: int) -> dict[str, Any]:
-        cm = kube.get("v1", "ConfigMap", name, namespace)
+        cm = kube.get("v1", "ConfigMap", name, namespace) if namespace_exists else None
         text = ((cm or {}).get("data") or {}).get(key)
         config = parse_config(text, where)
         before = [dict(r) for r in config.get("rules") or []]
@@ -94,6 +97,8 @@ def write_rules(kube: Kube, namespace: str, name: str, key: str, change: Callabl
         if after == before and cm is not None:
             return {"changed": False, "before": before, "after": after, "text": text or ""}
         new_text = render_config({**config, "rules": after})
+        if not namespace_exists and check_mode:
+            return {"changed": True, "before": before, "after": after, "text": new_text}
         try:
             if cm is None:
                 kube.create({"apiVersion": "v1", "kind": "ConfigMap",
@@ -109,15 +114,6 @@ def write_rules(kube: Kube, namespace: str, name: str, key: str, change: Callabl
         return {"changed": True, "before": before, "after": after, "text": new_text}
 
     return retry_on_conflict(write, where)
-
-
-def adapter_deployment(kube: Kube, namespace: str, name: str) -> dict[str, Any]:
-    """The adapter Deployment, read before anything is written so that a wrong name changes nothing."""
-    dep = kube.get("apps/v1", "Deployment", name, namespace)
-    if dep is None:
-        raise KubeInferError(f"adapter_deployment: the adapter Deployment {namespace}/{name} does not exist; set adapter_deployment, "
-                             "or restart=false if the adapter reloads its config by itself")
-    return dep
 
 
 def restart_adapter(kube: Kube, dep: dict[str, Any], config_sum: str, check_mode: bool) -> bool:
@@ -157,13 +153,18 @@ def scrape_pod(kube: Kube, namespace: str, label_selector: str, port: int | None
     return reply.body.decode("utf-8", "replace"), pod
 
 
-def source_metric(kube: Kube, params: dict[str, Any]) -> dict[str, Any]:
-    """Which source metric the rule maps: the explicit ``metric_name``, the name detected on a live pod, or the candidates."""
+def source_metric(kube: Kube, params: dict[str, Any], check_mode: bool = False) -> dict[str, Any]:
+    """Which source metric the rule maps: the explicit ``metric_name``, the name detected on a live pod, or the candidates.
+
+    In check mode a release without any pod yet (the vllm step was itself a check) is not waited for: the
+    candidates stand in, and the result says so.
+    """
     if params["metric_name"]:
         return {"metric_names": [params["metric_name"]], "metric_name": params["metric_name"], "metric_source": "metric_name option"}
-    if not params["detect_from_pod"]:
-        return {"metric_names": list(QUEUE_METRIC_CANDIDATES), "metric_name": None, "metric_source": "candidates"}
     ns = params["namespace"]
+    if not params["detect_from_pod"] or (check_mode and not kube.list("v1", "Pod", ns, label_selector=release_selector(params["release"]))):
+        source = "candidates" if not params["detect_from_pod"] else "candidates (check mode: the release has no pod yet)"
+        return {"metric_names": list(QUEUE_METRIC_CANDIDATES), "metric_name": None, "metric_source": source}
     text, pod = scrape_pod(kube, ns, release_selector(params["release"]), params["metrics_port"], params["ready_timeout"],
                            params["request_timeout"])
     name = pod["metadata"]["name"]
@@ -175,10 +176,16 @@ def source_metric(kube: Kube, params: dict[str, Any]) -> dict[str, Any]:
             "pod": name, "dashboard_metrics": detected}
 
 
-def ship_dashboard(kube: Kube, params: dict[str, Any], detected: dict[str, Any] | None, check_mode: bool) -> dict[str, Any]:
+def ship_dashboard(kube: Kube, params: dict[str, Any], detected: dict[str, Any] | None, check_mode: bool,
+                   namespace_exists: bool = True) -> dict[str, Any]:
     """Build the dashboard from the metric names seen on the live pod and apply (or remove) its ConfigMap."""
     release, namespace = params["release"], params["adapter_namespace"]
     name = dashboard_configmap_name(release)
+    if not namespace_exists:  # check mode before the adapter's namespace is made: it would be created
+        wanted = params["state"] == "present" and params["grafana_dashboard"]
+        dashboard = grafana_dashboard(dashboard_names(detected) if detected else None, release, title=f"vLLM {release}",
+                                      uid=f"kubeinfer-{release}"[:40]) if wanted else None
+        return {"changed": bool(wanted), "dashboard": dashboard}
     if params["state"] == "absent" or not params["grafana_dashboard"]:
         changed = absent(kube, "v1", "ConfigMap", name, namespace, check_mode)[0]
         return {"changed": changed, "dashboard": None}
@@ -300,37 +307,101 @@ def verify_served(kube: Kube, params: dict[str, Any], metric_names: Sequence[str
 
 # -- the runner ---------------------------------------------------------------------------------------------------
 
-def run(kube: Kube, params: dict[str, Any], check_mode: bool, diff: bool) -> dict[str, Any]:
-    """The metrics_adapter module: register (or unregister) the release under the custom metric, restart, verify."""
+def run(kube: Kube, helm: Helm, params: dict[str, Any], check_mode: bool, diff: bool) -> dict[str, Any]:
+    """The metrics_adapter module: find (or install) the adapter, register (or unregister) the release under the custom
+    metric, roll the adapter, verify. Every refusal comes before the first write (_adapter_install.locate)."""
     present = params["state"] == "present"
     name, release = params["custom_metric_name"], params["release"]
     result: dict[str, Any] = {"changed": False, "custom_metric_name": name, "release": release,
-                              "metric_name": None, "metric_names": [], "restarted": False, "served": {}}
+                              "metric_name": None, "metric_names": [], "restarted": False, "served": {},
+                              "adapter_release": _helm_release.release_view(None, params["adapter_release"], params["adapter_namespace"])}
+    planned: _helm_release.Plan | None = None
     try:
+        site = locate(kube, helm, params, present)
+        result["adapter"] = site.view()
+        if site.current is not None:
+            result["adapter_release"] = _helm_release.release_view(site.current.row, site.current.name, site.current.namespace)
         if present:
-            result.update(source_metric(kube, params))
-        dep = adapter_deployment(kube, params["adapter_namespace"], params["adapter_deployment"]) if params["restart"] else None
-        names = result["metric_names"] or None
-        written = write_rules(kube, params["adapter_namespace"], params["adapter_configmap"], params["adapter_config_key"],
-                              lambda rules: merge_adapter_rules(rules, names, name, release, present), check_mode)
-        after = written["after"]
-        rule = rule_for(after, name)
-        parsed = parse_adapter_rule(rule) if rule else None
-        result.update(configmap_changed=written["changed"], changed=written["changed"], rules=after, rule=rule,
-                      releases=parsed["releases"] if parsed else [], checksum=checksum(written["text"]))
-        if diff:
-            result["diff"] = {"before": {"rules": written["before"]}, "after": {"rules": after}}
-        if dep is not None:
-            result["restarted"] = restart_adapter(kube, dep, result["checksum"], check_mode)
-            result["changed"] = result["changed"] or result["restarted"]
-        shipped = ship_dashboard(kube, params, result.pop("dashboard_metrics", None), check_mode)
-        result["dashboard"] = shipped["dashboard"]
-        result["changed"] = result["changed"] or shipped["changed"]
-        if present and params["verify"] and not (check_mode and result["changed"]):
-            # In check mode nothing was written, so there is nothing to wait for: one look only.
-            timeout = 0 if check_mode else params["verify_timeout"]
-            result["served"] = verify_served(kube, params, result["metric_names"], timeout)
+            result.update(source_metric(kube, params, check_mode))
+        if site.configmap is None:  # state=absent and no adapter: nothing holds a rule
+            shipped = ship_dashboard(kube, params, None, check_mode, kube.get("v1", "Namespace", site.namespace) is not None)
+            result.update(changed=shipped["changed"], dashboard=shipped["dashboard"], configmap_changed=False, rules=[], rule=None, releases=[])
+        else:
+            planned = _configure(kube, helm, params, site, present, check_mode, diff, result)
     except KubeInferError as e:
-        raise KubeInferError(e.msg, **{**result, **e.result, "api_requests": dict(kube.requests)}) from e
-    result["api_requests"] = dict(kube.requests)
+        raise KubeInferError(e.msg, **{**result, **e.result, **_helm_result(helm, result, planned), "api_requests": dict(kube.requests)}) from e
+    result.update(_helm_result(helm, result, planned), api_requests=dict(kube.requests))
     return result
+
+
+def _helm_result(helm: Helm, result: dict[str, Any], planned: _helm_release.Plan | None) -> dict[str, Any]:
+    out = _helm_release.result(helm, result["adapter_release"], planned)
+    return {"adapter_release": out.pop("release"), **out}
+
+
+def _configure(kube: Kube, helm: Helm, params: dict[str, Any], site: Site, present: bool, check_mode: bool, diff: bool,
+               result: dict[str, Any]) -> _helm_release.Plan | None:
+    name, release = params["custom_metric_name"], params["release"]
+    if site.configmap is None:  # pragma: no cover - run() handles the adapter-less case before
+        raise AssertionError("no rules ConfigMap")
+    if site.managed and not site.namespace_exists:
+        result["namespace_created"] = True
+        if not check_mode:
+            kube.apply({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": site.namespace, "labels": managed_labels()}})
+            site.namespace_exists = True
+    names = result["metric_names"] or None
+    written = write_rules(kube, site.namespace, site.configmap, site.key,
+                          lambda rules: merge_adapter_rules(rules, names, name, release, present), check_mode, site.namespace_exists)
+    after = written["after"]
+    rule = rule_for(after, name)
+    parsed = parse_adapter_rule(rule) if rule else None
+    result.update(configmap_changed=written["changed"], changed=written["changed"] or bool(result.get("namespace_created")), rules=after,
+                  rule=rule, releases=parsed["releases"] if parsed else [], checksum=checksum(written["text"]))
+    if diff:
+        result["diff"] = {"before": {"rules": written["before"]}, "after": {"rules": after}}
+    planned = None
+    if site.managed:
+        planned = _keep_release(kube, helm, params, site, present or bool(after), check_mode, result)
+    elif params["restart"] and site.deployment is not None:
+        result["restarted"] = restart_adapter(kube, site.deployment, result["checksum"], check_mode)
+        result["changed"] = result["changed"] or result["restarted"]
+    shipped = ship_dashboard(kube, params, result.pop("dashboard_metrics", None), check_mode, site.namespace_exists)
+    result["dashboard"] = shipped["dashboard"]
+    result["changed"] = result["changed"] or shipped["changed"]
+    if present and params["verify"] and not (check_mode and result["changed"]):
+        # In check mode nothing was written, so there is nothing to wait for: one look only.
+        timeout = 0 if check_mode else params["verify_timeout"]
+        result["served"] = verify_served(kube, params, result["metric_names"], timeout)
+    return planned
+
+
+def _keep_release(kube: Kube, helm: Helm, params: dict[str, Any], site: Site, keep: bool, check_mode: bool,
+                  result: dict[str, Any]) -> _helm_release.Plan | None:
+    """Install or upgrade the adapter release the module manages (a rule change rolls it through its checksum value);
+    uninstall it, with its rules ConfigMap, once no rule is left in it (state=absent of the last release)."""
+    if site.current is None or site.configmap is None:  # pragma: no cover - locate reads both for a managed release
+        raise AssertionError("a managed release without its state")
+    if not keep:
+        removed = _helm_release.remove(helm, site.current, check_mode, wait=False, timeout=params["helm_timeout"])
+        deleted = kube.delete("v1", "ConfigMap", site.configmap, site.namespace, dry_run=check_mode)
+        result["changed"] = result["changed"] or removed or deleted
+        result["adapter_uninstalled"] = True
+        if not check_mode:
+            result["adapter_release"] = _helm_release.release_view(None, site.current.name, site.current.namespace)
+        return None
+    if site.chart is None:  # pragma: no cover - locate resolves the chart for a managed release
+        raise AssertionError("a managed release without its chart")
+    values = chart_values(site.configmap, site.prometheus_url, result["checksum"] if params["restart"] else None, params["chart_values"])
+    planned = _helm_release.plan(site.current, site.chart, values)
+    result["changes"] = list(planned.reasons)
+    result["chart_source"] = {"type": site.chart_type, "chart": site.chart.ref, "repo": site.chart.repo, "version": site.chart.version_arg}
+    if not planned.reasons:
+        return planned
+    result["changed"] = True
+    result["restarted"] = bool(site.current.row) and f"podAnnotations.{CHECKSUM_ANNOTATION}" in planned.changed_values
+    if check_mode:
+        result["release_would_change"] = True
+        return planned
+    result["adapter_release"] = _helm_release.apply(helm, planned, create_namespace=False, atomic=params["atomic"],
+                                                    helm_wait=params["wait"] or params["atomic"], timeout=params["helm_timeout"])
+    return planned

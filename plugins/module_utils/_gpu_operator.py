@@ -4,8 +4,6 @@
 """Install, upgrade or remove the NVIDIA GPU Operator Helm release. Private to this collection: the interface may change without notice."""
 from __future__ import annotations
 
-import os
-import re
 from typing import Any, Mapping
 
 from ansible_collections.kubeinfer.llm.plugins.module_utils import _helm_release
@@ -28,34 +26,8 @@ from ansible_collections.kubeinfer.llm.plugins.module_utils._resources import Ku
 
 # -- chart source ---------------------------------------------------------------------
 def chart_source(chart_ref: str | None, chart_repo_url: str | None, chart_version: str) -> tuple[str, Chart]:
-    """Where the chart comes from: ``(type, chart)``.
-
-    ``type`` is ``repo`` (chart ``gpu-operator`` from ``chart_repo_url``, or from a mirror repository given as
-    an ``https://`` ``chart_ref``), ``oci`` (an ``oci://`` reference), ``url`` (an ``https://.../*.tgz``
-    archive) or ``local`` (a chart directory or archive on the controller, for air-gapped sites). A local
-    chart's own version must equal ``chart_version``: the pin holds for archives too.
-    """
-    if not str(chart_version or "").strip():
-        raise KubeInferError("chart_version: must not be empty (the chart version is pinned)")
-    version = str(chart_version).strip()
-    ref = (chart_ref or "").strip()
-    if not ref:
-        if not chart_repo_url or not re.match(r"^(https?|oci)://", chart_repo_url):
-            raise KubeInferError(f"chart_repo_url: {chart_repo_url!r} is not an http(s):// or oci:// repository URL")
-        if chart_repo_url.startswith("oci://"):
-            return "oci", Chart(ref=chart_repo_url.rstrip("/") + "/" + CHART_NAME, name=CHART_NAME, version=version, version_arg=version)
-        return "repo", Chart(ref=CHART_NAME, name=CHART_NAME, version=version, repo=chart_repo_url, version_arg=version)
-    if ref.startswith("oci://"):
-        name = ref.rstrip("/").rsplit("/", 1)[-1]
-        if not name or ref.rstrip("/") == "oci:/" or ":" in name or "@" in name:
-            raise KubeInferError(f"chart_ref: {ref!r} must be oci://<registry>/<path>/<chart> without a tag (the version comes from chart_version)")
-        return "oci", Chart(ref=ref.rstrip("/"), name=name, version=version, version_arg=version)
-    if re.match(r"^https?://", ref):
-        if ref.endswith((".tgz", ".tar.gz")):
-            name = re.sub(r"-v?\d[^/]*$", "", ref.rsplit("/", 1)[-1].rsplit(".t", 1)[0]) or CHART_NAME
-            return "url", Chart(ref=ref, name=name, version=version)
-        return "repo", Chart(ref=CHART_NAME, name=CHART_NAME, version=version, repo=ref, version_arg=version)
-    return "local", _helm_release.read_local_chart(os.path.abspath(os.path.expanduser(ref)), version)
+    """Where the GPU Operator chart comes from: ``(type, chart)`` (see _helm_release.chart_source)."""
+    return _helm_release.chart_source(chart_ref, chart_repo_url, chart_version, CHART_NAME)
 
 
 # -- validation -------------------------------------------------------------------------

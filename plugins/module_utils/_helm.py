@@ -18,9 +18,11 @@ RunCommand = Callable[..., "tuple[int, str, str]"]
 class Helm:
     """Runs helm with the same cluster connection as the Python client."""
 
-    def __init__(self, run_command: RunCommand, binary: str, connection: dict[str, Any]) -> None:
+    def __init__(self, run_command: RunCommand, binary: str, connection: dict[str, Any], missing: str | None = None) -> None:
         self.run_command = run_command
         self.binary = binary
+        self.missing = missing
+        """Why there is no helm binary (see find_helm), or None; ``run`` raises it."""
         self.env: dict[str, str] = {}
         self.global_args: list[str] = []
         if connection.get("kubeconfig"):
@@ -45,8 +47,14 @@ class Helm:
             text = text.replace(secret, "********")
         return text
 
+    def require(self, why: str) -> None:
+        """Raise, naming helm_binary and ``why`` helm is needed, when there is no helm binary."""
+        if self.missing:
+            raise KubeInferError(f"{self.missing} (helm is needed to {why})")
+
     def run(self, args: list[str], values: dict[str, Any] | None = None) -> str:
         """Run ``helm <args> <global args>`` and return stdout; ``values`` go through a private temp file."""
+        self.require(f"run helm {args[0]}")
         argv = [self.binary] + args + self.global_args
         path = None
         try:

@@ -172,6 +172,37 @@ def read_chart(helm: Helm, ref: str, version: str | None = None, repo: str | Non
                  version_arg=version)
 
 
+def chart_source(chart_ref: str | None, chart_repo_url: str | None, chart_version: str, chart_name: str) -> tuple[str, Chart]:
+    """Where chart ``chart_name`` comes from: ``(type, chart)``, for every module that installs a published chart.
+
+    ``type`` is ``repo`` (the chart from ``chart_repo_url``, or from a mirror repository given as an ``https://``
+    ``chart_ref``), ``oci`` (an ``oci://`` reference), ``url`` (an ``https://.../*.tgz`` archive) or ``local`` (a chart
+    directory or archive on the controller, for air-gapped sites). A local chart's own version must equal
+    ``chart_version``: the pin holds for archives too. Messages name ``chart_ref``, ``chart_repo_url`` or ``chart_version``.
+    """
+    if not str(chart_version or "").strip():
+        raise KubeInferError("chart_version: must not be empty (the chart version is pinned)")
+    version = str(chart_version).strip()
+    ref = (chart_ref or "").strip()
+    if not ref:
+        if not chart_repo_url or not re.match(r"^(https?|oci)://", chart_repo_url):
+            raise KubeInferError(f"chart_repo_url: {chart_repo_url!r} is not an http(s):// or oci:// repository URL")
+        if chart_repo_url.startswith("oci://"):
+            return "oci", Chart(ref=chart_repo_url.rstrip("/") + "/" + chart_name, name=chart_name, version=version, version_arg=version)
+        return "repo", Chart(ref=chart_name, name=chart_name, version=version, repo=chart_repo_url, version_arg=version)
+    if ref.startswith("oci://"):
+        name = ref.rstrip("/").rsplit("/", 1)[-1]
+        if not name or ref.rstrip("/") == "oci:/" or ":" in name or "@" in name:
+            raise KubeInferError(f"chart_ref: {ref!r} must be oci://<registry>/<path>/<chart> without a tag (the version comes from chart_version)")
+        return "oci", Chart(ref=ref.rstrip("/"), name=name, version=version, version_arg=version)
+    if re.match(r"^https?://", ref):
+        if ref.endswith((".tgz", ".tar.gz")):
+            name = re.sub(r"-v?\d[^/]*$", "", ref.rsplit("/", 1)[-1].rsplit(".t", 1)[0]) or chart_name
+            return "url", Chart(ref=ref, name=name, version=version)
+        return "repo", Chart(ref=chart_name, name=chart_name, version=version, repo=ref, version_arg=version)
+    return "local", read_local_chart(os.path.abspath(os.path.expanduser(ref)), version)
+
+
 # -- the release ----------------------------------------------------------------------------
 def release_view(row: Mapping[str, Any] | None, name: str, namespace: str) -> dict[str, Any]:
     """The ``release`` result: a ``helm list`` row, or ``installed: false`` with empty fields when there is none."""

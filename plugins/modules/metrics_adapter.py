@@ -19,10 +19,27 @@ description:
     C(kubeinfer_io_release=~"<release>|<release>...") that the scrape makes of the pod label C(kubeinfer.io/release),
     and the values are summed by pod only, never across a namespace. The HPA asks for the pods of its own Deployment,
     so two models in one namespace never read each other's queue.
-  - The rules live in a ConfigMap (O(adapter_configmap), key O(adapter_config_key)), the way the
-    prometheus-community chart mounts them. Rules of other tools are kept. A change rolls O(adapter_deployment) by
-    setting the pod-template annotation C(kubeinfer.io/config-checksum). If the adapter chart is upgraded with Helm
-    later, Helm rewrites the ConfigMap; run this module again afterwards.
+  - The rules live in the ConfigMap the adapter Deployment really reads, the one its pod template mounts at the path of
+    its C(--config) flag; O(adapter_configmap) and O(adapter_config_key) are found there, and when set they must
+    name it. Rules of other tools are kept. A change rolls the adapter by setting the pod-template annotation
+    C(kubeinfer.io/config-checksum) (the adapter reads its config only at start).
+  - >-
+    When no adapter runs (O(install=auto), the default), the module installs the prometheus-community
+    C(prometheus-adapter) chart as Helm release O(adapter_release), from O(chart_repo_url) at the pinned
+    O(chart_version) or from O(chart_ref) (an OCI reference, a mirror repository, an archive URL, or a chart directory
+    or archive on the controller), the way M(kubeinfer.llm.gpu_operator) takes its chart. The rules then live in a
+    ConfigMap the collection owns (chart value C(rules.existing), by default C(<adapter Deployment>-rules)), so a later
+    C(helm upgrade) of the adapter release keeps them (upgrade with C(--reuse-values), or keep C(rules.existing) in
+    your values). A rule change then rolls the adapter through the release's C(podAnnotations). A release the module
+    installed is kept in line with the chart and O(chart_values) on every run.
+  - >-
+    Before any write, the module refuses the adapters a rule would not reach, each time naming the option to change:
+    kube-prometheus's adapter (label C(app.kubernetes.io/part-of=kube-prometheus), ConfigMap C(adapter-config), only
+    C(v1beta1.metrics.k8s.io)); an adapter with no C(v1beta1.custom.metrics.k8s.io) APIService, or one routing to
+    another namespace; a chart release installed with C(rules.default=false) and no C(rules.custom) (the chart then
+    renders no such APIService); a chart release whose rules live in the chart's own ConfigMap, which its next
+    C(helm upgrade) rewrites (O(install=always) moves them to a collection-owned ConfigMap); and, before an install,
+    a custom metrics APIService that another adapter already holds.
   - >-
     When the API does not serve the metric, the failure names the first missing link, one of
     C(no APIService v1beta1.custom.metrics.k8s.io), C(APIService v1beta1.custom.metrics.k8s.io not Available) with the
@@ -35,8 +52,12 @@ extends_documentation_fragment:
   - kubeinfer.llm.k8s_auth.ATTRIBUTES
 attributes:
   check_mode:
-    description: Detects the metric and computes the rules; the ConfigMap write and the restart are server-side dry runs.
-      Nothing is waited for; when nothing would change, the custom metrics API is looked at once.
+    description:
+      - Finds the adapter and runs every check, detects the metric and computes the rules; the ConfigMap write and the
+        restart are server-side dry runs, and no C(helm upgrade) runs (RV(release_would_change), RV(changes)).
+      - On a cluster where nothing was applied yet (no pod of the release, no adapter namespace), it reports what it would
+        install and write without a request that would fail; the rule then matches every known queue metric name.
+      - Nothing is waited for; when nothing would change, the custom metrics API is looked at once.
     support: full
   diff_mode:
     description: Returns the adapter's rules before and after.
@@ -83,27 +104,93 @@ options:
     type: int
     default: 15
   adapter_namespace:
-    description: Namespace of the Prometheus Adapter.
+    description: Namespace of the Prometheus Adapter (and of its Helm release when the module installs it).
     type: str
     default: monitoring
   adapter_configmap:
-    description: The ConfigMap holding the adapter's config. It is created when missing.
+    description:
+      - The ConfigMap holding the adapter's rules. Empty finds it from the adapter Deployment (the ConfigMap volume
+        mounted at its C(--config) path); when set, it must be that one. It is created when missing.
+      - When the module installs the adapter, the collection-owned ConfigMap the chart is pointed at (C(rules.existing));
+        empty means C(<adapter Deployment>-rules). The chart's own ConfigMap name (the Deployment's) is refused.
     type: str
-    default: prometheus-adapter
   adapter_config_key:
-    description: The key of the config file in O(adapter_configmap).
+    description:
+      - The key of the config file in O(adapter_configmap). Empty finds it from the C(--config) path (C(config.yaml) for the chart).
     type: str
-    default: config.yaml
   adapter_deployment:
-    description: The adapter Deployment to restart when the config changed.
+    description:
+      - The adapter Deployment. Empty means the name the chart gives release O(adapter_release) (C(fullnameOverride),
+        else the release name when it contains C(prometheus-adapter), else C(<release>-prometheus-adapter)), which is
+        C(prometheus-adapter) by default.
     type: str
-    default: prometheus-adapter
   restart:
     description:
-      - Roll O(adapter_deployment) when its C(kubeinfer.io/config-checksum) annotation differs from the config in force.
-        It must then exist; this is checked before anything is written.
+      - Roll the adapter when its C(kubeinfer.io/config-checksum) pod-template annotation differs from the config in
+        force (through the release's C(podAnnotations) when the module manages the release).
     type: bool
     default: true
+  install:
+    description:
+      - V(auto) installs the chart when the adapter Deployment does not exist, keeps a release the module installed in
+        line, and uses any other adapter as it is (after the checks above).
+      - V(always) manages release O(adapter_release) in every case. It is installed, or upgraded to the chart and the
+        computed values (O(chart_values) merged over them), also when someone else installed it; its other values are replaced.
+      - V(never) only uses an adapter that runs; when none does, it fails naming this option.
+    type: str
+    choices: [auto, always, never]
+    default: auto
+  adapter_release:
+    description: The Helm release of the adapter chart, installed in O(adapter_namespace).
+    type: str
+    default: prometheus-adapter
+  chart_ref:
+    description:
+      - Where the adapter chart comes from, when not from O(chart_repo_url).
+      - An OCI reference without a tag, for example V(oci://registry.example.com/charts/prometheus-adapter).
+      - The URL of a mirror Helm repository; the chart C(prometheus-adapter) is taken from it.
+      - The URL of a chart archive ending in C(.tgz).
+      - A chart directory or C(.tgz) archive on the controller, for air-gapped sites; its version must equal O(chart_version).
+    type: str
+  chart_repo_url:
+    description: The Helm repository the chart C(prometheus-adapter) comes from when O(chart_ref) is not set.
+    type: str
+    default: https://prometheus-community.github.io/helm-charts
+  chart_version:
+    description: The adapter chart version, pinned.
+    type: str
+    default: 5.3.0
+  chart_values:
+    description:
+      - Further values of the adapter chart, deep-merged over the computed ones (C(rules.existing), C(rules.default=true),
+        C(prometheus), C(podAnnotations)). C(rules.existing) may not be changed here (set O(adapter_configmap)), and
+        C(rules.default=false) without C(rules.custom) is refused (no custom metrics APIService).
+      - Do not put secrets in them; they are stored in the release.
+    type: dict
+    default: {}
+  adapter_prometheus_url:
+    description:
+      - The Prometheus URL the installed adapter queries (chart values C(prometheus.url), C(prometheus.port),
+        C(prometheus.path)), as seen from inside the cluster, for example V(http://prometheus-operated.monitoring.svc:9090).
+      - Empty uses O(prometheus_url). Needed when the module installs the adapter, unless O(chart_values) sets C(prometheus.url).
+    type: str
+  wait:
+    description: Wait until the adapter release's resources are ready (C(helm --wait)) when it is installed or upgraded.
+    type: bool
+    default: true
+  atomic:
+    description: When the adapter release's install or upgrade fails, roll it back (or uninstall a release this run created).
+    type: bool
+    default: false
+  helm_timeout:
+    description: Seconds helm may take for the adapter release.
+    type: int
+    default: 300
+  helm_binary:
+    description:
+      - Path of the helm binary. Defaults to the C(HELM_BINARY) environment variable, then C(helm) on the PATH.
+      - Only needed when the module installs the adapter or the adapter is a Helm release (to read its values).
+    type: path
   grafana_dashboard:
     description:
       - Ship a Grafana dashboard for the release (queue depth, running requests, end-to-end latency p95, KV cache use and
@@ -133,7 +220,9 @@ options:
   state:
     description:
       - V(present) registers the release under O(custom_metric_name).
-      - V(absent) removes it from the rule, and removes the rule when no release is left.
+      - V(absent) removes it from the rule, and removes the rule when no release is left. When that leaves no rule in the
+        ConfigMap of an adapter the module installed, the adapter release and its rules ConfigMap are removed too
+        (an adapter with no rule breaks API discovery). Nothing is installed for V(absent).
     type: str
     choices: [present, absent]
     default: present
@@ -157,6 +246,23 @@ EXAMPLES = r"""
     namespace: llm
     metric_name: "vllm:num_requests_waiting"
     verify: false
+
+- name: Install the adapter from a chart archive on the controller when none runs (air-gapped)
+  kubeinfer.llm.metrics_adapter:
+    release: llama
+    namespace: llm
+    chart_ref: /opt/charts/prometheus-adapter-5.3.0.tgz
+    adapter_prometheus_url: http://prometheus-operated.monitoring.svc:9090
+    chart_values:
+      image:
+        repository: registry.example.com/prometheus-adapter/prometheus-adapter
+
+- name: Install the adapter beside kube-prometheus's (which serves only the resource metrics API)
+  kubeinfer.llm.metrics_adapter:
+    release: llama
+    namespace: llm
+    adapter_release: kubeinfer-prometheus-adapter
+    adapter_prometheus_url: http://prometheus-k8s.monitoring.svc:9090
 
 - name: Unregister a release
   kubeinfer.llm.metrics_adapter:
@@ -248,26 +354,99 @@ api_requests:
   type: dict
   returned: always
   sample: {get: 4, list: 2, discovery: 0}
+adapter:
+  description: The adapter the rules went to, and whether the module manages its Helm release.
+  type: dict
+  returned: when the adapter was located
+  sample: {namespace: monitoring, deployment: prometheus-adapter, configmap: prometheus-adapter-rules, config_key: config.yaml,
+           managed: true, exists: true}
+adapter_release:
+  description:
+    - The adapter's Helm release as C(helm list) shows it (after the run; before it in check mode). Without one,
+      C(installed) is false.
+  type: dict
+  returned: always
+  sample: {name: prometheus-adapter, namespace: monitoring, installed: true, chart: prometheus-adapter-5.3.0, revision: 1, status: deployed}
+chart_source:
+  description: The chart source passed to helm.
+  type: dict
+  returned: when the module manages the adapter release
+  sample: {type: local, chart: /opt/charts/prometheus-adapter-5.3.0.tgz, repo: null, version: null}
+changes:
+  description: Why the adapter release would be (or was) installed or upgraded, one line per chart or value change.
+  type: list
+  elements: str
+  returned: when the module manages the adapter release
+  sample: ["release: (none) -> prometheus-adapter-5.3.0"]
+changed_values:
+  description: Dotted paths of the adapter release values that differ from the deployed ones.
+  type: list
+  elements: str
+  returned: when the module manages the adapter release
+  sample: [podAnnotations.kubeinfer.io/config-checksum]
+helm_commands:
+  description: The helm command lines run, the values file shown as C(<values-file>). A run with nothing to do shows no C(helm upgrade).
+  type: list
+  elements: str
+  returned: always
+  sample: ["helm list --namespace monitoring --all --filter ^prometheus-adapter$ --output json"]
+release_would_change:
+  description: In check mode, true when the adapter release would be installed or upgraded.
+  type: bool
+  returned: in check mode when the release would change
+  sample: true
+namespace_created:
+  description: Whether O(adapter_namespace) was (or would be) created before the install.
+  type: bool
+  returned: when the namespace was missing
+  sample: true
+adapter_uninstalled:
+  description: Whether the adapter release the module installed was (or would be) removed, its last rule being gone.
+  type: bool
+  returned: when it was
+  sample: true
 """
 
 from ansible.module_utils.basic import AnsibleModule
 
 from ansible_collections.kubeinfer.llm.plugins.module_utils._adapter import run
-from ansible_collections.kubeinfer.llm.plugins.module_utils._args_common import AUTH_ARG_SPEC, RELEASE_METRIC_ARG_SPEC, STATE_ARG_SPEC, argument_spec
+from ansible_collections.kubeinfer.llm.plugins.module_utils._adapter_install import (
+    DEFAULT_CHART_REPO_URL,
+    DEFAULT_CHART_VERSION,
+    DEFAULT_RELEASE,
+    INSTALL_CHOICES,
+)
+from ansible_collections.kubeinfer.llm.plugins.module_utils._args_common import (
+    AUTH_ARG_SPEC,
+    HELM_ARG_SPEC,
+    RELEASE_METRIC_ARG_SPEC,
+    STATE_ARG_SPEC,
+    argument_spec,
+)
 from ansible_collections.kubeinfer.llm.plugins.module_utils._module import run_module
 
 ARGUMENT_SPEC = argument_spec(
-    AUTH_ARG_SPEC, STATE_ARG_SPEC, RELEASE_METRIC_ARG_SPEC,
+    AUTH_ARG_SPEC, STATE_ARG_SPEC, RELEASE_METRIC_ARG_SPEC, HELM_ARG_SPEC,
     metric_name={"type": "str"},
     detect_from_pod={"type": "bool", "default": True},
     metrics_port={"type": "int"},
     ready_timeout={"type": "int", "default": 120},
     request_timeout={"type": "int", "default": 15},
     adapter_namespace={"type": "str", "default": "monitoring"},
-    adapter_configmap={"type": "str", "default": "prometheus-adapter"},
-    adapter_config_key={"type": "str", "default": "config.yaml", "no_log": False},
-    adapter_deployment={"type": "str", "default": "prometheus-adapter"},
+    adapter_configmap={"type": "str"},
+    adapter_config_key={"type": "str", "no_log": False},
+    adapter_deployment={"type": "str"},
     restart={"type": "bool", "default": True},
+    install={"type": "str", "choices": list(INSTALL_CHOICES), "default": "auto"},
+    adapter_release={"type": "str", "default": DEFAULT_RELEASE},
+    chart_ref={"type": "str"},
+    chart_repo_url={"type": "str", "default": DEFAULT_CHART_REPO_URL},
+    chart_version={"type": "str", "default": DEFAULT_CHART_VERSION},
+    chart_values={"type": "dict", "default": {}},
+    adapter_prometheus_url={"type": "str"},
+    wait={"type": "bool", "default": True},
+    atomic={"type": "bool", "default": False},
+    helm_timeout={"type": "int", "default": 300},
     grafana_dashboard={"type": "bool", "default": True},
     prometheus_url={"type": "str"},
     prometheus_validate_certs={"type": "bool", "default": True},
@@ -278,7 +457,7 @@ ARGUMENT_SPEC = argument_spec(
 
 def main() -> None:
     module = AnsibleModule(argument_spec=ARGUMENT_SPEC, supports_check_mode=True)
-    run_module(module, run)
+    run_module(module, run, helm="optional")
 
 
 if __name__ == "__main__":

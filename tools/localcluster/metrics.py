@@ -1,7 +1,7 @@
 #!/usr/bin/env python3
 """The local cluster's metrics chain: Prometheus -> prometheus-adapter -> custom.metrics.k8s.io.
 
-Usage: metrics.py up | down | status | prometheus-url | adapter-url
+Usage: metrics.py up | down | status | prometheus-url | adapter-url | adapter-remove
 
 Every process is a host process bound to 127.0.0.1 and stopped by the PID it was started with:
 - Prometheus 3 built from source by build.sh (Kubernetes service discovery only), scrape interval
@@ -55,6 +55,7 @@ import subprocess
 import sys
 import time
 import urllib.error
+import urllib.parse
 import urllib.request
 from contextlib import contextmanager
 from pathlib import Path
@@ -75,9 +76,15 @@ SYNC_PERIOD = 2.0
 ADAPTER_RESTART_BACKOFF = 5.0
 NS = "monitoring"
 NAME = "prometheus-adapter"
-CHECKSUM_ANNOTATION = "kubeinfer.io/config-checksum"
 APISERVICES = ("v1beta1.custom.metrics.k8s.io", "v1beta2.custom.metrics.k8s.io")
 FIELD_MANAGER = "kubeinfer-localcluster-metrics"
+HARNESS_MANAGER = "kubeinfer-localcluster"  # app.kubernetes.io/managed-by of the harness's own adapter objects
+ADAPTER_IMAGE = "prometheus-adapter/prometheus-adapter"  # the image the chart, kube-prometheus and the stand-in run
+# Flags of the Deployment's container the host adapter is started with; the rest (address, port, TLS, the in-cluster
+# ServiceAccount) is the host's. See adapter_argv.
+ADAPTER_PASSTHROUGH = ("prometheus-url", "metrics-relist-interval", "metrics-max-age", "v")
+HOST_SERVICE = "kubeinfer-localcluster-adapter"  # the ExternalName Service the APIServices are re-pointed to
+ROUTED_FROM = "kubeinfer.io/localcluster-routed-from"  # on a re-pointed APIService: the Service it names itself
 
 
 CLUSTER = cluster_name()
@@ -218,24 +225,27 @@ def operator_crds() -> Path:
     return module
 
 
-def adapter_argv(ports: dict[str, int]) -> list[str]:
+def adapter_argv(ports: dict[str, int], pod: dict[str, Any]) -> list[str]:
+    """The real adapter binary, run as the kubelet would run the container of ``pod`` (see adapter_pod).
+
+    From the pod template's args it keeps only what changes what the adapter serves (``ADAPTER_PASSTHROUGH``);
+    the address, port and TLS are the host's (127.0.0.1, kwokctl's admin certificate), the three kubeconfigs stand
+    for the pod's ServiceAccount, and --config is the file the ConfigMap volume is copied to.
+    """
     pki = CLUSTER_DIR / "pki"
     tls = ([f"--tls-cert-file={pki / 'admin.crt'}", f"--tls-private-key-file={pki / 'admin.key'}"]
            if (pki / "admin.crt").is_file() else [f"--cert-dir={STATE / 'adapter-certs'}"])
+    passed = [f"--{flag}={value}" for flag, value in pod["flags"].items()]
     return [str(ADAPTER_BIN), "--bind-address=127.0.0.1", f"--secure-port={ports['adapter']}", *tls,
             f"--lister-kubeconfig={KUBECONFIG}", f"--authentication-kubeconfig={KUBECONFIG}",
-            f"--authorization-kubeconfig={KUBECONFIG}",
-            f"--prometheus-url=http://127.0.0.1:{ports['prometheus']}",
-            f"--metrics-relist-interval={RELIST_INTERVAL}", f"--metrics-max-age={METRICS_MAX_AGE}",
-            f"--config={ADAPTER_CONFIG}", "--v=2"]
+            f"--authorization-kubeconfig={KUBECONFIG}", *passed, f"--config={ADAPTER_CONFIG}"]
 
 
-def restart_adapter(reason: str) -> None:
+def restart_adapter(reason: str, argv: list[str]) -> None:
     with locked():
-        ports = load_ports()
         proc("adapter").stop()
-        pid = proc("adapter").start(adapter_argv(ports))
-    log(f"adapter started (pid {pid}, https://127.0.0.1:{ports['adapter']}): {reason}")
+        pid = proc("adapter").start(argv)
+    log(f"adapter started (pid {pid}, https://127.0.0.1:{load_ports().get('adapter')}): {reason}")
 
 
 def http_ok(url: str) -> bool:
@@ -278,7 +288,8 @@ def render(name: str, ports: dict[str, int]) -> str:
     text = (TEMPLATES / name).read_text()
     values = {"SCRAPE_INTERVAL": SCRAPE_INTERVAL, "RELIST_INTERVAL": RELIST_INTERVAL, "KUBECONFIG": str(KUBECONFIG),
               "ADAPTER_PORT": str(ports["adapter"]), "ADAPTER_VERSION": ADAPTER_VERSION,
-              "PROMETHEUS_NAME": PROMETHEUS_NAME, "PROMETHEUS_RELEASE": pinned("PROMETHEUS_RELEASE")}
+              "PROMETHEUS_NAME": PROMETHEUS_NAME, "PROMETHEUS_RELEASE": pinned("PROMETHEUS_RELEASE"),
+              "PROMETHEUS_URL": f"http://127.0.0.1:{ports['prometheus']}", "METRICS_MAX_AGE": METRICS_MAX_AGE}
     return re.sub(r"@([A-Z_]+)@", lambda m: values[m.group(1)], text)
 
 
@@ -329,13 +340,203 @@ def sync_pods(api: Api) -> list[str]:
 
 # --- the sync loop ---------------------------------------------------------------------------
 
-def adapter_source(api: Api) -> tuple[str | None, str | None, bool]:
-    """(config.yaml of the ConfigMap or None, checksum annotation or None, Deployment exists)."""
-    cm = api.get(f"/api/v1/namespaces/{NS}/configmaps/{NAME}")
-    dep = api.get(f"/apis/apps/v1/namespaces/{NS}/deployments/{NAME}")
-    config = ((cm or {}).get("data") or {}).get("config.yaml")
-    annotations = (((dep or {}).get("spec") or {}).get("template", {}).get("metadata") or {}).get("annotations") or {}
-    return config, annotations.get(CHECKSUM_ANNOTATION), dep is not None
+# --- the adapter: the harness is the kubelet of whichever adapter Deployment exists --------------
+
+def flag(args: list[str], name: str) -> str | None:
+    """``--name=value`` or ``--name value`` in a container's command line (the last one wins)."""
+    found = None
+    for i, arg in enumerate(args):
+        if arg.startswith(f"--{name}="):
+            found = arg.split("=", 1)[1]
+        elif arg == f"--{name}" and i + 1 < len(args):
+            found = args[i + 1]
+    return found
+
+
+def harness_owned(obj: dict[str, Any] | None) -> bool:
+    return ((obj or {}).get("metadata", {}).get("labels") or {}).get("app.kubernetes.io/managed-by") == HARNESS_MANAGER
+
+
+def adapter_container(dep: dict[str, Any]) -> dict[str, Any] | None:
+    """The container running the prometheus-adapter image (chart, kube-prometheus and the harness's own use it)."""
+    containers = (((dep.get("spec") or {}).get("template") or {}).get("spec") or {}).get("containers") or []
+    return next((c for c in containers if ADAPTER_IMAGE in str(c.get("image") or "")), None)
+
+
+def find_adapter(api: Api) -> dict[str, Any] | None:
+    """The adapter Deployment the harness runs: one whose pod template runs the prometheus-adapter image. A real
+    install (the chart's, after metrics_adapter installed it) wins over the harness's stand-in; the harness runs one."""
+    found = [d for d in api.items("/apis/apps/v1/deployments") if adapter_container(d)]
+    found.sort(key=lambda d: (harness_owned(d), d["metadata"]["namespace"], d["metadata"]["name"]))
+    return found[0] if found else None
+
+
+def adapter_pod(dep: dict[str, Any]) -> tuple[dict[str, Any] | None, str]:
+    """What the kubelet would run for ``dep``: the ConfigMap and key its ``--config`` file comes from (the volume
+    mounted at that path), the flags passed through, its --secure-port and container ports; or None and why not.
+
+    The layout of a ConfigMap volume (a mount holding the path, or ``subPath``; ``items`` renaming keys) follows
+    k8s.io/kubernetes pkg/volume/configmap and the atomic writer; the ``--config`` flag is the adapter's own
+    (sigs.k8s.io/prometheus-adapter cmd/adapter/adapter.go, AdapterConfigFile).
+    """
+    meta = dep["metadata"]
+    where = f"Deployment {meta['namespace']}/{meta['name']}"
+    pod = (dep.get("spec") or {}).get("template") or {}
+    container = adapter_container(dep) or {}
+    args = [str(a) for a in list(container.get("command") or []) + list(container.get("args") or [])]
+    if (dep.get("spec") or {}).get("replicas", 1) == 0:
+        return None, f"{where} has 0 replicas"
+    path = flag(args, "config")
+    if not path:
+        return None, f"{where}: the adapter container passes no --config"
+    mounts = [m for m in container.get("volumeMounts") or []
+              if (m.get("subPath") and path == m["mountPath"].rstrip("/"))
+              or (not m.get("subPath") and path.startswith(m["mountPath"].rstrip("/") + "/"))]
+    if not mounts:
+        return None, f"{where}: --config={path} is on no mounted volume"
+    mount = max(mounts, key=lambda m: len(m["mountPath"]))
+    rel = mount.get("subPath") or path[len(mount["mountPath"].rstrip("/")) + 1:]
+    volume = next((v for v in (pod.get("spec") or {}).get("volumes") or [] if v.get("name") == mount["name"]), {})
+    source = volume.get("configMap")
+    if not source:
+        return None, f"{where}: --config={path} is on volume {mount['name']}, which is no ConfigMap volume"
+    key = next((i["key"] for i in source.get("items") or [] if i.get("path") == rel), None if source.get("items") else rel)
+    if key is None:
+        return None, f"{where}: volume {mount['name']} maps no key of ConfigMap {source['name']} to {rel}"
+    flags = {name: flag(args, name) for name in ADAPTER_PASSTHROUGH if flag(args, name) is not None}
+    url = urllib.parse.urlsplit(flags.get("prometheus-url") or "")
+    if not url.hostname or not (url.hostname == "localhost" or url.hostname.startswith("127.")):
+        # Nothing of ours may send traffic off loopback: an adapter pointed at an in-cluster Prometheus address is not
+        # started here, so the metric is not served, as it would not be where that address does not answer.
+        return None, f"{where}: --prometheus-url={flags.get('prometheus-url')} is not a loopback address (set the Prometheus URL to {prometheus_url()})"
+    ports = {p.get("name"): p.get("containerPort") for p in container.get("ports") or []}
+    return {"namespace": meta["namespace"], "name": meta["name"], "uid": meta.get("uid"), "configmap": source["name"], "key": key,
+            "optional": bool(source.get("optional")), "flags": flags, "secure_port": flag(args, "secure-port") or "443",
+            "ports": ports, "labels": (pod.get("metadata") or {}).get("labels") or {},
+            "template": hashlib.sha256(json.dumps(pod, sort_keys=True).encode()).hexdigest()}, ""
+
+
+def service_problem(api: Api, ref: dict[str, Any], pod: dict[str, Any]) -> str | None:
+    """What would stop the aggregator from reaching ``pod`` through the Service ``ref`` of an APIService on a real
+    cluster: no such Service, no port ``ref.port`` (default 443), a selector that misses the pod, or a targetPort that
+    is not the container port the adapter listens on (--secure-port). The harness cannot route the Service itself."""
+    where = f"Service {ref.get('namespace')}/{ref.get('name')}"
+    svc = api.get(f"/api/v1/namespaces/{ref.get('namespace')}/services/{ref.get('name')}")
+    if svc is None:
+        return f"{where} does not exist"
+    spec = svc.get("spec") or {}
+    if spec.get("type") == "ExternalName":
+        return f"{where} is an ExternalName Service; only the harness's own may be"
+    port = next((p for p in spec.get("ports") or [] if int(p.get("port", 0)) == int(ref.get("port") or 443)), None)
+    if port is None:
+        return f"{where} has no port {ref.get('port') or 443}"
+    selector = spec.get("selector") or {}
+    if not selector or any(pod["labels"].get(k) != v for k, v in selector.items()):
+        return f"{where} selects {selector}, not the pods of Deployment {pod['namespace']}/{pod['name']} ({pod['labels']})"
+    target = port.get("targetPort", port["port"])
+    number = pod["ports"].get(target) if isinstance(target, str) else target
+    if number is None:
+        return f"{where} targets port {target!r}, which the adapter container does not declare ({pod['ports']})"
+    if str(number) != str(pod["secure_port"]):
+        return f"{where} targets container port {number}, but the adapter listens on --secure-port={pod['secure_port']}"
+    return None
+
+
+def route_apiservices(api: Api, pod: dict[str, Any] | None, ports: dict[str, int], notes: dict[str, str]) -> None:
+    """Point the custom metrics APIServices at the host adapter: nothing routes ClusterIPs here (no kube-proxy) and
+    EndpointSlices refuse loopback addresses, so each APIService whose Service would reach the adapter pod on a real
+    cluster (service_problem) is re-pointed to the harness's ExternalName Service -> localhost:<adapter port>, its own
+    Service kept in the annotation ROUTED_FROM. A helm upgrade that restores spec.service is re-pointed the next tick;
+    an APIService whose Service would not reach the pod is pointed back at it, and stays unavailable."""
+    for name in APISERVICES:
+        obj = api.get(f"/apis/apiregistration.k8s.io/v1/apiservices/{name}")
+        if obj is None:
+            continue
+        ref = service_ref((obj.get("spec") or {}).get("service") or {})
+        annotations = obj["metadata"].get("annotations") or {}
+        own = json.loads(annotations[ROUTED_FROM]) if ref.get("name") == HOST_SERVICE and annotations.get(ROUTED_FROM) else ref
+        problem = "no adapter runs" if pod is None else service_problem(api, own, pod)
+        want = own if problem else {"name": HOST_SERVICE, "namespace": own.get("namespace"), "port": ports["adapter"]}
+        if problem and notes.get(name) != problem:
+            log(f"APIService {name} not routed to the host adapter: {problem}")
+        notes[name] = problem or ""
+        if not problem:
+            ensure_host_service(api, str(own.get("namespace")), ports["adapter"])
+        if ref != want:
+            api.call("PATCH", f"/apis/apiregistration.k8s.io/v1/apiservices/{name}",
+                     {"metadata": {"annotations": {ROUTED_FROM: None if problem else json.dumps(own, sort_keys=True)}},
+                      "spec": {"service": want}})
+            log(f"APIService {name} -> Service {want.get('namespace')}/{want.get('name')}:{want.get('port')}"
+                f"{'' if problem else ' (harness ExternalName to the host adapter; its own: ' + json.dumps(own, sort_keys=True) + ')'}")
+
+
+def service_ref(ref: dict[str, Any]) -> dict[str, Any]:
+    """An APIService's spec.service with its default port (443, k8s.io/kube-aggregator apis/apiregistration/v1 defaults)."""
+    return {"name": ref.get("name"), "namespace": ref.get("namespace"), "port": int(ref.get("port") or 443)}
+
+
+def prometheus_url() -> str:
+    """Where the harness's Prometheus answers (the adapter's --prometheus-url must be it)."""
+    return f"http://127.0.0.1:{load_ports().get('prometheus')}"
+
+
+def ensure_host_service(api: Api, namespace: str, port: int) -> None:
+    """The harness's ExternalName Service the aggregator resolves to https://localhost:<port> (k8s.io/apiserver
+    pkg/util/proxy ResolveCluster: an ExternalName Service is dialled at externalName:port)."""
+    path = f"/api/v1/namespaces/{namespace}/services/{HOST_SERVICE}"
+    want = {"apiVersion": "v1", "kind": "Service",
+            "metadata": {"name": HOST_SERVICE, "namespace": namespace, "labels": {"app.kubernetes.io/managed-by": HARNESS_MANAGER}},
+            "spec": {"type": "ExternalName", "externalName": "localhost",
+                     "ports": [{"name": "https", "protocol": "TCP", "port": port, "targetPort": port}]}}
+    svc = api.get(path)
+    if svc is None or (svc.get("spec") or {}).get("ports", [{}])[0].get("port") != port:
+        api.call("PATCH", path + f"?fieldManager={FIELD_MANAGER}&force=true", want, content_type="application/apply-patch+yaml")
+
+
+def sync_adapter(api: Api, state: dict[str, Any], notes: dict[str, str], last_start: float) -> float:
+    """One kubelet pass for the adapter: copy the mounted ConfigMap to the --config file (the adapter reads it only at
+    start, so a change alone restarts nothing, as on a real cluster); start the adapter when its Deployment appears,
+    its pod template changes (a rollout: the chart's checksum/config, metrics_adapter's kubeinfer.io/config-checksum,
+    a helm upgrade's new args) or it died; stop it when the Deployment goes. Then route the APIServices.
+    Returns the time of the last start."""
+    ports = load_ports()
+    dep = find_adapter(api)
+    pod, why = adapter_pod(dep) if dep else (None, "no adapter Deployment")
+    text = None
+    if pod is not None:
+        cm = api.get(f"/api/v1/namespaces/{pod['namespace']}/configmaps/{pod['configmap']}")
+        text = ((cm or {}).get("data") or {}).get(pod["key"])
+        if cm is None and not pod["optional"]:
+            pod, why = None, f"ConfigMap {pod['namespace']}/{pod['configmap']} does not exist (a kubelet would not start the pod)"
+    if pod is None:
+        if notes.get("pod") != why:
+            log(f"no adapter to run: {why}")
+            notes["pod"] = why
+        if proc("adapter").stop():
+            log("adapter stopped")
+        state.pop("pod", None)
+    else:
+        notes["pod"] = ""
+        write_if_changed(ADAPTER_CONFIG, text if text is not None else "")
+        identity = {k: pod[k] for k in ("namespace", "name", "uid", "template")}
+        argv = adapter_argv(ports, pod)
+        reason = None
+        if state.get("pod") != identity:
+            before = state.get("pod") or {}
+            reason = (f"Deployment {pod['namespace']}/{pod['name']} "
+                      f"{'pod template changed' if before.get('uid') == pod['uid'] else 'appeared'}; config from ConfigMap "
+                      f"{pod['configmap']} key {pod['key']} (sha256 {hashlib.sha256((text or '').encode()).hexdigest()[:12]})")
+        elif proc("adapter").argv() != argv and (proc("adapter").pid() is not None or time.monotonic() - last_start > ADAPTER_RESTART_BACKOFF):
+            tail = (STATE / "adapter.log").read_text(errors="replace").strip().splitlines()[-1:] if (STATE / "adapter.log").exists() else []
+            reason = ("its arguments changed" if proc("adapter").pid() is not None
+                      else f"it was not running (last log line: {tail[0][:300] if tail else '-'})")
+        if reason:
+            restart_adapter(reason, argv)
+            last_start = time.monotonic()
+            state["pod"] = identity
+            (STATE / "sync-state.json").write_text(json.dumps(state) + "\n")
+    route_apiservices(api, pod, ports, notes)
+    return last_start
 
 
 def load_sync_state() -> dict[str, Any]:
@@ -350,6 +551,7 @@ def sync_loop() -> None:
     api = Api(KUBECONFIG)
     state = load_sync_state()
     last_error, last_start = "", 0.0
+    notes: dict[str, str] = {}
     log(f"sync loop started (pid {me}, every {SYNC_PERIOD:.0f}s)")
     while True:
         tick = time.monotonic()
@@ -362,23 +564,7 @@ def sync_loop() -> None:
             what = sync_prometheus(api, load_ports())
             if what:
                 log(what)
-            config, checksum, has_dep = adapter_source(api)
-            reasons = []
-            if config is not None and write_if_changed(ADAPTER_CONFIG, config):
-                reasons.append(f"ConfigMap {NS}/{NAME} config.yaml changed (sha256 "
-                               f"{hashlib.sha256(config.encode()).hexdigest()[:12]})")
-            if has_dep and checksum != state.get("checksum"):
-                reasons.append(f"Deployment {NS}/{NAME} {CHECKSUM_ANNOTATION} {state.get('checksum')} -> {checksum}")
-                state["checksum"] = checksum
-                (STATE / "sync-state.json").write_text(json.dumps(state) + "\n")
-            if reasons:
-                restart_adapter("; ".join(reasons))
-                last_start = time.monotonic()
-            elif proc("adapter").pid() is None and time.monotonic() - last_start > ADAPTER_RESTART_BACKOFF:
-                tail = (STATE / "adapter.log").read_text(errors="replace").strip().splitlines()[-1:] \
-                    if (STATE / "adapter.log").exists() else []
-                restart_adapter(f"it was not running (last log line: {tail[0][:300] if tail else '-'})")
-                last_start = time.monotonic()
+            last_start = sync_adapter(api, state, notes, last_start)
             last_error = ""
         except Exception as e:
             if str(e) != last_error:
@@ -450,7 +636,7 @@ def cmd_up() -> None:
     (STATE / "cluster-id").write_text(cluster_id)
     ports = choose_ports()
 
-    # Cluster objects (the namespace first). The ConfigMap is created only when missing: its rules belong to metrics_adapter.
+    # The namespace first: the operator's objects and the adapter's live in it.
     kubectl("apply", "--server-side", "--force-conflicts", f"--field-manager={FIELD_MANAGER}", "-f", "-",
             stdin=render("cluster-objects.yaml.in", ports))
 
@@ -471,20 +657,27 @@ def cmd_up() -> None:
         reload_prometheus(ports)
         log(f"prometheus configuration ({MONITORING}) reloaded")
     wait_for("prometheus /-/ready", lambda: proc("prometheus").pid() is not None and http_ok(f"{prom_url}/-/ready"))
-    if api.get(f"/api/v1/namespaces/{NS}/configmaps/{NAME}") is None:
-        kubectl("create", f"--field-manager={FIELD_MANAGER}", "-f", "-", stdin=render("adapter-configmap.yaml.in", ports))
 
-    # Adapter (config from the ConfigMap) and the sync loop that keeps both in step from now on.
-    config, checksum, _ = adapter_source(api)
-    with locked():
-        cfg_changed = write_if_changed(ADAPTER_CONFIG, config if config is not None else "rules: []\n")
-        state = load_sync_state()
-        state["checksum"] = checksum
-        (STATE / "sync-state.json").write_text(json.dumps(state) + "\n")
-        if proc("adapter").argv() != adapter_argv(ports) or cfg_changed:
-            proc("adapter").stop()
-            log(f"starting prometheus-adapter on https://127.0.0.1:{ports['adapter']} "
-                f"(pid {proc('adapter').start(adapter_argv(ports))})")
+    # The adapter: the harness's own stand-in objects (unless ADAPTER=absent, or another adapter is installed,
+    # e.g. the chart's), then one kubelet pass (start it, route the APIServices) before the sync loop takes over.
+    other = find_adapter(api)
+    if os.environ.get("ADAPTER", "present") == "absent":
+        log("ADAPTER=absent: no stand-in adapter objects (the harness runs whichever adapter Deployment appears)")
+    elif other is not None and not harness_owned(other):
+        log(f"adapter Deployment {other['metadata']['namespace']}/{other['metadata']['name']} is installed; no stand-in objects")
+    else:
+        kubectl("apply", "--server-side", "--force-conflicts", f"--field-manager={FIELD_MANAGER}", "-f", "-",
+                stdin=render("adapter-stand-in.yaml.in", ports))
+        if api.get(f"/api/v1/namespaces/{NS}/configmaps/{NAME}") is None:  # created once: its rules belong to metrics_adapter
+            kubectl("create", f"--field-manager={FIELD_MANAGER}", "-f", "-", stdin=render("adapter-configmap.yaml.in", ports))
+        routed = [(api.get(f"/apis/apiregistration.k8s.io/v1/apiservices/{n}") or {}).get("spec", {}).get("service", {}).get("name")
+                  for n in APISERVICES]
+        if any(r != HOST_SERVICE for r in routed):  # applied unless routed already: a re-apply would unroute them for a tick
+            kubectl("apply", "--server-side", "--force-conflicts", f"--field-manager={FIELD_MANAGER}", "-f", "-",
+                    stdin=render("adapter-apiservices.yaml.in", ports))
+    state = load_sync_state()
+    notes: dict[str, str] = {}
+    sync_adapter(api, state, notes, 0.0)
     # The sync loop reads MONITORING from the environment it is started with: a switch restarts it.
     if proc("sync").pid() is not None and (STATE / "sync.monitoring").is_file() \
             and (STATE / "sync.monitoring").read_text().strip() != MONITORING:
@@ -493,11 +686,31 @@ def cmd_up() -> None:
     if proc("sync").pid() is None:
         log(f"starting the sync loop (pid {proc('sync').start([sys.executable, str(Path(__file__).resolve()), '_sync', str(STATE)])})")
 
-    kubectl("wait", "--for=condition=Available", "--timeout=90s", *(f"apiservice/{n}" for n in APISERVICES), timeout=100)
-    wait_for("GET /apis/custom.metrics.k8s.io/v1beta1",
-             lambda: isinstance(api.get("/apis/custom.metrics.k8s.io/v1beta1"), dict), timeout=30)
+    present = [n for n in APISERVICES if api.get(f"/apis/apiregistration.k8s.io/v1/apiservices/{n}") is not None]
+    if present:
+        kubectl("wait", "--for=condition=Available", "--timeout=90s", *(f"apiservice/{n}" for n in present), timeout=100)
+        wait_for("GET /apis/custom.metrics.k8s.io/v1beta1",
+                 lambda: isinstance(api.get("/apis/custom.metrics.k8s.io/v1beta1"), dict), timeout=30)
     log(f"metrics chain up in {time.monotonic() - start:.1f}s ({MONITORING}): prometheus {prom_url}, "
-        f"adapter https://127.0.0.1:{ports['adapter']}, APIServices Available")
+        f"adapter {'https://127.0.0.1:' + str(ports['adapter']) if proc('adapter').pid() else 'not running (' + notes.get('pod', '') + ')'}, "
+        f"APIServices {', '.join(present) + ' Available' if present else 'none'}")
+
+
+def cmd_adapter_remove() -> None:
+    """Remove the harness's stand-in adapter (Deployment, Service, ConfigMap, APIServices, the ExternalName Service), so
+    that a test starts from a cluster without an adapter; the sync loop then stops the host adapter. `up` restores them."""
+    api = Api(KUBECONFIG)
+    for name in APISERVICES:
+        obj = api.get(f"/apis/apiregistration.k8s.io/v1/apiservices/{name}")
+        if obj is not None and harness_owned(obj):
+            kubectl("delete", "apiservice", name, "--ignore-not-found", "--wait=true")
+    for kind, name in (("deployment", NAME), ("service", NAME), ("configmap", NAME), ("service", HOST_SERVICE)):
+        obj = api.get(f"/api/v1/namespaces/{NS}/{kind}s/{name}" if kind != "deployment" else f"/apis/apps/v1/namespaces/{NS}/deployments/{name}")
+        # The stand-in's ConfigMap is metrics_adapter's once made, so it carries no harness label: it goes unless Helm owns it.
+        if obj is not None and (harness_owned(obj) or (kind == "configmap" and "meta.helm.sh/release-name" not in (obj["metadata"].get("annotations") or {}))):
+            kubectl("delete", kind, name, "-n", NS, "--ignore-not-found", "--wait=true")
+    sync_adapter(api, load_sync_state(), {}, 0.0)
+    log("stand-in adapter removed")
 
 
 def cmd_down() -> None:
@@ -524,17 +737,25 @@ def cmd_status() -> int:
         pid = proc(comp).pid()
         if comp == "operator" and setup != "operator":
             continue
-        ok = ok and pid is not None
+        ok = ok and (pid is not None or comp == "adapter")
         where = {"prometheus": f"http://127.0.0.1:{ports.get('prometheus')}", "operator": f"http://127.0.0.1:{ports.get('operator')}",
                  "adapter": f"https://127.0.0.1:{ports.get('adapter')}", "sync": f"every {SYNC_PERIOD:.0f}s"}[comp]
         print(f"{comp:<11} {'running' if pid else 'STOPPED':<8} pid {pid or '-':<8} {where}")
     if KUBECONFIG.is_file():
         try:
             api = Api(KUBECONFIG)
+            dep = find_adapter(api)
+            pod, why = adapter_pod(dep) if dep else (None, "no adapter Deployment")
+            print(f"adapter pod {pod['namespace'] + '/' + pod['name'] + ' (ConfigMap ' + pod['configmap'] + ' key ' + pod['key'] + ')' if pod else why}")
             for name in APISERVICES:
+                obj = api.get(f"/apis/apiregistration.k8s.io/v1/apiservices/{name}")
+                if obj is None:
+                    print(f"apiservice  {name}: none")
+                    continue
                 available, detail = apiservice_available(api, name)
                 ok = ok and available
-                print(f"apiservice  {name}: {detail}")
+                ref = service_ref(((obj or {}).get("spec") or {}).get("service") or {})
+                print(f"apiservice  {name}: {detail} -> Service {ref['namespace']}/{ref['name']}:{ref['port']}")
             relays = sorted(d.name for d in (STATE / "podnet").iterdir()) if (STATE / "podnet").is_dir() else []
             print(f"pod network {len(relays)} relays ({STATE / 'podnet'})")
         except Exception as e:
@@ -553,6 +774,9 @@ def main(argv: list[str]) -> int:
         return 0
     if argv == ["down"]:
         cmd_down()
+        return 0
+    if argv == ["adapter-remove"]:
+        cmd_adapter_remove()
         return 0
     if argv == ["status"]:
         return cmd_status()

@@ -1,5 +1,12 @@
 #!/usr/bin/env bash
-# Print the path of the published NVIDIA GPU Operator chart archive, found in this order:
+# upstream-chart.sh [gpu-operator | prometheus-adapter]   (default gpu-operator)
+#
+# prometheus-adapter: print the path of the published prometheus-community chart archive
+# (PROMETHEUS_ADAPTER_CHART, else ../shared/upstream/charts/prometheus-adapter-<version>.tgz), checked
+# against its sha256 (versions.env). Without either it fails and says so: there is no helm pull (the
+# chart repository is not a package registry this machine may reach) and no imitation.
+#
+# gpu-operator: print the path of the published NVIDIA GPU Operator chart archive, found in this order:
 #   1. GPU_OPERATOR_CHART (a path to the .tgz), when set;
 #   2. ../shared/upstream/charts/gpu-operator-<version>.tgz next to the checkout, when present;
 #   3. helm pull from NVIDIA's repository (GPU_OPERATOR_CHART_REPO), cached by version.
@@ -10,9 +17,21 @@ here=$(cd "$(dirname "$0")" && pwd)
 # shellcheck source=versions.env
 . "$here/versions.env"
 CACHE=${KUBEINFER_CACHE:-$HOME/.cache/kubeinfer}
+die() { echo "upstream-chart.sh: $*" >&2; exit 1; }
+
+if [ "${1:-gpu-operator}" = prometheus-adapter ]; then
+  name=prometheus-adapter-$PROMETHEUS_ADAPTER_CHART_VERSION.tgz
+  chart=${PROMETHEUS_ADAPTER_CHART:-$(cd "$here/../.." && pwd)/../shared/upstream/charts/$name}
+  [ -f "$chart" ] || die "no prometheus-adapter chart: ${PROMETHEUS_ADAPTER_CHART:+PROMETHEUS_ADAPTER_CHART=}$chart does not exist. Put the published $name there (prometheus-community/helm-charts) or point PROMETHEUS_ADAPTER_CHART at it."
+  chart=$(cd "$(dirname "$chart")" && pwd)/$(basename "$chart")
+  sum=$(sha256sum "$chart" | cut -d' ' -f1)
+  [ "$sum" = "$PROMETHEUS_ADAPTER_CHART_SHA256" ] || die "$chart has sha256 $sum, not $PROMETHEUS_ADAPTER_CHART_SHA256 of the published $name"
+  echo "$chart"
+  exit 0
+fi
+[ "${1:-gpu-operator}" = gpu-operator ] || die "usage: upstream-chart.sh [gpu-operator|prometheus-adapter]"
 v=$GPU_OPERATOR_CHART_VERSION
 name=gpu-operator-$v.tgz
-die() { echo "upstream-chart.sh: $*" >&2; exit 1; }
 
 check() { # check PATH SOURCE
   local sum

@@ -17,6 +17,7 @@ import yaml
 from ansible_collections.kubeinfer.llm.plugins.module_utils import _adapter, _waiter
 from ansible_collections.kubeinfer.llm.plugins.module_utils._adapter_rules import adapter_rule
 from ansible_collections.kubeinfer.llm.plugins.module_utils._errors import KubeInferError
+from ansible_collections.kubeinfer.llm.plugins.module_utils._helm import Helm
 from ansible_collections.kubeinfer.llm.plugins.module_utils._portforward import PortForwardTarget
 from ansible_collections.kubeinfer.llm.plugins.module_utils._resources import Kube
 from ansible_collections.kubeinfer.llm.plugins.modules import metrics_adapter
@@ -42,17 +43,33 @@ def pod(name: str, release: str, ready: bool = True) -> dict[str, Any]:
             "status": {"phase": "Running", "conditions": [{"type": "Ready", "status": "True" if ready else "False"}]}}
 
 
+def adapter_deployment(name: str = "prometheus-adapter", configmap: str = "prometheus-adapter", labels: dict[str, str] | None = None,
+                       annotations: dict[str, str] | None = None) -> dict[str, Any]:
+    """An adapter Deployment as the chart and the local cluster shape it: --config on a ConfigMap volume."""
+    return {"apiVersion": "apps/v1", "kind": "Deployment",
+            "metadata": {"name": name, "namespace": "monitoring", "labels": labels or {}, "annotations": annotations or {}},
+            "spec": {"template": {"metadata": {"labels": {"app": "prometheus-adapter"}}, "spec": {
+                "containers": [{"name": "prometheus-adapter", "args": ["/adapter", "--secure-port=6443", "--config=/etc/adapter/config.yaml"],
+                                "volumeMounts": [{"name": "config", "mountPath": "/etc/adapter/"}, {"name": "tmp", "mountPath": "/tmp"}]}],
+                "volumes": [{"name": "config", "configMap": {"name": configmap}}, {"name": "tmp", "emptyDir": {}}]}}}}
+
+
+def no_helm() -> Helm:
+    """A Helm without a binary: any helm command fails the test's run, naming helm_binary."""
+    return Helm(lambda argv, **kw: (1, "", "no helm here"), "", {}, missing="helm_binary: helm was not found on PATH")
+
+
 def make_cluster(rules: list[dict[str, Any]] | None = None, served: dict[str, str] | None = None) -> FakeCluster:
     cluster = FakeCluster()
     cluster.add(pod("llama-0", "llama"))
     cluster.add(pod("llama-1", "llama"))
     cluster.add(pod("mistral-0", "mistral"))
-    cluster.add({"apiVersion": "apps/v1", "kind": "Deployment", "metadata": {"name": "prometheus-adapter", "namespace": "monitoring"},
-                 "spec": {"template": {"metadata": {"labels": {"app": "prometheus-adapter"}}}}})
+    cluster.add(adapter_deployment())
     config = {"rules": rules if rules is not None else [OTHER], "resourceRules": {"cpu": {"containerQuery": "x"}}}
     cluster.add({"apiVersion": "v1", "kind": "ConfigMap", "metadata": {"name": "prometheus-adapter", "namespace": "monitoring"},
                  "data": {"config.yaml": yaml.safe_dump(config, sort_keys=False)}})
     cluster.add({"apiVersion": "apiregistration.k8s.io/v1", "kind": "APIService", "metadata": {"name": "v1beta1.custom.metrics.k8s.io"},
+                 "spec": {"service": {"name": "prometheus-adapter", "namespace": "monitoring"}},
                  "status": {"conditions": [{"type": "Available", "status": "True", "reason": "Passed"}]}})
     values = served if served is not None else {"llama-0": "0", "llama-1": "3"}
     cluster.answers[("GET", METRIC)] = lambda query: metric_list({p: v for p, v in values.items() if p.startswith("llama")})
@@ -83,7 +100,7 @@ def live_config(cluster: FakeCluster) -> dict[str, Any]:
 
 
 def run(cluster: FakeCluster, check_mode: bool = False, diff: bool = False, **over: Any) -> dict[str, Any]:
-    return _adapter.run(Kube(cluster), params(**over), check_mode, diff)
+    return _adapter.run(Kube(cluster), no_helm(), params(**over), check_mode, diff)
 
 
 # -- present ------------------------------------------------------------------------------------------------------
@@ -238,10 +255,12 @@ def test_absent_removes_the_release_then_the_rule(metrics_text: dict[str, Any]) 
 def test_missing_adapter_deployment_fails_before_writing(metrics_text: dict[str, Any]) -> None:
     cluster = make_cluster()
     del cluster.objects[DEP]
-    with pytest.raises(KubeInferError, match="adapter Deployment monitoring/prometheus-adapter does not exist"):
+    with pytest.raises(KubeInferError, match="adapter Deployment monitoring/prometheus-adapter does not exist; set install=auto"):
+        run(cluster, install="never")
+    assert cluster.writes() == []
+    with pytest.raises(KubeInferError, match=r"helm_binary: helm was not found on PATH \(helm is needed to look up the adapter's Helm release"):
         run(cluster)
     assert cluster.writes() == []
-    assert run(cluster, restart=False, verify=False)["configmap_changed"]
 
 
 def test_foreign_rule_with_the_name_fails_before_writing(metrics_text: dict[str, Any]) -> None:
@@ -294,9 +313,10 @@ def not_found(query: dict[str, Any]) -> Any:
 def test_no_apiservice(metrics_text: dict[str, Any]) -> None:
     cluster = make_cluster()
     del cluster.objects[APISERVICE]
-    cluster.answers[("GET", METRIC)] = FakeApiException(404, "the server could not find the requested resource")
-    with pytest.raises(KubeInferError, match="waiting for custom.metrics.k8s.io to serve vllm_queue_depth .*: no APIService v1beta1.custom.metrics.k8s.io$"):
+    with pytest.raises(KubeInferError, match="^no APIService v1beta1.custom.metrics.k8s.io: the adapter monitoring/prometheus-adapter is not "
+                                             "registered .* or set install=auto with adapter_release"):
         run(cluster)
+    assert cluster.writes() == [], "refused before any write"
 
 
 def test_apiservice_not_available(metrics_text: dict[str, Any]) -> None:

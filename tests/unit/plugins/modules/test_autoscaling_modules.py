@@ -32,7 +32,14 @@ def adapter_cluster() -> FakeCluster:
     cluster = FakeCluster()
     cluster.add({"apiVersion": "v1", "kind": "Pod", "metadata": {"name": "llama-0", "namespace": "llm", "labels": {"kubeinfer.io/release": "llama"}},
                  "status": {"phase": "Running", "conditions": [{"type": "Ready", "status": "True"}]}})
-    cluster.add({"apiVersion": "apps/v1", "kind": "Deployment", "metadata": {"name": "prometheus-adapter", "namespace": "monitoring"}, "spec": {}})
+    cluster.add({"apiVersion": "apps/v1", "kind": "Deployment", "metadata": {"name": "prometheus-adapter", "namespace": "monitoring"},
+                 "spec": {"template": {"spec": {
+                     "containers": [{"name": "adapter", "args": ["--config=/etc/adapter/config.yaml"],
+                                     "volumeMounts": [{"name": "config", "mountPath": "/etc/adapter"}]}],
+                     "volumes": [{"name": "config", "configMap": {"name": "prometheus-adapter"}}]}}}})
+    cluster.add({"apiVersion": "apiregistration.k8s.io/v1", "kind": "APIService", "metadata": {"name": "v1beta1.custom.metrics.k8s.io"},
+                 "spec": {"service": {"name": "prometheus-adapter", "namespace": "monitoring"}},
+                 "status": {"conditions": [{"type": "Available", "status": "True"}]}})
     cluster.add({"apiVersion": "v1", "kind": "ConfigMap", "metadata": {"name": "prometheus-adapter", "namespace": "monitoring"},
                  "data": {"config.yaml": "rules: []\n"}})
     cluster.answers[("GET", "/apis/custom.metrics.k8s.io/v1beta1/namespaces/llm/pods/*/vllm_queue_depth")] = \
@@ -55,9 +62,11 @@ def test_metrics_adapter_module(monkeypatch: pytest.MonkeyPatch, capsys: pytest.
 def test_metrics_adapter_module_fails_with_the_partial_result(monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]) -> None:
     cluster = adapter_cluster()
     cluster.answers[("GET", "/apis/custom.metrics.k8s.io/v1beta1/namespaces/llm/pods/*/vllm_queue_depth")] = lambda query: metric_list({})
+    cluster.objects["/apis/apiregistration.k8s.io/v1/apiservices/v1beta1.custom.metrics.k8s.io"]["status"]["conditions"] = [
+        {"type": "Available", "status": "False", "reason": "FailedDiscoveryCheck", "message": "no response"}]
     args = {"release": "llama", "namespace": "llm", "metric_name": "vllm:num_requests_waiting", "verify_timeout": 0}
     result = run_module(monkeypatch, capsys, metrics_adapter, cluster, args)
-    assert result["failed"] and result["msg"].endswith("no APIService v1beta1.custom.metrics.k8s.io")
+    assert result["failed"] and result["msg"].endswith("APIService v1beta1.custom.metrics.k8s.io not Available: FailedDiscoveryCheck: no response")
     assert result["configmap_changed"] is True and "api_requests" in result
 
 
