@@ -309,6 +309,7 @@ ARGUMENT_SPEC = argument_spec(
     scale_up=_rules_spec(15, {"type": "int", "default": 0}),
     scale_down=_rules_spec(60, {"type": "int"}),
     prometheus_url={"type": "str"},
+    prometheus_validate_certs={"type": "bool", "default": True},
     metric_name={"type": "str"},
     keda_query={"type": "str"},
     polling_interval={"type": "int", "default": 15},
