@@ -10,7 +10,8 @@ another HPA owns; KEDA sets Ready although the query matches nothing and its HPA
 The release is the vllm chart (engine sim) with llm-d-inference-sim on 127.0.0.1 behind its pods, scraped by the
 local Prometheus with the series labels ``namespace``, ``pod`` and ``kubeinfer_io_release``. Writes are counted in
 the API server's audit log by user agent (the collection sends ``kubeinfer.llm``). Needs the cluster and its
-metrics chain (``make cluster-up``); fails, never skips, without them. About 4 minutes.
+metrics chain (``make cluster-up``) and the KEDA binaries (``build.sh keda``); fails, never skips, without them.
+Not part of ``make integration``: ``make test-keda`` builds KEDA and runs this file. About 4 minutes.
 """
 
 from __future__ import annotations

@@ -3,7 +3,8 @@
 
 Usage: keda.py up | down | status
 
-Started only by the tests that need it (tests/integration/test_keda.py), never by ``make demo``.
+Started only by the tests that need it (tests/integration/test_keda.py, ``make test-keda``), never by ``make demo``
+or ``make test``: building KEDA would push a fresh ``.ci/run`` past its budget (see README.md).
 
 - The binaries: KEDA (``github.com/kedacore/keda/v2``, KEDA_VERSION in versions.env) built by build.sh from its
   own module: ``keda`` (cmd/operator), ``keda-adapter`` (cmd/adapter, the metrics API server) and
