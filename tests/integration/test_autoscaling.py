@@ -305,12 +305,12 @@ def test_switching_between_hpa_and_keda_on_the_real_crd(playbook: PlaybookRunner
         # Verification does not stop at Ready: a query over series without the label fails naming it (before KEDA
         # is even asked), and a good query without an operator fails on Ready, saying so.
         query = f'sum(vllm:num_requests_waiting{{namespace="{ns}",kubeinfer_io_tier="gold"}})'
-        empty, _ = one(keda_task(keda_query=query, verify=True, verify_timeout=5))
+        empty = one(keda_task(keda_query=query, verify=True, verify_timeout=5))[0]
         assert empty.get("failed") and empty["msg"] == (
             f"the KEDA query {query} returns no sample from Prometheus at {prometheus_url} after 5s: series "
             f'vllm:num_requests_waiting{{namespace="{ns}"}} exist, but none carries the label kubeinfer_io_tier. '
             "KEDA counts an empty result as 0, so this ScaledObject would never scale up"), empty.get("msg")
-        unready, _ = one(keda_task(verify=True, verify_timeout=5))
+        unready = one(keda_task(verify=True, verify_timeout=5))[0]
         assert unready.get("failed") and f"ScaledObject {ns}/{RELEASE} is not Ready: no conditions yet" in unready["msg"] \
             and "is the KEDA operator running?" in unready["msg"], unready.get("msg")
 

@@ -131,7 +131,7 @@ def run_one(playbook: PlaybookRunner, step: dict[str, Any], check: bool = False)
 
 
 def test_switching_between_hpa_and_keda_converges(playbook: PlaybookRunner, api: client.ApiClient, audit: Audit,
-                                                 prometheus_url: str, release: tuple[str, int]) -> None:
+                                                  prometheus_url: str, release: tuple[str, int]) -> None:
     ns = release[0]
     # The custom metric for kind=hpa: the adapter rule of this release.
     adapter = {"name": "Serve the queue depth", "kubeinfer.llm.metrics_adapter": {
@@ -201,7 +201,7 @@ def test_a_foreign_hpa_is_refused_before_any_write(playbook: PlaybookRunner, api
 
 
 def test_an_empty_query_fails_verification_naming_the_label(playbook: PlaybookRunner, api: client.ApiClient,
-                                                             prometheus_url: str, release: tuple[str, int]) -> None:
+                                                            prometheus_url: str, release: tuple[str, int]) -> None:
     """The series lack the label the query filters on. KEDA calls the ScaledObject Ready and its HPA reads 0
     (the empty result counted as 0); the module fails and names the label."""
     ns = release[0]

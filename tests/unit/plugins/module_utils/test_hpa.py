@@ -462,7 +462,7 @@ def test_check_mode_switch_sends_only_dry_runs_and_survives_the_webhook() -> Non
     mark = len(cluster.calls)
     # KEDA's webhook (verifyHpas) still sees the HPA a dry-run delete left in place.
     cluster.answers[("PATCH", SO)] = FakeApiException(403, 'admission webhook "vscaledobject.kb.io" denied the request: the workload '
-                                                            "'llama-vllm' of type 'apps/v1.Deployment' is already managed by the hpa 'llama'")
+                                                           "'llama-vllm' of type 'apps/v1.Deployment' is already managed by the hpa 'llama'")
     result = run(cluster, check_mode=True, diff=True, **keda_params())
     writes = [c for c in cluster.calls[mark:] if c["method"] in ("PATCH", "DELETE", "POST")]
     assert [(c["method"], c["query"].get("dryRun")) for c in writes] == [("DELETE", "All"), ("PATCH", "All")]
