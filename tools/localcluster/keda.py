@@ -295,6 +295,11 @@ def apply(objs: list[dict[str, Any]]) -> None:
     kubectl("apply", "--server-side", "--force-conflicts", f"--field-manager={FIELD_MANAGER}", "-f", "-", stdin=json.dumps(doc))
 
 
+def crd_established() -> bool:
+    res = kubectl("get", "crd", "scaledobjects.keda.sh", "-o", "jsonpath={.status.conditions[?(@.type=='Established')].status}", check=False)
+    return res.returncode == 0 and res.stdout.strip() == "True"
+
+
 def apiservice_available() -> bool:
     res = kubectl("get", "apiservice", APISERVICE, "-o", "json", check=False)
     if res.returncode != 0:
@@ -312,7 +317,7 @@ def cmd_up() -> None:
     STATE.mkdir(parents=True, exist_ok=True)
     SOCK.mkdir(parents=True, exist_ok=True)
     kubectl("apply", "--server-side", "--force-conflicts", f"--field-manager={FIELD_MANAGER}", "-f", str(crd_dir()))
-    kubectl("wait", "--for=condition=Established", "--timeout=60s", "crd/scaledobjects.keda.sh", timeout=70)
+    wait_for("the ScaledObject CRD Established", crd_established, [], timeout=60)
     ensure_certs()
     ports = choose_ports()
     want = argvs(ports, api_port())
