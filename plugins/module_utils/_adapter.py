@@ -6,10 +6,12 @@ from __future__ import annotations
 
 import hashlib
 import json
+import re
 from typing import Any, Callable, Sequence
 from urllib.parse import urlencode
 
 from ansible_collections.kubeinfer.llm.plugins.module_utils._adapter_rules import merge_adapter_rules, parse_adapter_rule, rule_for
+from ansible_collections.kubeinfer.llm.plugins.module_utils._args_common import check_release_metric
 from ansible_collections.kubeinfer.llm.plugins.module_utils._dashboard import (
     dashboard_configmap,
     dashboard_configmap_name,
@@ -18,7 +20,16 @@ from ansible_collections.kubeinfer.llm.plugins.module_utils._dashboard import (
 )
 from ansible_collections.kubeinfer.llm.plugins.module_utils._errors import KubeInferError
 from ansible_collections.kubeinfer.llm.plugins.module_utils._http import endpoint_from_url, excerpt, http_request, parse_json
-from ansible_collections.kubeinfer.llm.plugins.module_utils._k8s_names import RELEASE_POD_LABEL, int_quantity, managed_labels
+from ansible_collections.kubeinfer.llm.plugins.module_utils._k8s_names import (
+    RELEASE_POD_LABEL,
+    check_data_key,
+    check_metric_name,
+    check_namespace,
+    check_object_name,
+    check_range,
+    int_quantity,
+    managed_labels,
+)
 from ansible_collections.kubeinfer.llm.plugins.module_utils._metrics import QUEUE_METRIC_CANDIDATES, detect_vllm_metrics
 from ansible_collections.kubeinfer.llm.plugins.module_utils._portforward import PortForwardTarget, find_pod
 from ansible_collections.kubeinfer.llm.plugins.module_utils._promql import RELEASE_SERIES_LABEL, name_matcher, selector
@@ -300,6 +311,22 @@ def verify_served(kube: Kube, params: dict[str, Any], metric_names: Sequence[str
 
 # -- the runner ---------------------------------------------------------------------------------------------------
 
+def validate(params: dict[str, Any]) -> None:
+    """The inputs, before any request, port-forward or wait; the message names the parameter and the value."""
+    check_release_metric(params)
+    if params["metric_name"]:
+        check_metric_name(params["metric_name"], "metric_name")
+    check_range(params["metrics_port"], "metrics_port", 1, 65535)
+    check_range(params["ready_timeout"], "ready_timeout", 0, unit="seconds")
+    check_range(params["verify_timeout"], "verify_timeout", 0, unit="seconds")
+    check_namespace(params["adapter_namespace"], "adapter_namespace")
+    check_object_name(params["adapter_configmap"], "adapter_configmap", "ConfigMap name")
+    check_data_key(params["adapter_config_key"], "adapter_config_key", "ConfigMap data key")
+    check_object_name(params["adapter_deployment"], "adapter_deployment", "Deployment name")
+    if params["prometheus_url"] and not re.match(r"^https?://[^/\s]+", params["prometheus_url"]):
+        raise KubeInferError(f"prometheus_url: {params['prometheus_url']!r} is not an http:// or https:// URL")
+
+
 def run(kube: Kube, params: dict[str, Any], check_mode: bool, diff: bool) -> dict[str, Any]:
     """The metrics_adapter module: register (or unregister) the release under the custom metric, restart, verify."""
     present = params["state"] == "present"
@@ -307,6 +334,7 @@ def run(kube: Kube, params: dict[str, Any], check_mode: bool, diff: bool) -> dic
     result: dict[str, Any] = {"changed": False, "custom_metric_name": name, "release": release,
                               "metric_name": None, "metric_names": [], "restarted": False, "served": {}}
     try:
+        validate(params)
         if present:
             result.update(source_metric(kube, params))
         dep = adapter_deployment(kube, params["adapter_namespace"], params["adapter_deployment"]) if params["restart"] else None

@@ -8,8 +8,18 @@ import re
 from decimal import Decimal
 from typing import Any
 
+from ansible_collections.kubeinfer.llm.plugins.module_utils._args_common import check_release_metric
 from ansible_collections.kubeinfer.llm.plugins.module_utils._errors import KubeInferError
-from ansible_collections.kubeinfer.llm.plugins.module_utils._k8s_names import INSTANCE_LABEL, RELEASE_POD_LABEL, int_quantity, managed_labels
+from ansible_collections.kubeinfer.llm.plugins.module_utils._k8s_names import (
+    INSTANCE_LABEL,
+    RELEASE_POD_LABEL,
+    check_dns_label,
+    check_metric_name,
+    check_object_name,
+    check_range,
+    int_quantity,
+    managed_labels,
+)
 from ansible_collections.kubeinfer.llm.plugins.module_utils._metrics import QUEUE_METRIC_CANDIDATES
 from ansible_collections.kubeinfer.llm.plugins.module_utils._promql import NAMESPACE_SERIES_LABEL, RELEASE_SERIES_LABEL, selector
 from ansible_collections.kubeinfer.llm.plugins.module_utils._resources import Kube, clean, ensure
@@ -290,6 +300,33 @@ def _desired(kube: Kube, params: dict[str, Any], name: str, result: dict[str, An
                          params["prometheus_url"], query, window, params["polling_interval"], spec_behavior)
 
 
+def validate(params: dict[str, Any]) -> None:
+    """The inputs, before any request or wait; the message names the parameter and the value."""
+    check_release_metric(params)
+    if params["name"] is not None:
+        check_object_name(params["name"], "name", "autoscaler name")
+    if params["target"] is not None:
+        check_dns_label(params["target"], "target", "Deployment name")
+    if params["state"] == "absent":
+        return
+    canonical_quantity(params["target_queue_depth"])
+    if params["metric_name"]:
+        check_metric_name(params["metric_name"], "metric_name")
+    check_range(params["startup_budget_seconds"], "startup_budget_seconds", 1, unit="seconds")
+    check_range(params["polling_interval"], "polling_interval", 1, unit="seconds")
+    check_range(params["verify_timeout"], "verify_timeout", 0, unit="seconds")
+    for side in ("scale_up", "scale_down"):
+        rules = params[side] or {}
+        check_range(rules.get("stabilization_window_seconds"), f"{side}.stabilization_window_seconds",
+                    0, HPA_MAX_STABILIZATION_WINDOW_SECONDS, unit="seconds")
+        # The HPA's API validation (k8s.io/kubernetes pkg/apis/autoscaling/validation): a policy period of 1-1800 s, values above 0.
+        check_range(rules.get("period_seconds"), f"{side}.period_seconds", 1, 1800, unit="seconds")
+        check_range(rules.get("pods"), f"{side}.pods", 1)
+        check_range(rules.get("percent"), f"{side}.percent", 1)
+    if params["prometheus_url"] and not re.match(r"^https?://[^/\s]+", params["prometheus_url"]):
+        raise KubeInferError(f"prometheus_url: {params['prometheus_url']!r} is not an http:// or https:// URL")
+
+
 def run(kube: Kube, params: dict[str, Any], check_mode: bool, diff: bool) -> dict[str, Any]:
     """The inference_hpa module: ensure the HPA (or ScaledObject), then wait for it to read the metric."""
     ns, kind = params["namespace"], params["kind"]
@@ -297,6 +334,7 @@ def run(kube: Kube, params: dict[str, Any], check_mode: bool, diff: bool) -> dic
     api_version, obj_kind = (KEDA_API, KEDA_KIND) if kind == "keda" else (HPA_API, HPA_KIND)
     result: dict[str, Any] = {"changed": False, "kind": kind, "name": name, "current_value": None, "desired_replicas": None}
     try:
+        validate(params)
         keda_ok = kind != "keda" or _keda_installed(kube)
         if params["state"] == "absent":
             before = kube.get(api_version, obj_kind, name, ns) if keda_ok else None

@@ -13,7 +13,13 @@ from typing import Any, Dict, Mapping, Optional, Tuple, Union
 
 from ansible_collections.kubeinfer.llm.plugins.module_utils._errors import KubeInferError
 from ansible_collections.kubeinfer.llm.plugins.module_utils._gpu_discovery import nfd_gpu_node, probe_nodes, probe_options
-from ansible_collections.kubeinfer.llm.plugins.module_utils._k8s_names import check_labels, label_key_error, label_value_error
+from ansible_collections.kubeinfer.llm.plugins.module_utils._k8s_names import (
+    check_label_selector,
+    check_labels,
+    check_names,
+    label_key_error,
+    label_value_error,
+)
 from ansible_collections.kubeinfer.llm.plugins.module_utils._resources import Kube, retry_on_conflict
 
 
@@ -21,8 +27,16 @@ def validate(params: Mapping[str, Any]) -> None:
     """Check what the argument spec cannot, before any request; the message names the offending parameter."""
     if params["parallel"] < 1:
         raise KubeInferError(f"parallel: must be at least 1 (1 patches one node at a time), got {params['parallel']}")
+    check_names(params["names"], "names", "node name")
+    check_label_selector(params["label_selector"], "label_selector")
     check_labels(params["labels"], "labels")
+    seen: dict[tuple[str, str], int] = {}
     for i, taint in enumerate(params["taints"]):
+        ident = (taint["key"], taint["effect"])
+        if ident in seen:
+            raise KubeInferError(f"taints[{i}]: taint {taint['key']!r} with effect {taint['effect']} is already taints[{seen[ident]}]; "
+                                 "a node holds one taint per key and effect")
+        seen[ident] = i
         err = label_key_error(taint["key"])
         if err:
             raise KubeInferError(f"taints[{i}].key: invalid taint key {taint['key']!r}: {err}")

@@ -79,6 +79,9 @@ def validate(params: Mapping[str, Any]) -> None:
                                  "environment variable), or use existing_secret=true with a Secret you manage")
         if token != token.strip():
             raise KubeInferError("token: the token has leading or trailing whitespace (a newline read from a file?); strip it first")
+        if any(c.isspace() or not c.isprintable() for c in token):
+            raise KubeInferError("token: the token contains whitespace or control characters (two tokens pasted together?); "
+                                 "a Hugging Face token is one word")
 
 
 def desired_secret(name: str, namespace: str, key: str, token: str, labels: Mapping[str, Any] | None = None) -> dict[str, Any]:

@@ -12,7 +12,7 @@ from ansible_collections.kubeinfer.llm.plugins.module_utils._helm import Helm
 from ansible_collections.kubeinfer.llm.plugins.module_utils._manifests import parse_manifests, served_workload, validate_manifests
 from ansible_collections.kubeinfer.llm.plugins.module_utils._resources import Kube
 from ansible_collections.kubeinfer.llm.plugins.module_utils._vllm_capacity import check_capacity, eligible_nodes, plan_capacity
-from ansible_collections.kubeinfer.llm.plugins.module_utils._vllm_values import build_values, sizing, validate
+from ansible_collections.kubeinfer.llm.plugins.module_utils._vllm_values import build_values, schema_problem, sizing, validate
 from ansible_collections.kubeinfer.llm.plugins.module_utils._waiter import deployment_rolled_out, unschedulable_reason, wait_for
 
 TIMEOUT_MARGIN_SECONDS = 120
@@ -70,8 +70,14 @@ def _present(kube: Kube, helm: Helm, p: dict[str, Any], check_mode: bool, diff: 
     result["capacity"] = capacity
     if capacity["checked"]:
         check_capacity(capacity)
-    docs = parse_manifests(helm.template(name, chart.ref, namespace, desired, version=chart.version_arg, repo=chart.repo,
-                                         kube_version=kube_version))
+    try:
+        rendered = helm.template(name, chart.ref, namespace, desired, version=chart.version_arg, repo=chart.repo, kube_version=kube_version)
+    except KubeInferError as e:
+        problem = schema_problem(e.msg, desired, p)
+        if problem is None:
+            raise
+        raise KubeInferError(problem, **e.result) from e
+    docs = parse_manifests(rendered)
     result["validation"] = validate_manifests(docs, kube_version)
     workload = served_workload(docs)
     host = f"{workload['service']}.{namespace}.svc.{CLUSTER_DOMAIN}"

@@ -174,7 +174,7 @@ def test_scheduler_places_four_replicas_of_four_gpus_and_reports_why_the_fifth_s
 
     # The preflight sees that a fifth replica does not fit and writes nothing.
     proc, refused = run.module(dict(args, replicas=5))
-    assert refused["failed"] and "Not enough GPU capacity: 5 replicas x 4 GPUs" in refused["msg"]
+    assert refused["failed"] and "replicas: not enough GPU capacity: 5 replicas x 4 GPUs" in refused["msg"]
     assert "room for 4" in refused["msg"] and not ran_upgrade(refused)
     assert len(helm_history(kubeconfig, "packed", namespace)) == 1
 
@@ -198,7 +198,7 @@ def test_too_large_model_fails_in_preflight_with_numbers_and_installs_nothing(
                                    engine="sim", gpus_per_replica=8, **pool_args(pool)))
     assert result["failed"], proc.stdout[-4000:]
     msg = result["msg"]
-    assert msg.startswith("The model does not fit: 405B parameters in auto need") and "at tensor_parallel=8" in msg
+    assert msg.startswith("model: 'meta-llama/Llama-3.1-405B-Instruct' does not fit: 405B parameters in auto need") and "at tensor_parallel=8" in msg
     assert "GiB per GPU is usable (81920 MiB x gpu_memory_utilization 0.9)" in msg
     assert result["sizing"]["per_gpu_weights_gib"] > 80 and result["sizing"]["fits"] is False
     assert helm_history(kubeconfig, "huge", namespace) == []

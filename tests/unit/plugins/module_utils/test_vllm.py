@@ -521,8 +521,8 @@ def test_check_mode_reports_the_diff_and_writes_nothing() -> None:
 
 
 @pytest.mark.parametrize("over, fragment", [
-    ({"model": "meta-llama/Llama-3.1-405B-Instruct"}, "The model does not fit"),
-    ({"replicas": 3, "gpus_per_replica": 8}, "Not enough GPU capacity"),
+    ({"model": "meta-llama/Llama-3.1-405B-Instruct"}, "does not fit: 405B"),
+    ({"replicas": 3, "gpus_per_replica": 8}, "replicas: not enough GPU capacity"),
 ])
 def test_preflight_failure_installs_nothing(over: dict[str, Any], fragment: str) -> None:
     cli = FakeHelmCli()
