@@ -248,13 +248,14 @@ class ApiError(KubeInferError):
 
 _OBJECT_REPR = re.compile(r"<[\w.]+ object at 0x[0-9a-fA-F]+>:?\s*")
 _ERRNO = re.compile(r"\[Errno -?\d+\] [^'\")\]]+")
-_CERT = re.compile(r"certificate verify failed: [^'\")\]]+|CERTIFICATE_VERIFY_FAILED[^'\")\]]*")
+_CERT = re.compile(r"certificate verify failed: [^'\")\]]+")
+_CERT_SHORT = re.compile(r"CERTIFICATE_VERIFY_FAILED")
 
 
 def transport_reason(e: Exception) -> str:
     """The cause of a connection failure in a few words, without the library's object reprs."""
     text = str(getattr(e, "reason", None) or e)
-    for pattern in (_CERT, _ERRNO):
+    for pattern in (_CERT, _CERT_SHORT, _ERRNO):
         match = pattern.search(text)
         if match:
             return match.group(0).strip()

@@ -301,8 +301,12 @@ def _cache_values(cache: dict[str, Any]) -> dict[str, Any]:
     return out
 
 
-def sizing(p: dict[str, Any], gpu_nodes: list[dict[str, Any]]) -> tuple[dict[str, Any], dict[str, Any]]:
-    """(VRAM estimate, startup budget) for the options; raise with the numbers when the model does not fit."""
+def sizing(p: dict[str, Any], gpu_nodes: list[dict[str, Any]], pending: bool = False) -> tuple[dict[str, Any], dict[str, Any]]:
+    """(VRAM estimate, startup budget) for the options; raise with the numbers when the model does not fit.
+
+    ``pending`` (check mode before any node advertises a GPU): without ``gpu_memory_mib`` the fit cannot be judged,
+    so the estimate holds the requirement only (``fits`` and the usable memory None); the budget needs only the weights.
+    """
     params = p["params_billion"]
     params_source = "params_billion"
     if params is None:
@@ -313,19 +317,26 @@ def sizing(p: dict[str, Any], gpu_nodes: list[dict[str, Any]]) -> tuple[dict[str
                                  "set params_billion (in billions) for the VRAM check")
     memory = p["gpu_memory_mib"]
     memory_source = "gpu_memory_mib"
-    if memory is None:
+    if memory is None and pending:
+        # The requirement with a 1 MiB GPU: weights and overhead are exact, the KV cache minimum is its max_model_len part.
+        estimate = _sizing.estimate_vram(float(params), _weights_dtype(p), tensor_parallel(p), 1, p["gpu_memory_utilization"], p["max_model_len"])
+        estimate.update(fits=None, per_gpu_usable_gib=None, kv_cache_headroom_gib=None, gpu_memory_mib=None,
+                        smallest_fitting_tensor_parallel=None)
+        memory_source = "unknown: no node advertises a GPU yet (check mode)"
+    elif memory is None:
         found = [m for m in (int_quantity((n["metadata"].get("labels") or {}).get(GPU_MEMORY_LABEL)) for n in gpu_nodes) if m]
         if not found:
             raise KubeInferError(f"gpu_memory_mib: none of the eligible GPU nodes carries the {GPU_MEMORY_LABEL} label "
                                  "(GPU feature discovery); set gpu_memory_mib", gpu_nodes=[n["metadata"]["name"] for n in gpu_nodes])
         memory = min(found)  # the smallest GPU a replica may land on
         memory_source = f"{GPU_MEMORY_LABEL} label (smallest of {len(found)} nodes)"
-    try:
-        estimate = _sizing.check_fits(float(params), _weights_dtype(p), tensor_parallel(p), int(memory),
-                                      p["gpu_memory_utilization"], p["max_model_len"])
-    except KubeInferError as e:
-        # The message leads with the option it is about, as every other preflight message does.
-        raise KubeInferError(e.msg.replace("The model does not fit: ", f"model: {p['model']!r} does not fit: ", 1), **e.result) from e
+    if memory is not None:
+        try:
+            estimate = _sizing.check_fits(float(params), _weights_dtype(p), tensor_parallel(p), int(memory),
+                                          p["gpu_memory_utilization"], p["max_model_len"])
+        except KubeInferError as e:
+            # The message leads with the option it is about, as every other preflight message does.
+            raise KubeInferError(e.msg.replace("The model does not fit: ", f"model: {p['model']!r} does not fit: ", 1), **e.result) from e
     estimate["params_billion_source"] = params_source
     estimate["gpu_memory_mib_source"] = memory_source
     throughput = p["load_throughput_gib_s"] or _sizing.DEFAULT_LOAD_THROUGHPUT_GIB_S
