@@ -154,13 +154,13 @@ def find_target(kube: Kube, namespace: str, release: str, target: str | None) ->
     if target:
         dep = kube.get("apps/v1", "Deployment", target, namespace)
         if dep is None:
-            raise KubeInferError(f"the target Deployment {namespace}/{target} does not exist")
+            raise KubeInferError(f"target: the target Deployment {namespace}/{target} does not exist")
         return dep
     selector = f"{INSTANCE_LABEL}={release}"
     found = kube.list("apps/v1", "Deployment", namespace, label_selector=selector)
     if len(found) != 1:
         names = ", ".join(sorted(d["metadata"]["name"] for d in found)) or "none"
-        raise KubeInferError(f"expected one Deployment labelled {selector} in {namespace}, found {names}; set target")
+        raise KubeInferError(f"release: expected one Deployment labelled {selector} in {namespace}, found {names}; set target")
     return found[0]
 
 
@@ -277,11 +277,6 @@ def _keda_installed(kube: Kube) -> bool:
 def _desired(kube: Kube, params: dict[str, Any], name: str, result: dict[str, Any]) -> dict[str, Any]:
     ns, release, kind = params["namespace"], params["release"], params["kind"]
     min_replicas, max_replicas = params["min_replicas"], params["max_replicas"]
-    if min_replicas < (0 if kind == "keda" else 1):
-        raise KubeInferError(f"min_replicas must be at least {0 if kind == 'keda' else 1} with kind={kind}"
-                             + ("" if kind == "keda" else "; scale to zero needs kind=keda"))
-    if max_replicas < max(min_replicas, 1):
-        raise KubeInferError(f"max_replicas ({max_replicas}) must be at least 1 and at least min_replicas ({min_replicas})")
     deployment = find_target(kube, ns, release, params["target"])
     target = deployment["metadata"]["name"]
     budget, budget_source = startup_budget(params, deployment)
@@ -309,6 +304,12 @@ def validate(params: dict[str, Any]) -> None:
         check_dns_label(params["target"], "target", "Deployment name")
     if params["state"] == "absent":
         return
+    kind, min_replicas, max_replicas = params["kind"], params["min_replicas"], params["max_replicas"]
+    if min_replicas < (0 if kind == "keda" else 1):
+        raise KubeInferError(f"min_replicas: must be at least {0 if kind == 'keda' else 1} with kind={kind}, got {min_replicas}"
+                             + ("" if kind == "keda" else "; scale to zero needs kind=keda"))
+    if max_replicas < max(min_replicas, 1):
+        raise KubeInferError(f"max_replicas: must be at least 1 and at least min_replicas ({min_replicas}), got {max_replicas}")
     canonical_quantity(params["target_queue_depth"])
     if params["metric_name"]:
         check_metric_name(params["metric_name"], "metric_name")

@@ -79,7 +79,8 @@ def _comparable(taints: list[dict[str, Any]]) -> list[tuple[str, str, str]]:
 def discover(kube: Kube, probe: Mapping[str, Any], check_mode: bool) -> tuple[list[dict[str, Any]], str, list[str]]:
     """The GPU nodes when no selection is given, and how they were found.
 
-    Returns (nodes, how they were found, the nodes check mode would have probed). The nodes node-feature-discovery labelled with an NVIDIA PCI device; on a cluster without those labels
+    Returns (nodes, how they were found, the nodes check mode would have probed).
+    The nodes node-feature-discovery labelled with an NVIDIA PCI device; on a cluster without those labels
     (a fresh one, before the GPU Operator chart installs NFD), the nodes on which the probe pod finds one.
     Check mode runs no probe pod, so it then selects nothing and says so; run() reports that as a change,
     since a real run would probe those nodes and label and taint the GPU nodes among them.

@@ -22,7 +22,6 @@ from .spec_params import spec_params
 from .test_gpu_verify import params as verify_params
 from .test_vllm import params as vllm_params
 
-
 # -- label selectors: the grammar of k8s.io/apimachinery/pkg/labels/selector.go ---------------------------------------
 
 @pytest.mark.parametrize("selector", ["", "a", "!a", "a=b", "a==b", "a!=b", "a!=", "a in (x, y)", "a notin (x),b", "a>3", "a<-1",
@@ -57,7 +56,8 @@ def node_params(**over: Any) -> dict[str, Any]:
 @pytest.mark.parametrize("over, message", [
     ({"names": ["ok", "Bad_Name"]}, r"^names\[1\]: 'Bad_Name' is not a valid node name"),
     ({"taints": [{"key": "a", "value": None, "effect": "NoSchedule", "state": "present"},
-                 {"key": "a", "value": "x", "effect": "NoSchedule", "state": "present"}]}, r"^taints\[1\]: taint 'a' with effect NoSchedule is already taints\[0\]"),
+                 {"key": "a", "value": "x", "effect": "NoSchedule", "state": "present"}]},
+     r"^taints\[1\]: taint 'a' with effect NoSchedule is already taints\[0\]"),
     ({"parallel": 0}, r"^parallel: must be at least 1"),
 ])
 def test_gpu_node_inputs(over: dict[str, Any], message: str) -> None:
