@@ -83,7 +83,7 @@ def check_free_values(p: dict[str, Any]) -> None:
         if problem:
             raise KubeInferError(problem)
     values = p["values"] or {}
-    vllm = values.get("vllm") if isinstance(values.get("vllm"), dict) else {}
+    vllm: dict[str, Any] = values["vllm"] if isinstance(values.get("vllm"), dict) else {}
     for i, arg in enumerate(vllm.get("extraArgs") or []):
         problem = flag_problem(arg, f"values.vllm.extraArgs[{i}]")
         if problem:
