@@ -248,7 +248,7 @@ class ApiError(KubeInferError):
 
 _OBJECT_REPR = re.compile(r"<[\w.]+ object at 0x[0-9a-fA-F]+>:?\s*")
 _ERRNO = re.compile(r"\[Errno -?\d+\] [^'\")\]]+")
-_CERT = re.compile(r"certificate verify failed: [^'\")\]]+")
+_CERT = re.compile(r"certificate verify failed: [^'\")\](]+")
 _CERT_SHORT = re.compile(r"CERTIFICATE_VERIFY_FAILED")
 
 
@@ -258,7 +258,7 @@ def transport_reason(e: Exception) -> str:
     for pattern in (_CERT, _CERT_SHORT, _ERRNO):
         match = pattern.search(text)
         if match:
-            return match.group(0).strip()
+            return match.group(0).strip().rstrip(":,")
     if "timed out" in text.lower():
         return "timed out"
     cleaned = _OBJECT_REPR.sub("", text).strip()
