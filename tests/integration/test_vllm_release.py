@@ -26,6 +26,7 @@ from kubernetes.client.rest import ApiException
 if TYPE_CHECKING:
     from conftest import Audit, PlaybookRun, PlaybookRunner
 
+
 @pytest.fixture
 def namespace(api: client.ApiClient) -> Iterator[str]:
     name = f"it-vllm-{uuid.uuid4().hex[:8]}"

@@ -24,6 +24,7 @@ from .test_vllm import params as vllm_params
 
 # -- label selectors: the grammar of k8s.io/apimachinery/pkg/labels/selector.go ---------------------------------------
 
+
 @pytest.mark.parametrize("selector", ["", "a", "!a", "a=b", "a==b", "a!=b", "a!=", "a in (x, y)", "a notin (x),b", "a>3", "a<-1",
                                       "kubeinfer.io/accelerator=nvidia,feature.node.kubernetes.io/pci-10de.present=true"])
 def test_selectors_the_api_server_parses_are_accepted(selector: str) -> None:
@@ -111,8 +112,8 @@ def test_a_context_the_kubeconfig_lacks_is_named(tmp_path: Any) -> None:
 
 def test_origin_names_the_option_that_set_the_server_and_the_credentials() -> None:
     assert _client.origin({"host": "https://h", "api_key": "t"}) == {"server": "host", "credentials": "api_key", "ca": "host"}
-    assert _client.origin({"kubeconfig": "/k", "ca_cert": "/ca"}) == {"server": "kubeconfig (/k)", "credentials": "kubeconfig (/k)",
-                                                                       "ca": "ca_cert"}
+    expected = {"server": "kubeconfig (/k)", "credentials": "kubeconfig (/k)", "ca": "ca_cert"}
+    assert _client.origin({"kubeconfig": "/k", "ca_cert": "/ca"}) == expected
 
 
 class ConnectionRefused(Exception):
