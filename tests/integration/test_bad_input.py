@@ -105,7 +105,7 @@ def cases(ns: str, pool: str, files: dict[str, str], gpu_chart: str) -> list[Cas
              ["chart_repo_url: ", "'ftp://mirror'"]),
         Case("operator-node-selector", "gpu_operator", dict(operator, node_selector="nvidia.com/gpu.present=true,,"),
              ["node_selector: ", "'nvidia.com/gpu.present=true,,'"]),
-        Case("operator-driver", "gpu_operator", dict(operator, driver_enabled="maybe"), ["driver_enabled", "'maybe'"]),
+        Case("operator-driver", "gpu_operator", dict(operator, driver_enabled="maybe"), ["driver_enabled", "maybe"]),
         Case("operator-time-slicing", "gpu_operator", dict(operator, time_slicing_replicas=1), ["time_slicing_replicas", "1"]),
         Case("operator-mig-mixed", "gpu_operator", dict(operator, mig_strategy="mixed"), ["mig_strategy", "mixed"]),
         Case("operator-values-driver", "gpu_operator", dict(operator, values={"driver": {"enabled": "yes"}}),
