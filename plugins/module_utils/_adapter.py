@@ -6,12 +6,14 @@ from __future__ import annotations
 
 import hashlib
 import json
+import re
 from typing import Any, Callable, Sequence
 from urllib.parse import urlencode
 
 from ansible_collections.kubeinfer.llm.plugins.module_utils import _helm_release
 from ansible_collections.kubeinfer.llm.plugins.module_utils._adapter_install import APISERVICE, CHECKSUM_ANNOTATION, Site, chart_values, locate
 from ansible_collections.kubeinfer.llm.plugins.module_utils._adapter_rules import merge_adapter_rules, parse_adapter_rule, rule_for
+from ansible_collections.kubeinfer.llm.plugins.module_utils._args_common import check_release_metric
 from ansible_collections.kubeinfer.llm.plugins.module_utils._dashboard import (
     dashboard_configmap,
     dashboard_configmap_name,
@@ -21,7 +23,16 @@ from ansible_collections.kubeinfer.llm.plugins.module_utils._dashboard import (
 from ansible_collections.kubeinfer.llm.plugins.module_utils._errors import KubeInferError
 from ansible_collections.kubeinfer.llm.plugins.module_utils._helm import Helm
 from ansible_collections.kubeinfer.llm.plugins.module_utils._http import endpoint_from_url, excerpt, http_request, parse_json
-from ansible_collections.kubeinfer.llm.plugins.module_utils._k8s_names import RELEASE_POD_LABEL, int_quantity, managed_labels
+from ansible_collections.kubeinfer.llm.plugins.module_utils._k8s_names import (
+    RELEASE_POD_LABEL,
+    check_data_key,
+    check_metric_name,
+    check_namespace,
+    check_object_name,
+    check_range,
+    int_quantity,
+    managed_labels,
+)
 from ansible_collections.kubeinfer.llm.plugins.module_utils._metrics import QUEUE_METRIC_CANDIDATES, detect_vllm_metrics
 from ansible_collections.kubeinfer.llm.plugins.module_utils._portforward import PortForwardTarget, find_pod
 from ansible_collections.kubeinfer.llm.plugins.module_utils._promql import RELEASE_SERIES_LABEL, name_matcher, selector
@@ -307,6 +318,22 @@ def verify_served(kube: Kube, params: dict[str, Any], metric_names: Sequence[str
 
 # -- the runner ---------------------------------------------------------------------------------------------------
 
+def validate(params: dict[str, Any]) -> None:
+    """The inputs, before any request, port-forward or wait; the message names the parameter and the value."""
+    check_release_metric(params)
+    if params["metric_name"]:
+        check_metric_name(params["metric_name"], "metric_name")
+    check_range(params["metrics_port"], "metrics_port", 1, 65535)
+    check_range(params["ready_timeout"], "ready_timeout", 0, unit="seconds")
+    check_range(params["verify_timeout"], "verify_timeout", 0, unit="seconds")
+    check_namespace(params["adapter_namespace"], "adapter_namespace")
+    check_object_name(params["adapter_configmap"], "adapter_configmap", "ConfigMap name")
+    check_data_key(params["adapter_config_key"], "adapter_config_key", "ConfigMap data key")
+    check_object_name(params["adapter_deployment"], "adapter_deployment", "Deployment name")
+    if params["prometheus_url"] and not re.match(r"^https?://[^/\s]+", params["prometheus_url"]):
+        raise KubeInferError(f"prometheus_url: {params['prometheus_url']!r} is not an http:// or https:// URL")
+
+
 def run(kube: Kube, helm: Helm, params: dict[str, Any], check_mode: bool, diff: bool) -> dict[str, Any]:
     """The metrics_adapter module: find (or install) the adapter, register (or unregister) the release under the custom
     metric, roll the adapter, verify. Every refusal comes before the first write (_adapter_install.locate)."""
@@ -317,6 +344,7 @@ def run(kube: Kube, helm: Helm, params: dict[str, Any], check_mode: bool, diff: 
                               "adapter_release": _helm_release.release_view(None, params["adapter_release"], params["adapter_namespace"])}
     planned: _helm_release.Plan | None = None
     try:
+        validate(params)
         site = locate(kube, helm, params, present)
         result["adapter"] = site.view()
         if site.current is not None:

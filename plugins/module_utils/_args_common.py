@@ -14,6 +14,7 @@ from typing import Any
 from ansible.module_utils.basic import env_fallback
 
 from ansible_collections.kubeinfer.llm.plugins.module_utils._gpu_discovery import DEFAULT_PROBE_IMAGE, DEFAULT_PROBE_NAMESPACE, DEFAULT_PROBE_TIMEOUT
+from ansible_collections.kubeinfer.llm.plugins.module_utils._k8s_names import check_metric_name, check_namespace, check_release_name
 
 Spec = dict[str, dict[str, Any]]
 
@@ -63,3 +64,10 @@ RELEASE_METRIC_ARG_SPEC: Spec = {
     "namespace": {"type": "str", "required": True},
     "custom_metric_name": {"type": "str", "default": "vllm_queue_depth"},
 }
+
+
+def check_release_metric(params: Any) -> None:
+    """The options of RELEASE_METRIC_ARG_SPEC, before any request: a release name, a namespace, a metric name."""
+    check_release_name(params["release"], "release")
+    check_namespace(params["namespace"])
+    check_metric_name(params["custom_metric_name"])

@@ -9,6 +9,13 @@ from typing import Any
 
 from ansible_collections.kubeinfer.llm.plugins.module_utils._errors import KubeInferError
 from ansible_collections.kubeinfer.llm.plugins.module_utils._http import Deadline, Endpoint, Reply, check_status, endpoint_from_url, excerpt, parse_json
+from ansible_collections.kubeinfer.llm.plugins.module_utils._k8s_names import (
+    check_dns_label,
+    check_label_selector,
+    check_namespace,
+    check_object_name,
+    check_range,
+)
 from ansible_collections.kubeinfer.llm.plugins.module_utils._portforward import pod_endpoint
 from ansible_collections.kubeinfer.llm.plugins.module_utils._resources import Kube
 
@@ -93,6 +100,26 @@ def run_checks(endpoint: Endpoint, model: str | None, api: str, prompt: str, max
     return result
 
 
+def validate(params: dict[str, Any]) -> None:
+    """Check what the argument spec cannot, before any request or port-forward; the message names the parameter."""
+    if params["namespace"] is not None:
+        check_namespace(params["namespace"])
+    check_label_selector(params["label_selector"], "label_selector")
+    if params["service"] is not None:
+        check_dns_label(params["service"], "service", "Service name")
+    if params["pod"] is not None:
+        check_object_name(params["pod"], "pod", "pod name")
+    check_range(params["port"], "port", 1, 65535)
+    check_range(params["ready_timeout"], "ready_timeout", 0, unit="seconds")
+    check_range(params["max_tokens"], "max_tokens", 1, unit="tokens")
+    check_range(params["timeout"], "timeout", 1, unit="seconds")
+    check_range(params["overall_timeout"], "overall_timeout", max(params["timeout"], 1), unit="seconds (and at least timeout)")
+    if not str(params["prompt"] or "").strip():
+        raise KubeInferError(f"prompt: must not be empty, got {params['prompt']!r}")
+    if params["model"] is not None and (not params["model"].strip() or params["model"] != params["model"].strip()):
+        raise KubeInferError(f"model: {params['model']!r} is not a model id (empty, or leading or trailing spaces)")
+
+
 def run(kube: Kube | None, params: dict[str, Any], check_mode: bool, diff: bool) -> dict[str, Any]:
     """The completion_check module: pick the endpoint (``base_url``, or a pod through port-forward), then run the checks.
 
@@ -101,6 +128,7 @@ def run(kube: Kube | None, params: dict[str, Any], check_mode: bool, diff: bool)
     """
     result: dict[str, Any] = {"changed": False}
     try:
+        validate(params)
         if params["base_url"]:
             endpoint = endpoint_from_url(params["base_url"], "base_url", params["endpoint_validate_certs"], params["endpoint_ca_cert"])
             # The URL is the server root: /health is served there, not under /v1.

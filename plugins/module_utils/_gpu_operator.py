@@ -20,7 +20,13 @@ from ansible_collections.kubeinfer.llm.plugins.module_utils._gpu_operator_values
 )
 from ansible_collections.kubeinfer.llm.plugins.module_utils._helm import Helm
 from ansible_collections.kubeinfer.llm.plugins.module_utils._helm_release import Chart
-from ansible_collections.kubeinfer.llm.plugins.module_utils._k8s_names import check_namespace, check_release_name, is_managed, managed_labels
+from ansible_collections.kubeinfer.llm.plugins.module_utils._k8s_names import (
+    check_label_selector,
+    check_namespace,
+    check_release_name,
+    is_managed,
+    managed_labels,
+)
 from ansible_collections.kubeinfer.llm.plugins.module_utils._resources import Kube, ensure
 
 
@@ -39,6 +45,7 @@ def validate(params: Mapping[str, Any]) -> tuple[str, Chart] | None:
         raise KubeInferError(f"timeout: must be a positive number of seconds, got {params['timeout']}")
     if params["state"] == "absent":
         return None
+    check_label_selector(params["node_selector"], "node_selector")
     source = chart_source(params["chart_ref"], params["chart_repo_url"], params["chart_version"])
     probe_options(params)
     # The typed options are checked once without the cluster; the real computation follows the reads.

@@ -11,7 +11,16 @@ from typing import Any, Callable, Mapping
 from ansible_collections.kubeinfer.llm.plugins.module_utils._errors import KubeInferError
 from ansible_collections.kubeinfer.llm.plugins.module_utils._gpu_discovery import nfd_gpu_node
 from ansible_collections.kubeinfer.llm.plugins.module_utils._gpu_operator_values import CLUSTER_POLICY_NAME, CLUSTER_POLICY_READY_STATE
-from ansible_collections.kubeinfer.llm.plugins.module_utils._k8s_names import COMPONENT_LABEL, GPU_RESOURCE, check_labels, int_quantity, managed_labels
+from ansible_collections.kubeinfer.llm.plugins.module_utils._k8s_names import (
+    COMPONENT_LABEL,
+    GPU_RESOURCE,
+    check_label_selector,
+    check_labels,
+    check_namespace,
+    check_range,
+    int_quantity,
+    managed_labels,
+)
 from ansible_collections.kubeinfer.llm.plugins.module_utils._nvidia_smi import COMMAND, failure_hint, parse
 from ansible_collections.kubeinfer.llm.plugins.module_utils._resources import ApiError, Kube
 from ansible_collections.kubeinfer.llm.plugins.module_utils._waiter import pod_finished, pod_ready, poll, unschedulable_reason, wait_for
@@ -264,6 +273,19 @@ def run_smoke_pod(kube: Kube, namespace: str, image: str, labels: Mapping[str, A
 
 
 # -- the whole check ---------------------------------------------------------------------------
+def validate(params: Mapping[str, Any]) -> None:
+    """Check what the argument spec cannot, before any request; the message names the parameter and the value."""
+    check_namespace(params["namespace"])
+    check_label_selector(params["node_selector"], "node_selector")
+    check_range(params["wait_timeout"], "wait_timeout", 0, unit="seconds")
+    check_range(params["test_pod_timeout"], "test_pod_timeout", 1, unit="seconds")
+    if params["test_pod_namespace"]:
+        check_namespace(params["test_pod_namespace"], "test_pod_namespace")
+    if params["run_test_pod"] and not str(params["test_pod_image"] or "").strip():
+        raise KubeInferError("test_pod_image: must not be empty when run_test_pod is true")
+    check_labels(params["test_pod_labels"], "test_pod_labels")
+
+
 def run(kube: Kube, params: Mapping[str, Any], check_mode: bool, diff: bool) -> dict[str, Any]:
     """What gpu_operator_info returns; raises KubeInferError naming the causes when fail_on_not_ready.
 
@@ -272,12 +294,8 @@ def run(kube: Kube, params: Mapping[str, Any], check_mode: bool, diff: bool) -> 
     """
     namespace = params["namespace"]
     node_selector = params["node_selector"] or None
-    if params["wait_timeout"] < 0:
-        raise KubeInferError(f"wait_timeout: must be 0 or more seconds, got {params['wait_timeout']}")
-    if params["test_pod_timeout"] <= 0:
-        raise KubeInferError(f"test_pod_timeout: must be a positive number of seconds, got {params['test_pod_timeout']}")
+    validate(params)
     labels = params["test_pod_labels"]
-    check_labels(labels, "test_pod_labels")
 
     reads: list[dict[str, Any]] = []
 

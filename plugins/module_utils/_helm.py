@@ -9,6 +9,7 @@ import os
 import tempfile
 from typing import Any, Callable
 
+from ansible_collections.kubeinfer.llm.plugins.module_utils._client import origin
 from ansible_collections.kubeinfer.llm.plugins.module_utils._errors import KubeInferError
 
 # module.run_command-compatible: (argv, environ_update=...) -> (rc, stdout, stderr)
@@ -39,6 +40,7 @@ class Helm:
             # Passed through the environment, never on the command line.
             self.env["HELM_KUBETOKEN"] = connection["api_key"]
         self._secrets = [v for v in self.env.values() if v]
+        self.origin = origin(connection)
         self.commands: list[list[str]] = []
         """Every argv run, the values file shown as ``<values-file>``."""
 
@@ -69,11 +71,26 @@ class Helm:
             if path:
                 os.unlink(path)
         if rc != 0:
+            text = self.mask(err.strip() or out.strip())
             raise KubeInferError(
-                f"helm {args[0]} failed (rc={rc}): {self.mask(err.strip() or out.strip())}",
+                self.connection_problem(text) or f"helm {args[0]} failed (rc={rc}): {text}",
                 rc=rc, stdout=self.mask(out), stderr=self.mask(err), command=self.command_lines()[-1],
             )
         return out
+
+    def connection_problem(self, text: str) -> str | None:
+        """helm's own words when it could not talk to the API server, led by the connection option to fix."""
+        if "Kubernetes cluster unreachable" not in text:
+            return None
+        line = next((x for x in text.splitlines() if "Kubernetes cluster unreachable" in x), text).strip()
+        line = line.removeprefix("Error: ")
+        if "x509" in line or "certificate" in line:
+            option = self.origin["ca"]
+        elif "credentials" in line or "Unauthorized" in line:
+            option = self.origin["credentials"]
+        else:
+            option = self.origin["server"]
+        return f"{option}: helm could not use the API server: {line}"
 
     def command_lines(self) -> list[str]:
         """The command lines run so far, secrets masked: the ``helm_commands`` of every module that runs helm."""

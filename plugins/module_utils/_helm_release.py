@@ -167,7 +167,14 @@ def read_chart(helm: Helm, ref: str, version: str | None = None, repo: str | Non
     path = os.path.abspath(os.path.expanduser(ref))
     if os.path.exists(path):
         return read_local_chart(path, version)
-    meta = parse_chart_yaml(helm.show_chart(ref, version, repo), ref)
+    try:
+        text = helm.show_chart(ref, version, repo)
+    except KubeInferError as e:
+        if ref.startswith(("/", "./", "../", "~")):  # helm's own words for a missing path name neither option nor path
+            raise KubeInferError(f"chart_ref: local chart {path} does not exist (use an oci:// reference, an https:// URL or a chart path)",
+                                 **e.result) from e
+        raise
+    meta = parse_chart_yaml(text, ref)
     return Chart(ref=ref, name=meta["name"], version=meta["version"], app_version=meta.get("appVersion"), repo=repo,
                  version_arg=version)
 

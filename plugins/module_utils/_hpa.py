@@ -9,12 +9,17 @@ import time
 from decimal import Decimal
 from typing import Any
 
+from ansible_collections.kubeinfer.llm.plugins.module_utils._args_common import check_release_metric
 from ansible_collections.kubeinfer.llm.plugins.module_utils._errors import KubeInferError
 from ansible_collections.kubeinfer.llm.plugins.module_utils._k8s_names import (
     INSTANCE_LABEL,
     MANAGED_BY,
     MANAGED_BY_LABEL,
     RELEASE_POD_LABEL,
+    check_dns_label,
+    check_metric_name,
+    check_object_name,
+    check_range,
     int_quantity,
     is_managed,
     managed_labels,
@@ -154,13 +159,13 @@ def find_target(kube: Kube, namespace: str, release: str, target: str | None) ->
     if target:
         dep = kube.get("apps/v1", "Deployment", target, namespace)
         if dep is None:
-            raise KubeInferError(f"the target Deployment {namespace}/{target} does not exist")
+            raise KubeInferError(f"target: the target Deployment {namespace}/{target} does not exist")
         return dep
     selector = f"{INSTANCE_LABEL}={release}"
     found = kube.list("apps/v1", "Deployment", namespace, label_selector=selector)
     if len(found) != 1:
         names = ", ".join(sorted(d["metadata"]["name"] for d in found)) or "none"
-        raise KubeInferError(f"expected one Deployment labelled {selector} in {namespace}, found {names}; set target")
+        raise KubeInferError(f"release: expected one Deployment labelled {selector} in {namespace}, found {names}; set target")
     return found[0]
 
 
@@ -452,11 +457,6 @@ def _keda_installed(kube: Kube) -> bool:
 def _desired(kube: Kube, params: dict[str, Any], name: str, result: dict[str, Any]) -> dict[str, Any]:
     ns, release, kind = params["namespace"], params["release"], params["kind"]
     min_replicas, max_replicas = params["min_replicas"], params["max_replicas"]
-    if min_replicas < (0 if kind == "keda" else 1):
-        raise KubeInferError(f"min_replicas must be at least {0 if kind == 'keda' else 1} with kind={kind}"
-                             + ("" if kind == "keda" else "; scale to zero needs kind=keda"))
-    if max_replicas < max(min_replicas, 1):
-        raise KubeInferError(f"max_replicas ({max_replicas}) must be at least 1 and at least min_replicas ({min_replicas})")
     deployment = find_target(kube, ns, release, params["target"])
     target = deployment["metadata"]["name"]
     budget, budget_source = startup_budget(params, deployment)
@@ -491,6 +491,39 @@ def _others(kube: Kube, params: dict[str, Any], name: str, target: str, keda_ok:
     return stale, dependents
 
 
+def validate(params: dict[str, Any]) -> None:
+    """The inputs, before any request or wait; the message names the parameter and the value."""
+    check_release_metric(params)
+    if params["name"] is not None:
+        check_object_name(params["name"], "name", "autoscaler name")
+    if params["target"] is not None:
+        check_dns_label(params["target"], "target", "Deployment name")
+    if params["state"] == "absent":
+        return
+    kind, min_replicas, max_replicas = params["kind"], params["min_replicas"], params["max_replicas"]
+    if min_replicas < (0 if kind == "keda" else 1):
+        raise KubeInferError(f"min_replicas: must be at least {0 if kind == 'keda' else 1} with kind={kind}, got {min_replicas}"
+                             + ("" if kind == "keda" else "; scale to zero needs kind=keda"))
+    if max_replicas < max(min_replicas, 1):
+        raise KubeInferError(f"max_replicas: must be at least 1 and at least min_replicas ({min_replicas}), got {max_replicas}")
+    canonical_quantity(params["target_queue_depth"])
+    if params["metric_name"]:
+        check_metric_name(params["metric_name"], "metric_name")
+    check_range(params["startup_budget_seconds"], "startup_budget_seconds", 1, unit="seconds")
+    check_range(params["polling_interval"], "polling_interval", 1, unit="seconds")
+    check_range(params["verify_timeout"], "verify_timeout", 0, unit="seconds")
+    for side in ("scale_up", "scale_down"):
+        rules = params[side] or {}
+        check_range(rules.get("stabilization_window_seconds"), f"{side}.stabilization_window_seconds",
+                    0, HPA_MAX_STABILIZATION_WINDOW_SECONDS, unit="seconds")
+        # The HPA's API validation (k8s.io/kubernetes pkg/apis/autoscaling/validation): a policy period of 1-1800 s, values above 0.
+        check_range(rules.get("period_seconds"), f"{side}.period_seconds", 1, 1800, unit="seconds")
+        check_range(rules.get("pods"), f"{side}.pods", 1)
+        check_range(rules.get("percent"), f"{side}.percent", 1)
+    if params["prometheus_url"] and not re.match(r"^https?://[^/\s]+", params["prometheus_url"]):
+        raise KubeInferError(f"prometheus_url: {params['prometheus_url']!r} is not an http:// or https:// URL")
+
+
 def run(kube: Kube, params: dict[str, Any], check_mode: bool, diff: bool) -> dict[str, Any]:
     """The inference_hpa module: replace the collection's other autoscaler of the target, ensure the HPA (or
     ScaledObject), then wait for it to read the metric."""
@@ -500,6 +533,7 @@ def run(kube: Kube, params: dict[str, Any], check_mode: bool, diff: bool) -> dic
     result: dict[str, Any] = {"changed": False, "kind": kind, "name": name, "current_value": None, "desired_replicas": None,
                               "removed": []}
     try:
+        validate(params)
         keda_ok = _keda_installed(kube)
         if params["state"] == "absent":
             before = kube.get(api_version, obj_kind, name, ns) if keda_ok or kind == "hpa" else None

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from typing import Any, Callable
 
-from ansible_collections.kubeinfer.llm.plugins.module_utils._client import build_api_client
+from ansible_collections.kubeinfer.llm.plugins.module_utils._client import build_api_client, origin
 from ansible_collections.kubeinfer.llm.plugins.module_utils._errors import KubeInferError
 from ansible_collections.kubeinfer.llm.plugins.module_utils._helm import Helm, find_helm
 from ansible_collections.kubeinfer.llm.plugins.module_utils._resources import Kube
@@ -25,7 +25,7 @@ def run_module(module: Any, runner: Callable[..., dict[str, Any]], helm: bool | 
     """
     params = module.params
     try:
-        args: list[Any] = [Kube(build_api_client(params)) if cluster else None]
+        args: list[Any] = [Kube(build_api_client(params), origin=origin(params)) if cluster else None]
         if helm == "optional":
             try:
                 binary, missing = find_helm(params["helm_binary"], module.get_bin_path), None

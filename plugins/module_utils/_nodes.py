@@ -13,7 +13,13 @@ from typing import Any, Dict, Mapping, Optional, Tuple, Union
 
 from ansible_collections.kubeinfer.llm.plugins.module_utils._errors import KubeInferError
 from ansible_collections.kubeinfer.llm.plugins.module_utils._gpu_discovery import nfd_gpu_node, probe_nodes, probe_options
-from ansible_collections.kubeinfer.llm.plugins.module_utils._k8s_names import check_labels, label_key_error, label_value_error
+from ansible_collections.kubeinfer.llm.plugins.module_utils._k8s_names import (
+    check_label_selector,
+    check_labels,
+    check_names,
+    label_key_error,
+    label_value_error,
+)
 from ansible_collections.kubeinfer.llm.plugins.module_utils._resources import Kube, retry_on_conflict
 
 
@@ -21,8 +27,16 @@ def validate(params: Mapping[str, Any]) -> None:
     """Check what the argument spec cannot, before any request; the message names the offending parameter."""
     if params["parallel"] < 1:
         raise KubeInferError(f"parallel: must be at least 1 (1 patches one node at a time), got {params['parallel']}")
+    check_names(params["names"], "names", "node name")
+    check_label_selector(params["label_selector"], "label_selector")
     check_labels(params["labels"], "labels")
+    seen: dict[tuple[str, str], int] = {}
     for i, taint in enumerate(params["taints"]):
+        ident = (taint["key"], taint["effect"])
+        if ident in seen:
+            raise KubeInferError(f"taints[{i}]: taint {taint['key']!r} with effect {taint['effect']} is already taints[{seen[ident]}]; "
+                                 "a node holds one taint per key and effect")
+        seen[ident] = i
         err = label_key_error(taint["key"])
         if err:
             raise KubeInferError(f"taints[{i}].key: invalid taint key {taint['key']!r}: {err}")
@@ -62,21 +76,24 @@ def _comparable(taints: list[dict[str, Any]]) -> list[tuple[str, str, str]]:
     return sorted((t["key"], t.get("value") or "", t.get("effect", "")) for t in taints)
 
 
-def discover(kube: Kube, probe: Mapping[str, Any], check_mode: bool) -> tuple[list[dict[str, Any]], str]:
+def discover(kube: Kube, probe: Mapping[str, Any], check_mode: bool) -> tuple[list[dict[str, Any]], str, list[str]]:
     """The GPU nodes when no selection is given, and how they were found.
 
+    Returns (nodes, how they were found, the nodes check mode would have probed).
     The nodes node-feature-discovery labelled with an NVIDIA PCI device; on a cluster without those labels
     (a fresh one, before the GPU Operator chart installs NFD), the nodes on which the probe pod finds one.
-    Check mode runs no probe pod, so it then selects nothing and says so.
+    Check mode runs no probe pod, so it then selects nothing and says so; run() reports that as a change,
+    since a real run would probe those nodes and label and taint the GPU nodes among them.
     """
     nodes = kube.list("v1", "Node")
     labelled = [n for n in nodes if nfd_gpu_node(n)]
     if labelled or not nodes:
-        return labelled, "node-feature-discovery labels"
+        return labelled, "node-feature-discovery labels", []
+    names = sorted(n["metadata"]["name"] for n in nodes)
     if check_mode:
-        return [], "none: no node has a node-feature-discovery GPU label, and check mode runs no probe pod"
-    answers = probe_nodes(kube, [n["metadata"]["name"] for n in nodes], **probe)
-    return [n for n in nodes if answers[n["metadata"]["name"]]["nvidia_pci"]], "probe pods (NVIDIA PCI device in sysfs)"
+        return [], "none: no node has a node-feature-discovery GPU label, and check mode runs no probe pod", names
+    answers = probe_nodes(kube, names, **probe)
+    return [n for n in nodes if answers[n["metadata"]["name"]]["nvidia_pci"]], "probe pods (NVIDIA PCI device in sysfs)", []
 
 
 def run(kube: Kube, params: Mapping[str, Any], check_mode: bool, diff: bool) -> dict[str, Any]:
@@ -90,8 +107,9 @@ def run(kube: Kube, params: Mapping[str, Any], check_mode: bool, diff: bool) -> 
     probe = probe_options(params)
     names, label_selector, require_match = params["names"], params["label_selector"], params["require_match"]
     selected_by = "names" if names else "label_selector"
+    would_probe: list[str] = []
     if not names and not label_selector:
-        nodes, selected_by = discover(kube, probe, check_mode)
+        nodes, selected_by, would_probe = discover(kube, probe, check_mode)
         if not nodes and require_match and not check_mode:
             raise KubeInferError("names: no node has an NVIDIA PCI device, by node-feature-discovery's labels or the probe; "
                                  "select the GPU nodes with names or label_selector", matched=[], changed=False)
@@ -118,13 +136,16 @@ def run(kube: Kube, params: Mapping[str, Any], check_mode: bool, diff: bool) -> 
                              api_requests=dict(kube.requests)) from errors[0]
     changed = [r for r in results if r["changed"]]
     out: dict[str, Any] = {
-        "changed": bool(changed),
+        # In check mode, nodes still to be probed would be labelled and tainted (or the run would fail): a change.
+        "changed": bool(changed) or bool(would_probe),
         "matched": [r["name"] for r in results],
         "selected_by": selected_by,
         "changed_nodes": [r["name"] for r in changed],
         "nodes": results,
         "api_requests": dict(kube.requests),
     }
+    if would_probe:
+        out["would_probe"] = would_probe
     if diff:
         out["diff"] = [d for _result, d in done if d is not None]
     return out

@@ -74,7 +74,7 @@ def find_pod(kube: Kube, namespace: str, label_selector: str | None = None, serv
     if service:
         svc = kube.get("v1", "Service", service, namespace)
         if svc is None:
-            raise KubeInferError(f"service {namespace}/{service} does not exist")
+            raise KubeInferError(f"service: Service {namespace}/{service} does not exist")
         label_selector = selector_of(svc)
     found: dict[str, Any] = {}
 

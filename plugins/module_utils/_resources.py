@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import copy
 import json
+import re
 import threading
 from collections import Counter
 from dataclasses import dataclass
@@ -68,9 +69,11 @@ class Kube:
     sent from several threads at once (gpu_node's patches); the count is locked.
     """
 
-    def __init__(self, api_client: Any, field_manager: str = FIELD_MANAGER) -> None:
+    def __init__(self, api_client: Any, field_manager: str = FIELD_MANAGER, origin: dict[str, str] | None = None) -> None:
         self.api_client = api_client
         self.field_manager = field_manager
+        # Which connection option named the server and the credentials (_client.origin), for error messages.
+        self.origin = origin or {}
         self.requests: Counter[str] = Counter()
         self._count_lock = threading.Lock()
         self._refs: dict[tuple[str, str], Ref] = {}
@@ -92,7 +95,8 @@ class Kube:
                 _request_timeout=timeout,
             )
         except Exception as e:
-            raise ApiError.from_exception(method, path, e) from e
+            host = getattr(getattr(self.api_client, "configuration", None), "host", None)
+            raise ApiError.from_exception(method, path, e, host, self.origin) from e
         data = resp.data
         if not data:
             return None
@@ -210,8 +214,22 @@ class ApiError(KubeInferError):
         self.body = body
 
     @classmethod
-    def from_exception(cls, method: str, path: str, e: Exception) -> ApiError:
+    def from_exception(cls, method: str, path: str, e: Exception, host: str | None = None,
+                       origin: dict[str, str] | None = None) -> ApiError:
+        """The error for a failed request. A connection, TLS or authentication failure names the connection
+        option to fix (``origin``, see _client.origin) and the API server's URL, never a library object."""
+        origin = origin or {}
         status = getattr(e, "status", None)
+        server = host or "(no host)"
+        if not status:  # urllib3 raised (refused, timed out, TLS); the kubernetes client maps SSLError to status 0
+            text = transport_reason(e)
+            if "certificate" in text.lower() or "ssl" in type(e).__name__.lower() or "SSLError" in str(e):
+                option = origin.get("ca", "ca_cert")
+                msg = f"{option}: the TLS certificate of the API server {server} is not trusted ({text})"
+            else:
+                option = origin.get("server", "host")
+                msg = f"{option}: cannot reach the API server {server} ({text})"
+            return cls(msg, status=None, reason=msg)
         raw = getattr(e, "body", None)
         body: Any = None
         reason = str(getattr(e, "reason", "") or e)
@@ -221,7 +239,30 @@ class ApiError(KubeInferError):
                 reason = body.get("message") or reason
             except (ValueError, TypeError, AttributeError):
                 body = None
+        if status == 401:
+            option = origin.get("credentials", "api_key")
+            msg = f"{option}: the API server {server} refused the credentials (401 {reason or 'Unauthorized'})"
+            return cls(msg, status=status, reason=msg, body=body)
         return cls(f"{method} {path} failed ({status}): {reason}", status=status, reason=reason, body=body)
+
+
+_OBJECT_REPR = re.compile(r"<[\w.]+ object at 0x[0-9a-fA-F]+>:?\s*")
+_ERRNO = re.compile(r"\[Errno -?\d+\] [^'\")\]]+")
+_CERT = re.compile(r"certificate verify failed: [^'\")\](]+")
+_CERT_SHORT = re.compile(r"CERTIFICATE_VERIFY_FAILED")
+
+
+def transport_reason(e: Exception) -> str:
+    """The cause of a connection failure in a few words, without the library's object reprs."""
+    text = str(getattr(e, "reason", None) or e)
+    for pattern in (_CERT, _CERT_SHORT, _ERRNO):
+        match = pattern.search(text)
+        if match:
+            return match.group(0).strip().rstrip(":,")
+    if "timed out" in text.lower():
+        return "timed out"
+    cleaned = _OBJECT_REPR.sub("", text).strip()
+    return (cleaned[:300] + "...") if len(cleaned) > 300 else cleaned or type(e).__name__
 
 
 CONFLICT_ATTEMPTS = 5

@@ -79,6 +79,9 @@ def validate(params: Mapping[str, Any]) -> None:
                                  "environment variable), or use existing_secret=true with a Secret you manage")
         if token != token.strip():
             raise KubeInferError("token: the token has leading or trailing whitespace (a newline read from a file?); strip it first")
+        if any(c.isspace() or not c.isprintable() for c in token):
+            raise KubeInferError("token: the token contains whitespace or control characters (two tokens pasted together?); "
+                                 "a Hugging Face token is one word")
 
 
 def desired_secret(name: str, namespace: str, key: str, token: str, labels: Mapping[str, Any] | None = None) -> dict[str, Any]:
@@ -169,6 +172,9 @@ def _present(kube: Kube, name: str, namespace: str, key: str, token: str, labels
         # In check mode a namespace that does not exist yet cannot take a dry-run Secret.
         namespace_pending = check_mode and ns_before is None
     live = None if namespace_pending else kube.get("v1", "Secret", name, namespace)
+    if live is None and not create_namespace and kube.get("v1", "Namespace", namespace) is None:
+        # Refused before the write: a write that the API server answers 404 is still a write request in its audit log.
+        raise KubeInferError(f"namespace: namespace {namespace!r} does not exist; create it first or set create_namespace=true", **result)
     if live is not None and live.get("type", SECRET_TYPE) != SECRET_TYPE:
         raise KubeInferError(f"name: Secret {namespace}/{name} exists with type {live.get('type')!r}; "
                              f"a Secret's type cannot change, and this module writes {SECRET_TYPE} Secrets only", **result)

@@ -9,10 +9,11 @@ from typing import Any
 from ansible_collections.kubeinfer.llm.plugins.module_utils import _helm_release
 from ansible_collections.kubeinfer.llm.plugins.module_utils._errors import KubeInferError
 from ansible_collections.kubeinfer.llm.plugins.module_utils._helm import Helm
+from ansible_collections.kubeinfer.llm.plugins.module_utils._k8s_names import GPU_RESOURCE
 from ansible_collections.kubeinfer.llm.plugins.module_utils._manifests import parse_manifests, served_workload, validate_manifests
 from ansible_collections.kubeinfer.llm.plugins.module_utils._resources import Kube
-from ansible_collections.kubeinfer.llm.plugins.module_utils._vllm_capacity import check_capacity, eligible_nodes, plan_capacity
-from ansible_collections.kubeinfer.llm.plugins.module_utils._vllm_values import build_values, sizing, validate
+from ansible_collections.kubeinfer.llm.plugins.module_utils._vllm_capacity import allocatable_gpus, check_capacity, eligible_nodes, plan_capacity
+from ansible_collections.kubeinfer.llm.plugins.module_utils._vllm_values import build_values, schema_problem, sizing, validate
 from ansible_collections.kubeinfer.llm.plugins.module_utils._waiter import deployment_rolled_out, unschedulable_reason, wait_for
 
 TIMEOUT_MARGIN_SECONDS = 120
@@ -57,21 +58,33 @@ def _present(kube: Kube, helm: Helm, p: dict[str, Any], check_mode: bool, diff: 
     result["hf_token_secret"] = _token_secret(kube, p["hf_token_secret"], namespace, check_mode)
     nodes = kube.list("v1", "Node")
     pods = kube.list("v1", "Pod", field_selector="status.phase!=Succeeded,status.phase!=Failed")
-    gpu_nodes = eligible_nodes(nodes, build_values(p, 1), p["preflight_capacity"])  # placement does not depend on the budget
+    # Check mode on a cluster that advertises no GPU at all (site.yml --check before the GPU Operator is installed):
+    # the GPU checks have nothing to check yet. They are reported as pending; a real run makes them.
+    gpus_pending = check_mode and not any(allocatable_gpus(n) for n in nodes)
+    if gpus_pending:
+        result["preflight_pending"] = (f"check mode: no node has allocatable {GPU_RESOURCE} yet (the GPU Operator is not installed, or "
+                                       "has not advertised the GPUs), so the VRAM and GPU capacity checks wait for a real run")
+    gpu_nodes = eligible_nodes(nodes, build_values(p, 1), p["preflight_capacity"] and not gpus_pending)  # placement does not depend on the budget
     result["gpu_nodes"] = sorted(n["metadata"]["name"] for n in gpu_nodes)
-    estimate, budget = sizing(p, gpu_nodes)
+    estimate, budget = sizing(p, gpu_nodes, pending=gpus_pending)
     result.update(sizing=estimate, startup_budget=budget, startup_budget_seconds=budget["seconds"],
                   load_throughput_gib_s=budget["load_throughput_gib_s"])
     desired = build_values(p, budget["seconds"])
     result["values"] = desired
     capacity = plan_capacity(nodes, pods, int(desired.get("replicaCount", 1)), int(desired.get("gpusPerReplica", 1)),
                              desired, namespace, name)
-    capacity["checked"] = p["preflight_capacity"]
+    capacity["checked"] = p["preflight_capacity"] and not gpus_pending
     result["capacity"] = capacity
     if capacity["checked"]:
         check_capacity(capacity)
-    docs = parse_manifests(helm.template(name, chart.ref, namespace, desired, version=chart.version_arg, repo=chart.repo,
-                                         kube_version=kube_version))
+    try:
+        rendered = helm.template(name, chart.ref, namespace, desired, version=chart.version_arg, repo=chart.repo, kube_version=kube_version)
+    except KubeInferError as e:
+        problem = schema_problem(e.msg, desired, p)
+        if problem is None:
+            raise
+        raise KubeInferError(problem, **e.result) from e
+    docs = parse_manifests(rendered)
     result["validation"] = validate_manifests(docs, kube_version)
     workload = served_workload(docs)
     host = f"{workload['service']}.{namespace}.svc.{CLUSTER_DOMAIN}"

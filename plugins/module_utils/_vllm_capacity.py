@@ -145,10 +145,17 @@ def check_capacity(plan: dict[str, Any]) -> None:
     """Raise with the per-node numbers when the replicas do not fit."""
     if plan["fits"]:
         return
+    largest = max((v["allocatable"] for v in plan["nodes"].values()), default=0)
+    if plan["nodes"] and plan["gpus_per_replica"] > largest:
+        raise KubeInferError(
+            f"gpus_per_replica: {plan['gpus_per_replica']} GPUs per replica, but no eligible GPU node has more than {largest} "
+            f"allocatable {GPU_RESOURCE} (all GPUs of a replica must be on one node; nodes: "
+            + ", ".join(f"{n}: {v['allocatable']}" for n, v in plan["nodes"].items()) + ")",
+            capacity=plan)
     per_node = ", ".join(f"{n}: {v['free']} of {v['allocatable']} free ({v['replica_slots']} replicas)" for n, v in plan["nodes"].items())
     skipped = "; ".join(f"{n}: {r}" for n, r in plan["ineligible_nodes"].items())
     raise KubeInferError(
-        f"Not enough GPU capacity: {plan['replicas']} replicas x {plan['gpus_per_replica']} GPUs, each replica on one node, "
+        f"replicas: not enough GPU capacity: {plan['replicas']} replicas x {plan['gpus_per_replica']} GPUs, each replica on one node, "
         f"but the eligible GPU nodes have room for {plan['replica_slots']} "
         f"({per_node or 'no eligible GPU node'})" + (f"; not eligible: {skipped}" if skipped else "") + ".",
         capacity=plan,

@@ -6,7 +6,8 @@ from __future__ import annotations
 
 import copy
 import math
-from typing import Any
+import re
+from typing import Any, Iterator
 
 from ansible_collections.kubeinfer.llm.plugins.module_utils import _sizing
 from ansible_collections.kubeinfer.llm.plugins.module_utils._errors import KubeInferError
@@ -14,15 +15,119 @@ from ansible_collections.kubeinfer.llm.plugins.module_utils._helm_release import
 from ansible_collections.kubeinfer.llm.plugins.module_utils._k8s_names import (
     check_data_key,
     check_dns_label,
+    check_labels,
     check_namespace,
     check_object_name,
     int_quantity,
+    label_key_error,
+    label_value_error,
 )
 
 GPU_MEMORY_LABEL = "nvidia.com/gpu.memory"
 """GPU feature discovery's label: memory of one GPU in MiB."""
 RELEASE_NAME_MAX = 53
 """Helm's limit; the name is also the Deployment's and the Service's (fullnameOverride), so a DNS label."""
+
+# The vLLM flags the chart renders itself, each with what sets it. The chart's values.schema.json refuses the
+# same flags in vllm.extraArgs (its 'not' pattern), but its message names neither the option nor the flag;
+# --quantization is added here from the quantization option. A token flag would put a secret into the
+# release's values and the pod's command line, where every reader of the Deployment sees it.
+CHART_OWNED_FLAGS = {
+    "model": "model", "served-model-name": "served_model_name", "revision": "revision",
+    "tensor-parallel-size": "tensor_parallel_size", "dtype": "dtype", "gpu-memory-utilization": "gpu_memory_utilization",
+    "max-model-len": "max_model_len", "quantization": "quantization", "port": "the chart (values.service.port)",
+    "host": "the chart", "max-num-seqs": "values.vllm.maxNumSeqs", "enable-prefix-caching": "values.vllm.enablePrefixCaching",
+    "no-enable-prefix-caching": "values.vllm.enablePrefixCaching",
+}
+SECRET_FLAGS = {"api-key": "values.apiKey (a Secret reference)", "hf-token": "hf_token_secret"}
+# Environment variables the chart sets or that carry a secret: never through values.extraEnv (schema: extraEnv.name).
+RESERVED_ENV = {"HF_TOKEN": "hf_token_secret", "HUGGING_FACE_HUB_TOKEN": "hf_token_secret", "VLLM_API_KEY": "values.apiKey",
+                "HF_HOME": "model_cache", "HF_HUB_OFFLINE": "model_cache.offline", "HOME": "the chart"}
+# A Hugging Face user access token (hf_ and 30 or more letters and digits): refused anywhere in the values.
+_HF_TOKEN = re.compile(r"\bhf_[A-Za-z0-9]{30,}\b")
+TOLERATION_OPERATORS = ("Exists", "Equal")
+TAINT_EFFECTS = ("NoSchedule", "PreferNoSchedule", "NoExecute")
+
+
+def _strings(value: Any, path: str) -> Iterator[tuple[str, str]]:
+    """Every string inside ``value`` with its path (``values.a.b[0]``), keys included."""
+    if isinstance(value, str):
+        yield path, value
+    elif isinstance(value, dict):
+        for key, item in value.items():
+            yield f"{path}.{key}", str(key)
+            yield from _strings(item, f"{path}.{key}")
+    elif isinstance(value, (list, tuple)):
+        for i, item in enumerate(value):
+            yield from _strings(item, f"{path}[{i}]")
+
+
+def flag_problem(arg: str, param: str) -> str | None:
+    """Why one argv item of extra arguments is refused: a flag the chart or a typed option owns, or a secret flag."""
+    match = re.match(r"^--([a-z0-9-]+)(=.*)?$", str(arg))
+    if not match:
+        return None
+    flag = match.group(1)
+    if flag in SECRET_FLAGS:
+        return (f"{param}: {'--' + flag!r} would put a secret into the Helm values and the pod's command line; "
+                f"set it through {SECRET_FLAGS[flag]}")
+    if flag in CHART_OWNED_FLAGS:
+        return f"{param}: {str(arg)!r} is a flag the chart renders itself; set it through {CHART_OWNED_FLAGS[flag]}"
+    return None
+
+
+def check_free_values(p: dict[str, Any]) -> None:
+    """extra_args and the free ``values``: no chart-owned or secret flag, no reserved variable, no token anywhere."""
+    for i, arg in enumerate(p["extra_args"]):
+        problem = flag_problem(arg, f"extra_args[{i}]")
+        if problem:
+            raise KubeInferError(problem)
+    values = p["values"] or {}
+    vllm: dict[str, Any] = values["vllm"] if isinstance(values.get("vllm"), dict) else {}
+    for i, arg in enumerate(vllm.get("extraArgs") or []):
+        problem = flag_problem(arg, f"values.vllm.extraArgs[{i}]")
+        if problem:
+            raise KubeInferError(problem)
+    for i, env in enumerate(values.get("extraEnv") or []):
+        name = env.get("name") if isinstance(env, dict) else None
+        if name in RESERVED_ENV:
+            raise KubeInferError(f"values.extraEnv[{i}].name: {name!r} is reserved; it comes from {RESERVED_ENV[name]} "
+                                 "(a token in Helm values is stored in the release Secret and shown by helm get values)")
+    for path, text in _strings({"extra_args": p["extra_args"], "values": values}, ""):
+        if _HF_TOKEN.search(text):
+            # The value itself is a secret: the message names where it is, never what it is.
+            raise KubeInferError(f"{path.lstrip('.')}: holds a Hugging Face token; give the token to the hf_token role "
+                                 "(a Secret) and reference it with hf_token_secret")
+
+
+def check_scheduling(p: dict[str, Any]) -> None:
+    """node_selector, pod_labels, gpu_products and tolerations, as the API server would check the rendered pod."""
+    check_labels(p["node_selector"], "node_selector")
+    check_labels(p["pod_labels"], "pod_labels")
+    for i, product in enumerate(p["gpu_products"]):
+        err = label_value_error(str(product))
+        if err or not product:
+            raise KubeInferError(f"gpu_products[{i}]: {product!r} is not a value of the nvidia.com/gpu.product label "
+                                 f"({err or 'empty'})")
+    for i, tol in enumerate(p["tolerations"]):
+        operator = tol.get("operator", "Equal")
+        if operator not in TOLERATION_OPERATORS:
+            raise KubeInferError(f"tolerations[{i}].operator: {operator!r} is not one of {', '.join(TOLERATION_OPERATORS)}")
+        if tol.get("effect") not in (None, "", *TAINT_EFFECTS):
+            raise KubeInferError(f"tolerations[{i}].effect: {tol['effect']!r} is not one of {', '.join(TAINT_EFFECTS)} (or empty for all)")
+        key = tol.get("key")
+        if key:
+            err = label_key_error(str(key))
+            if err:
+                raise KubeInferError(f"tolerations[{i}].key: {key!r} is not a valid taint key ({err})")
+        elif operator != "Exists":
+            raise KubeInferError(f"tolerations[{i}].key: required unless operator is Exists")
+        if operator == "Exists" and tol.get("value"):
+            raise KubeInferError(f"tolerations[{i}].value: must be empty with operator Exists, got {tol['value']!r}")
+        unknown = sorted(set(tol) - {"key", "operator", "value", "effect", "tolerationSeconds"})
+        if unknown:
+            raise KubeInferError(f"tolerations[{i}]: unknown field(s) {', '.join(unknown)} (a toleration has key, operator, value, "
+                                 "effect and tolerationSeconds)")
 
 
 def validate(p: dict[str, Any]) -> None:
@@ -32,6 +137,11 @@ def validate(p: dict[str, Any]) -> None:
     if p["state"] == "absent":
         return
     problems: list[str] = []
+    model = str(p["model"] or "")
+    if not model.strip() or model != model.strip():
+        problems.append(f"model: {p['model']!r} is not a Hugging Face repo id or a path (empty, or leading or trailing spaces)")
+    if p["served_model_name"] is not None and (not p["served_model_name"].strip() or " " in p["served_model_name"]):
+        problems.append(f"served_model_name: {p['served_model_name']!r} must be one word (clients send it as the model id)")
     if not p["chart_ref"]:
         problems.append("chart_ref: required; the action plugin sets it to the collection's charts/vllm on the controller")
     gpus = p["gpus_per_replica"]
@@ -56,6 +166,8 @@ def validate(p: dict[str, Any]) -> None:
         problems.append("model_cache.host_path: required with model_cache.type=hostPath")
     if problems:
         raise KubeInferError("; ".join(problems))
+    check_free_values(p)
+    check_scheduling(p)
     if p["hf_token_secret"]:
         check_object_name(p["hf_token_secret"]["name"], "hf_token_secret.name", "Secret name")
         check_data_key(p["hf_token_secret"]["key"], "hf_token_secret.key")
@@ -189,8 +301,12 @@ def _cache_values(cache: dict[str, Any]) -> dict[str, Any]:
     return out
 
 
-def sizing(p: dict[str, Any], gpu_nodes: list[dict[str, Any]]) -> tuple[dict[str, Any], dict[str, Any]]:
-    """(VRAM estimate, startup budget) for the options; raise with the numbers when the model does not fit."""
+def sizing(p: dict[str, Any], gpu_nodes: list[dict[str, Any]], pending: bool = False) -> tuple[dict[str, Any], dict[str, Any]]:
+    """(VRAM estimate, startup budget) for the options; raise with the numbers when the model does not fit.
+
+    ``pending`` (check mode before any node advertises a GPU): without ``gpu_memory_mib`` the fit cannot be judged,
+    so the estimate holds the requirement only (``fits`` and the usable memory None); the budget needs only the weights.
+    """
     params = p["params_billion"]
     params_source = "params_billion"
     if params is None:
@@ -201,15 +317,26 @@ def sizing(p: dict[str, Any], gpu_nodes: list[dict[str, Any]]) -> tuple[dict[str
                                  "set params_billion (in billions) for the VRAM check")
     memory = p["gpu_memory_mib"]
     memory_source = "gpu_memory_mib"
-    if memory is None:
+    if memory is None and pending:
+        # The requirement with a 1 MiB GPU: weights and overhead are exact, the KV cache minimum is its max_model_len part.
+        estimate = _sizing.estimate_vram(float(params), _weights_dtype(p), tensor_parallel(p), 1, p["gpu_memory_utilization"], p["max_model_len"])
+        estimate.update(fits=None, per_gpu_usable_gib=None, kv_cache_headroom_gib=None, gpu_memory_mib=None,
+                        smallest_fitting_tensor_parallel=None)
+        memory_source = "unknown: no node advertises a GPU yet (check mode)"
+    elif memory is None:
         found = [m for m in (int_quantity((n["metadata"].get("labels") or {}).get(GPU_MEMORY_LABEL)) for n in gpu_nodes) if m]
         if not found:
             raise KubeInferError(f"gpu_memory_mib: none of the eligible GPU nodes carries the {GPU_MEMORY_LABEL} label "
                                  "(GPU feature discovery); set gpu_memory_mib", gpu_nodes=[n["metadata"]["name"] for n in gpu_nodes])
         memory = min(found)  # the smallest GPU a replica may land on
         memory_source = f"{GPU_MEMORY_LABEL} label (smallest of {len(found)} nodes)"
-    estimate = _sizing.check_fits(float(params), _weights_dtype(p), tensor_parallel(p), int(memory),
-                                  p["gpu_memory_utilization"], p["max_model_len"])
+    if memory is not None:
+        try:
+            estimate = _sizing.check_fits(float(params), _weights_dtype(p), tensor_parallel(p), int(memory),
+                                          p["gpu_memory_utilization"], p["max_model_len"])
+        except KubeInferError as e:
+            # The message leads with the option it is about, as every other preflight message does.
+            raise KubeInferError(e.msg.replace("The model does not fit: ", f"model: {p['model']!r} does not fit: ", 1), **e.result) from e
     estimate["params_billion_source"] = params_source
     estimate["gpu_memory_mib_source"] = memory_source
     throughput = p["load_throughput_gib_s"] or _sizing.DEFAULT_LOAD_THROUGHPUT_GIB_S
@@ -224,3 +351,46 @@ def sizing(p: dict[str, Any], gpu_nodes: list[dict[str, Any]]) -> tuple[dict[str
     else:
         budget.update(seconds=_sizing.startup_budget_seconds(estimate["weights_gib"], throughput), source="model size / load throughput")
     return estimate, budget
+
+
+# Chart value paths and the option that writes each (build_values), for the chart schema's messages.
+VALUE_OPTIONS = (
+    ("/vllm/extraArgs", "extra_args"), ("/replicaCount", "replicas"), ("/gpusPerReplica", "gpus_per_replica"),
+    ("/model/name", "model"), ("/model/revision", "revision"), ("/model/servedModelName", "served_model_name"),
+    ("/vllm/tensorParallelSize", "tensor_parallel_size"), ("/vllm/dtype", "dtype"),
+    ("/vllm/gpuMemoryUtilization", "gpu_memory_utilization"), ("/vllm/maxModelLen", "max_model_len"), ("/sim/maxModelLen", "max_model_len"),
+    ("/hfToken", "hf_token_secret"), ("/modelCache", "model_cache"), ("/scheduling/nodeSelector", "node_selector"),
+    ("/scheduling/tolerations", "tolerations"), ("/scheduling/gpuProducts", "gpu_products"), ("/resources", "resources"),
+    ("/image", "image"), ("/podLabels", "pod_labels"),
+)
+_SCHEMA_ERROR = re.compile(r"at '(/[^']*)': ([^\n]+)")
+
+
+def _value_at(values: Any, pointer: str) -> Any:
+    for part in [x for x in pointer.split("/") if x]:
+        if isinstance(values, dict):
+            values = values.get(part)
+        elif isinstance(values, list) and part.isdigit() and int(part) < len(values):
+            values = values[int(part)]
+        else:
+            return None
+    return values
+
+
+def schema_problem(message: str, desired: dict[str, Any], p: dict[str, Any]) -> str | None:
+    """helm's schema failure (``at '/vllm/extraArgs/0': 'not' failed``) as the option and the value it refused.
+
+    A path that ``values`` sets is blamed on ``values``, since it is merged last; a path of a typed option on that option.
+    """
+    match = _SCHEMA_ERROR.search(message)
+    if not match:
+        return None
+    pointer, reason = match.group(1), match.group(2).strip()
+    value = _value_at(desired, pointer)
+    dotted = "values" + "".join(f"[{x}]" if x.isdigit() else f".{x}" for x in pointer.split("/") if x)
+    if _value_at(p["values"] or {}, pointer) is not None:
+        option = dotted
+    else:
+        option = next((opt for prefix, opt in VALUE_OPTIONS if pointer == prefix or pointer.startswith(prefix + "/")), dotted)
+    shown = "a secret" if isinstance(value, str) and _HF_TOKEN.search(value) else repr(value)
+    return f"{option}: the chart's values.schema.json refuses {shown} at {pointer} ({reason})"

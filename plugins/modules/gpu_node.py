@@ -155,6 +155,14 @@ selected_by:
   type: str
   returned: always
   sample: node-feature-discovery labels
+would_probe:
+  description:
+    - Check mode, with neither O(names) nor O(label_selector), on a cluster without node-feature-discovery GPU labels - the
+      nodes a real run would probe before labelling and tainting the GPU nodes among them. The result is then C(changed).
+  type: list
+  elements: str
+  returned: when check mode could not discover the GPU nodes
+  sample: [kwok-gpu-0000, kwok-gpu-0001]
 changed_nodes:
   description: Names of the nodes that were (or, in check mode, would be) patched.
   type: list

@@ -403,6 +403,14 @@ capacity:
     checked: true
     nodes: {gpu-0: {allocatable: 8, requested: 0, free: 8, replica_slots: 2}}
     ineligible_nodes: {}
+preflight_pending:
+  description:
+    - Check mode only, when no node has allocatable C(nvidia.com/gpu) yet (the GPU Operator is not installed, as in
+      C(site.yml --check) on a fresh cluster) - why the VRAM and capacity checks were not made. C(sizing.fits) is then null.
+      A real run on such a cluster refuses.
+  type: str
+  returned: in check mode before any node advertises a GPU
+  sample: "check mode: no node has allocatable nvidia.com/gpu yet ..."
 gpu_nodes:
   description: The GPU nodes a replica may run on (allocatable GPUs, Ready, matching selectors, taints tolerated).
   type: list

@@ -22,14 +22,16 @@ import json
 import os
 import subprocess
 import sys
+import time
 import uuid
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import pytest
 from kubernetes import client, config
+from kubernetes.client.rest import ApiException
 
 REPO = Path(__file__).resolve().parents[2]
 TOOLS = REPO / "tools" / "localcluster"
@@ -299,3 +301,54 @@ def audit(kubeconfig: str) -> Audit:
         pytest.fail(f"no audit log at {path}: the cluster was created without tools/localcluster/kwok/audit-policy.yaml; "
                     "re-create it with tools/localcluster/cluster.sh down && up", pytrace=False)
     return Audit(path)
+
+
+# -- a private pool of GPU nodes, advertising nvidia.com/gpu without the GPU Operator -------------------------------
+
+POOL_LABEL = "kubeinfer.io/it-vllm-pool"
+GPUS_PER_NODE = 8
+
+
+@pytest.fixture
+def pool(api: client.ApiClient) -> Iterator[str]:
+    """Two private GPU nodes, 8 GPUs each; yields the pool id (value of POOL_LABEL and of the taint)."""
+    yield from _gpu_pool(api)
+
+
+@pytest.fixture(scope="module")
+def module_pool(api: client.ApiClient) -> Iterator[str]:
+    """The same pool, for every test of a module."""
+    yield from _gpu_pool(api)
+
+
+def _gpu_pool(api: client.ApiClient) -> Iterator[str]:
+    core = client.CoreV1Api(api)
+    pool_id = uuid.uuid4().hex[:8]
+    names = [f"it-vllm-{pool_id}-{i}" for i in range(2)]
+    for name in names:
+        core.create_node({
+            "apiVersion": "v1", "kind": "Node",
+            "metadata": {"name": name, "annotations": {"kwok.x-k8s.io/node": "fake"}, "labels": {
+                "kubernetes.io/hostname": name, "type": "kwok", POOL_LABEL: pool_id,
+                "nvidia.com/gpu.present": "true", "nvidia.com/gpu.product": "NVIDIA-A100-SXM4-80GB",
+                "nvidia.com/gpu.memory": "81920", "nvidia.com/gpu.count": str(GPUS_PER_NODE)}},
+            "spec": {"taints": [{"key": POOL_LABEL, "value": pool_id, "effect": "NoSchedule"}]},
+            "status": {"capacity": {"cpu": "64", "memory": "512Gi", "pods": "110", "nvidia.com/gpu": str(GPUS_PER_NODE)},
+                       "allocatable": {"cpu": "64", "memory": "512Gi", "pods": "110", "nvidia.com/gpu": str(GPUS_PER_NODE)}},
+        })
+    deadline = time.monotonic() + 60
+    while not all(any(c.type == "Ready" and c.status == "True" for c in (core.read_node(n).status.conditions or [])) for n in names):
+        assert time.monotonic() < deadline, "kwok did not make the pool nodes Ready"
+        time.sleep(0.5)
+    yield pool_id
+    for name in names:
+        try:
+            core.delete_node(name)
+        except ApiException as e:
+            if e.status != 404:
+                raise
+
+
+def pool_args(pool_id: str) -> dict[str, Any]:
+    return {"node_selector": {POOL_LABEL: pool_id},
+            "tolerations": [{"key": POOL_LABEL, "operator": "Equal", "value": pool_id, "effect": "NoSchedule"}]}

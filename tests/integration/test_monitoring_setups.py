@@ -23,15 +23,14 @@ import time
 import urllib.parse
 import urllib.request
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import pytest
 from conftest import helm_binary
 from kubernetes import client
-
-from ansible_collections.kubeinfer.llm.plugins.module_utils._hpa import keda_query
 
 if TYPE_CHECKING:
     from conftest import PlaybookRunner
@@ -70,6 +69,16 @@ def targets(prom: str) -> list[dict[str, Any]]:
         return list(json.load(resp)["data"]["activeTargets"])
 
 
+def wait_value(prom: str, promql: str, want: float) -> list[float]:
+    """The query's values once they are [want] (a switch of setup leaves the old job's series until they go stale)."""
+    deadline = time.monotonic() + SETTLE
+    while True:
+        values = [float(r["value"][1]) for r in query(prom, promql)]
+        if values == [want] or time.monotonic() > deadline:
+            return values
+        time.sleep(2)
+
+
 def wait_series(prom: str, promql: str, want: int) -> list[dict[str, Any]]:
     deadline = time.monotonic() + SETTLE
     while True:
@@ -80,17 +89,27 @@ def wait_series(prom: str, promql: str, want: int) -> list[dict[str, Any]]:
 
 
 @pytest.fixture(scope="module")
-def release(api: client.ApiClient, kubeconfig: str, gpu_stack: None,
-            tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[str, str]]:
-    """The vllm chart (engine sim, its PodMonitor on) plus a control PodMonitor without podTargetLabels."""
+def keda_query(collections_path: str) -> Callable[[str, str, str], str]:
+    """The query inference_hpa gives a KEDA trigger (module_utils/_hpa.py), from this checkout."""
+    if collections_path not in sys.path:
+        sys.path.insert(0, collections_path)
+    from ansible_collections.kubeinfer.llm.plugins.module_utils._hpa import keda_query as query_of
+
+    return query_of
+
+
+@contextmanager
+def installed(api: client.ApiClient, kubeconfig: str, values_dir: Path, setup: str) -> Iterator[tuple[str, str]]:
+    """The vllm chart (engine sim, its PodMonitor on) in a namespace of its own, installed once ``setup`` is in force
+    (so the namespace holds only that setup's series), its pod forwarding port 8000 to its simulator; for the
+    operator setup also a control PodMonitor without podTargetLabels."""
     core = client.CoreV1Api(api)
-    name = f"it-monitoring-{uuid.uuid4().hex[:6]}"
+    ns = f"it-monitoring-{setup[:4]}-{uuid.uuid4().hex[:6]}"
     runner = [sys.executable, str(TOOLS / "sim.py")]
-    port = int(sh(runner + ["start", name, "--model", MODEL, "--fake-metrics",
+    port = int(sh(runner + ["start", ns, "--model", MODEL, "--fake-metrics",
                             json.dumps({"waiting-requests": QUEUE, "running-requests": 1})]).stdout.strip())
-    ns = name
     core.create_namespace({"metadata": {"name": ns}})
-    values = tmp_path_factory.mktemp("values") / "values.json"
+    values = values_dir / f"{setup}.json"
     values.write_text(json.dumps({
         "engine": "sim", "model": {"name": MODEL}, "replicaCount": 1, "gpusPerReplica": 1,
         "podAnnotations": {"kubeinfer.io/sim-metrics-port": str(port)},
@@ -102,16 +121,36 @@ def release(api: client.ApiClient, kubeconfig: str, gpu_stack: None,
                         "podMetricsEndpoints": [{"port": "http", "path": "/metrics", "interval": "15s"}]}}
     env = dict(os.environ, KUBECONFIG=kubeconfig)
     try:
-        metrics_up("operator")  # the CRDs must exist before the chart's PodMonitor
+        metrics_up(setup)  # in setup (a) the operator's CRDs must exist before the chart's PodMonitor
         sh([str(HELM), "install", RELEASE, str(REPO / "charts" / "vllm"), "--namespace", ns, "--values", str(values),
             "--wait", "--timeout", "90s"], env=env, timeout=150)
-        client.CustomObjectsApi(api).create_namespaced_custom_object("monitoring.coreos.com", "v1", ns, "podmonitors", control)
+        if setup == "operator":
+            client.CustomObjectsApi(api).create_namespaced_custom_object("monitoring.coreos.com", "v1", ns, "podmonitors", control)
         pods = core.list_namespaced_pod(ns, label_selector=f"app.kubernetes.io/instance={RELEASE}").items
         assert len(pods) == 1 and pods[0].status.pod_ip, [(p.metadata.name, p.status.pod_ip) for p in pods]
+        sh([str(TOOLS / "cluster.sh"), "forward", ns, pods[0].metadata.name, str(port), "8000"])
         yield ns, pods[0].metadata.name
     finally:
         core.delete_namespace(ns)
-        sh(runner + ["stop", name], timeout=60)
+        sh(runner + ["stop", ns], timeout=60)
+
+
+@pytest.fixture(scope="module")
+def release(api: client.ApiClient, kubeconfig: str, gpu_stack: None,
+            tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[str, str]]:
+    """A release scraped by setup (a), prometheus-operator."""
+    with installed(api, kubeconfig, tmp_path_factory.mktemp("values"), "operator") as rel:
+        yield rel
+
+
+@pytest.fixture(scope="module")
+def release_b(api: client.ApiClient, kubeconfig: str, gpu_stack: None,
+              tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[str, str]]:
+    """A release scraped by setup (b), annotations; setup (a) is back in force afterwards."""
+    try:
+        with installed(api, kubeconfig, tmp_path_factory.mktemp("values"), "annotations") as rel:
+            yield rel
+    finally:
         metrics_up("operator")
 
 
@@ -122,12 +161,20 @@ def test_pods_get_loopback_ips_from_their_nodes_pod_cidr(core: client.CoreV1Api,
     cidr = node.spec.pod_cidr
     assert cidr and cidr.startswith("127."), f"node {node.metadata.name} podCIDR {cidr!r}"
     assert pod.status.pod_ip.rsplit(".", 1)[0] == cidr.rsplit(".", 1)[0], (pod.status.pod_ip, cidr)
-    # The pod answers at its own IP (the relay to its simulator), on the chart's container port.
-    with urllib.request.urlopen(f"http://{pod.status.pod_ip}:8000/metrics", timeout=10) as resp:
-        assert b"vllm:num_requests_waiting" in resp.read()
+    # The pod answers at its own IP (the relay to its simulator, started by the 2 s sync loop), on the chart's port.
+    deadline, body, error = time.monotonic() + 15, b"", ""
+    while not body and time.monotonic() < deadline:
+        try:
+            with urllib.request.urlopen(f"http://{pod.status.pod_ip}:8000/metrics", timeout=10) as resp:
+                body = resp.read()
+        except OSError as e:
+            error = str(e)
+            time.sleep(1)
+    assert b"vllm:num_requests_waiting" in body, f"http://{pod.status.pod_ip}:8000/metrics: {error}"
 
 
-def test_operator_setup_carries_the_release_label_only_through_pod_target_labels(release: tuple[str, str]) -> None:
+def test_operator_setup_carries_the_release_label_only_through_pod_target_labels(
+        release: tuple[str, str], keda_query: Callable[[str, str, str], str]) -> None:
     ns, pod = release
     prom = metrics_up("operator")
     series = wait_series(prom, f'vllm:num_requests_waiting{{namespace="{ns}"}}', want=2)
@@ -142,17 +189,26 @@ def test_operator_setup_carries_the_release_label_only_through_pod_target_labels
     assert chart_target["health"] == "up" and chart_target["labels"]["instance"].startswith("127."), chart_target
 
     q = keda_query("vllm:num_requests_waiting", ns, RELEASE)
-    assert [float(r["value"][1]) for r in query(prom, q)] == [QUEUE], f"KEDA's query {q}"
+    assert wait_value(prom, q, QUEUE) == [QUEUE], f"KEDA's query {q}: {query(prom, f'vllm:num_requests_waiting{{namespace={ns!r}}}')}"
 
 
-def test_annotation_setup_carries_the_release_label_by_labelmap(playbook: PlaybookRunner, release: tuple[str, str]) -> None:
-    ns, pod = release
+def test_harness_scrapes_nothing_outside_loopback(release: tuple[str, str]) -> None:
+    prom = metrics_up("operator")
+    wait_series(prom, f'up{{namespace="{release[0]}"}}', want=1)
+    for t in targets(prom):
+        host = urllib.parse.urlsplit(t["scrapeUrl"]).hostname or ""
+        assert host.startswith("127.") or host == "localhost", t["scrapeUrl"]
+
+
+def test_annotation_setup_carries_the_release_label_by_labelmap(
+        playbook: PlaybookRunner, release_b: tuple[str, str], keda_query: Callable[[str, str, str], str]) -> None:
+    ns, pod = release_b
     prom = metrics_up("annotations")
     series = wait_series(prom, f'vllm:num_requests_waiting{{namespace="{ns}",job="kubernetes-pods"}}', want=1)
     assert [s["metric"].get("kubeinfer_io_release") for s in series] == [RELEASE], series
     assert not [t for t in targets(prom) if t["scrapePool"].startswith("podMonitor/")], "the operator's jobs are gone"
     q = keda_query("vllm:num_requests_waiting", ns, RELEASE)
-    assert [float(r["value"][1]) for r in query(prom, q)] == [QUEUE], f"KEDA's query {q}"
+    assert wait_value(prom, q, QUEUE) == [QUEUE], f"KEDA's query {q}: {query(prom, f'vllm:num_requests_waiting{{namespace={ns!r}}}')}"
 
     # The adapter rule serves it in this setup too.
     task = {"name": "Serve the queue depth", "kubeinfer.llm.metrics_adapter": {
@@ -164,12 +220,3 @@ def test_annotation_setup_carries_the_release_label_by_labelmap(playbook: Playbo
     finally:
         playbook([{"name": "Unregister", "kubeinfer.llm.metrics_adapter": {
             "release": RELEASE, "namespace": ns, "state": "absent", "grafana_dashboard": False}}])
-
-
-def test_harness_scrapes_nothing_outside_loopback(release: tuple[str, str]) -> None:
-    prom = metrics_up("operator")
-    wait_series(prom, f'up{{namespace="{release[0]}"}}', want=1)
-    for t in targets(prom):
-        host = urllib.parse.urlsplit(t["scrapeUrl"]).hostname or ""
-        assert host.startswith("127.") or host == "localhost", t["scrapeUrl"]
-

@@ -13,52 +13,18 @@ from __future__ import annotations
 
 import json
 import subprocess
-import time
 import uuid
 from collections import Counter
 from collections.abc import Iterator
 from typing import TYPE_CHECKING, Any
 
 import pytest
-from conftest import helm_binary
+from conftest import POOL_LABEL, helm_binary, pool_args
 from kubernetes import client
 from kubernetes.client.rest import ApiException
 
 if TYPE_CHECKING:
     from conftest import Audit, PlaybookRun, PlaybookRunner
-
-POOL_LABEL = "kubeinfer.io/it-vllm-pool"
-GPUS_PER_NODE = 8
-
-
-@pytest.fixture
-def pool(api: client.ApiClient) -> Iterator[str]:
-    """Two private GPU nodes, 8 GPUs each; yields the pool id (value of POOL_LABEL and of the taint)."""
-    core = client.CoreV1Api(api)
-    pool_id = uuid.uuid4().hex[:8]
-    names = [f"it-vllm-{pool_id}-{i}" for i in range(2)]
-    for name in names:
-        core.create_node({
-            "apiVersion": "v1", "kind": "Node",
-            "metadata": {"name": name, "annotations": {"kwok.x-k8s.io/node": "fake"}, "labels": {
-                "kubernetes.io/hostname": name, "type": "kwok", POOL_LABEL: pool_id,
-                "nvidia.com/gpu.present": "true", "nvidia.com/gpu.product": "NVIDIA-A100-SXM4-80GB",
-                "nvidia.com/gpu.memory": "81920", "nvidia.com/gpu.count": str(GPUS_PER_NODE)}},
-            "spec": {"taints": [{"key": POOL_LABEL, "value": pool_id, "effect": "NoSchedule"}]},
-            "status": {"capacity": {"cpu": "64", "memory": "512Gi", "pods": "110", "nvidia.com/gpu": str(GPUS_PER_NODE)},
-                       "allocatable": {"cpu": "64", "memory": "512Gi", "pods": "110", "nvidia.com/gpu": str(GPUS_PER_NODE)}},
-        })
-    deadline = time.monotonic() + 60
-    while not all(any(c.type == "Ready" and c.status == "True" for c in (core.read_node(n).status.conditions or [])) for n in names):
-        assert time.monotonic() < deadline, "kwok did not make the pool nodes Ready"
-        time.sleep(0.5)
-    yield pool_id
-    for name in names:
-        try:
-            core.delete_node(name)
-        except ApiException as e:
-            if e.status != 404:
-                raise
 
 
 @pytest.fixture
@@ -70,11 +36,6 @@ def namespace(api: client.ApiClient) -> Iterator[str]:
     except ApiException as e:
         if e.status != 404:
             raise
-
-
-def pool_args(pool_id: str) -> dict[str, Any]:
-    return {"node_selector": {POOL_LABEL: pool_id},
-            "tolerations": [{"key": POOL_LABEL, "operator": "Equal", "value": pool_id, "effect": "NoSchedule"}]}
 
 
 class Runner:
@@ -174,7 +135,7 @@ def test_scheduler_places_four_replicas_of_four_gpus_and_reports_why_the_fifth_s
 
     # The preflight sees that a fifth replica does not fit and writes nothing.
     proc, refused = run.module(dict(args, replicas=5))
-    assert refused["failed"] and "Not enough GPU capacity: 5 replicas x 4 GPUs" in refused["msg"]
+    assert refused["failed"] and "replicas: not enough GPU capacity: 5 replicas x 4 GPUs" in refused["msg"]
     assert "room for 4" in refused["msg"] and not ran_upgrade(refused)
     assert len(helm_history(kubeconfig, "packed", namespace)) == 1
 
@@ -198,7 +159,7 @@ def test_too_large_model_fails_in_preflight_with_numbers_and_installs_nothing(
                                    engine="sim", gpus_per_replica=8, **pool_args(pool)))
     assert result["failed"], proc.stdout[-4000:]
     msg = result["msg"]
-    assert msg.startswith("The model does not fit: 405B parameters in auto need") and "at tensor_parallel=8" in msg
+    assert msg.startswith("model: 'meta-llama/Llama-3.1-405B-Instruct' does not fit: 405B parameters in auto need") and "at tensor_parallel=8" in msg
     assert "GiB per GPU is usable (81920 MiB x gpu_memory_utilization 0.9)" in msg
     assert result["sizing"]["per_gpu_weights_gib"] > 80 and result["sizing"]["fits"] is False
     assert helm_history(kubeconfig, "huge", namespace) == []

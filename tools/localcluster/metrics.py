@@ -297,13 +297,19 @@ def render(name: str, ports: dict[str, int]) -> str:
 
 def from_operator(generated: str) -> str:
     """The operator's generated config, made runnable by a host process. Two changes, no others:
-    - ``$(POD_NAME)`` (the replica external label) is expanded as the config-reloader does from the
-      pod's environment (upstream cmd/prometheus-config-reloader, pkg/operator PodNameEnvVar);
+    - ``$(POD_NAME)`` (the replica external label) and ``$(SHARD)`` (the shard each job keeps, a
+      ``keep`` on ``__tmp_current_shard``) are expanded as the config-reloader does from the pod's
+      environment (upstream cmd/prometheus-config-reloader; pkg/prometheus/promcfg.go writes
+      ``$(operator.ShardEnvVar)``, 0 for the first shard); any other ``$(VAR)`` fails here, loudly;
     - every ``kubernetes_sd_configs`` entry gets ``kubeconfig_file``: in a pod, Prometheus uses the
       in-cluster service account when no api_server is given (upstream pkg/prometheus/promcfg.go
       generateK8SSDConfig writes ``role`` first, then namespaces/selectors).
     What this lets slip: RBAC of the Prometheus service account (the kubeconfig is the admin's)."""
-    text = generated.replace("$(POD_NAME)", f"prometheus-{PROMETHEUS_NAME}-0")
+    env = {"POD_NAME": f"prometheus-{PROMETHEUS_NAME}-0", "SHARD": "0"}
+    unknown = sorted(set(re.findall(r"\$\(([A-Za-z_][A-Za-z0-9_]*)\)", generated)) - set(env))
+    if unknown:
+        raise RuntimeError(f"the operator's config uses environment variables the harness does not set: {unknown}")
+    text = re.sub(r"\$\(([A-Za-z_][A-Za-z0-9_]*)\)", lambda m: env[m.group(1)], generated)
     return re.sub(r"^(\s*)- role: (\w+)$", lambda m: f"{m.group(0)}\n{m.group(1)}  kubeconfig_file: {KUBECONFIG}",
                   text, flags=re.M)
 

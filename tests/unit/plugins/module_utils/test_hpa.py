@@ -194,8 +194,8 @@ def test_target_must_be_one_deployment() -> None:
 
 
 @pytest.mark.parametrize("over, problem", [
-    ({"min_replicas": 0}, "min_replicas must be at least 1 with kind=hpa; scale to zero needs kind=keda"),
-    ({"min_replicas": 3, "max_replicas": 2}, r"max_replicas \(2\) must be at least 1 and at least min_replicas \(3\)"),
+    ({"min_replicas": 0}, "min_replicas: must be at least 1 with kind=hpa, got 0; scale to zero needs kind=keda"),
+    ({"min_replicas": 3, "max_replicas": 2}, r"max_replicas: must be at least 1 and at least min_replicas \(3\), got 2"),
     ({"scale_down": {"stabilization_window_seconds": 120}}, "scale_down.stabilization_window_seconds=120 is below the model load time"),
     ({"target_queue_depth": "lots"}, "target_queue_depth must be a positive number"),
 ])

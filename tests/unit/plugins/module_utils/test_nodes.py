@@ -342,10 +342,11 @@ def test_without_nfd_labels_the_probe_finds_the_gpu_nodes() -> None:
     assert fake.objects["/api/v1/nodes/node-b"]["spec"] == {"taints": []}, "the CPU node is left alone"
 
 
-def test_check_mode_without_nfd_labels_creates_nothing_and_selects_nothing() -> None:
+def test_check_mode_without_nfd_labels_creates_nothing_selects_nothing_and_reports_a_change() -> None:
     fake = fake_cluster(node("node-a"), node("node-b"))
     result = discover(fake, check_mode=True)
-    assert result["matched"] == [] and result["changed"] is False
+    # A real run would probe both nodes and label and taint the GPU nodes among them: check mode says it would change.
+    assert result["matched"] == [] and result["changed"] is True and result["would_probe"] == ["node-a", "node-b"]
     assert result["selected_by"].startswith("none: no node has a node-feature-discovery GPU label, and check mode runs no probe pod")
     assert [c["method"] for c in fake.calls] == ["GET"]
 

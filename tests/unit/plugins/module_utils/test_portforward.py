@@ -85,7 +85,7 @@ def test_service_gives_selector_and_target_port() -> None:
     assert pod_port(chosen, {"metadata": {"name": "s"}, "spec": {"ports": [{"port": 80, "targetPort": 8001}]}}, None) == 8001
     with pytest.raises(KubeInferError, match="target port metrics of service s is not a container port of pod vllm-a"):
         pod_port(chosen, {"metadata": {"name": "s"}, "spec": {"ports": [{"port": 80, "targetPort": "metrics"}]}}, None)
-    with pytest.raises(KubeInferError, match="service llm/nope does not exist"):
+    with pytest.raises(KubeInferError, match="^service: Service llm/nope does not exist"):
         find_pod(kube, "llm", service="nope")
     with pytest.raises(KubeInferError, match="has no selector"):
         find_pod(FakeKube([], {"x": {"metadata": {"name": "x"}, "spec": {}}}), "llm", service="x")

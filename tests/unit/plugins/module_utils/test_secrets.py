@@ -63,7 +63,7 @@ def test_same_token_makes_only_one_get() -> None:
 
 
 def test_new_secret_is_applied_opaque_with_managed_by_label() -> None:
-    api = FakeApiClient({("PATCH", SECRET_PATH): lambda body: body})
+    api = FakeApiClient({("PATCH", SECRET_PATH): lambda body: body, ("GET", NS_PATH): {"metadata": {"name": "vllm"}}})
     result = run(api, labels={"team": "ml"})
     assert result["changed"] is True and result["token_changed"] is True
     assert result["secret"] == {"name": "hf-token", "namespace": "vllm", "key": "HF_TOKEN"}
@@ -129,12 +129,12 @@ def test_missing_namespace_names_the_parameter() -> None:
 
 def test_server_error_echoing_the_token_is_masked() -> None:
     echo = f'Secret "hf-token" is invalid: data[HF_TOKEN]: Invalid value: "{B64}" (token {TOKEN}, truncated {TOKEN[:12]}...)'
-    api = FakeApiClient({("PATCH", SECRET_PATH): FakeApiException(422, echo)})
+    api = FakeApiClient({("PATCH", SECRET_PATH): FakeApiException(422, echo), ("GET", NS_PATH): {"metadata": {"name": "vllm"}}})
     with pytest.raises(KubeInferError) as info:
         run(api)
     err = info.value
     assert "could not write Secret vllm/hf-token (422)" in err.msg
-    assert err.result["api_requests"] == {"get": 1, "apply": 1}
+    assert err.result["api_requests"] == {"get": 2, "apply": 1}, "the Secret and its namespace read, one apply"
     assert not hasattr(err, "body"), "the raw server body must not travel with the error"
     assert err.__cause__ is None and err.__suppress_context__
     assert_no_leak((err.msg, err.result, str(err), repr(err), err.args))
@@ -240,3 +240,10 @@ def test_scrub_masks_nested_values_and_fragments() -> None:
     assert_no_leak(out, TOKEN)
     assert scrub("short ab", ["ab"]) == "short ********"
     assert scrub("nothing here", ["", TOKEN]) == "nothing here"
+
+
+def test_a_namespace_that_does_not_exist_is_refused_before_the_write() -> None:
+    api = FakeApiClient()
+    with pytest.raises(KubeInferError, match="^namespace: namespace 'vllm' does not exist; create it first or set create_namespace=true"):
+        run(api)
+    assert writes(api) == [] and [c["method"] for c in api.calls] == ["GET", "GET"]

@@ -520,9 +520,23 @@ def test_check_mode_reports_the_diff_and_writes_nothing() -> None:
     assert result["release"]["revision"] == 1
 
 
+def test_check_mode_before_any_node_advertises_a_gpu_reports_the_gpu_checks_as_pending() -> None:
+    cpu_only = node("c1", gpus=0, memory=None)
+    cli = FakeHelmCli()
+    result = run(FakeKube([cpu_only], []), cli, params(replicas=2), check_mode=True, diff=True)
+    assert result["changed"] and "no node has allocatable nvidia.com/gpu yet" in result["preflight_pending"]
+    assert result["capacity"]["checked"] is False and result["sizing"]["fits"] is None
+    assert result["sizing"]["per_gpu_weights_gib"] > 14 and result["startup_budget_seconds"] > 0
+    assert result["diff"]["after"]["replicaCount"] == 2
+    assert not {"upgrade", "rollback", "uninstall"} & set(cli.verbs())
+    # A real run on the same cluster still refuses: there is nowhere to put a replica.
+    with pytest.raises(KubeInferError, match="no GPU node can take a replica"):
+        run(FakeKube([cpu_only], []), FakeHelmCli(), params(replicas=2))
+
+
 @pytest.mark.parametrize("over, fragment", [
-    ({"model": "meta-llama/Llama-3.1-405B-Instruct"}, "The model does not fit"),
-    ({"replicas": 3, "gpus_per_replica": 8}, "Not enough GPU capacity"),
+    ({"model": "meta-llama/Llama-3.1-405B-Instruct"}, "does not fit: 405B"),
+    ({"replicas": 3, "gpus_per_replica": 8}, "replicas: not enough GPU capacity"),
 ])
 def test_preflight_failure_installs_nothing(over: dict[str, Any], fragment: str) -> None:
     cli = FakeHelmCli()

@@ -17,6 +17,7 @@ from ..module_utils.fake_api import FakeApiClient, FakeApiException
 TOKEN = "hf_MnBvCxZlKjHgFdSaPoIuYtReWq5647382910"
 B64 = base64.b64encode(TOKEN.encode()).decode()
 SECRET_PATH = "/api/v1/namespaces/vllm/secrets/hf-token"
+NAMESPACE = {("GET", "/api/v1/namespaces/vllm"): {"metadata": {"name": "vllm"}}}
 LIVE = {"apiVersion": "v1", "kind": "Secret", "type": "Opaque",
         "metadata": {"name": "hf-token", "namespace": "vllm", "labels": {"app.kubernetes.io/managed-by": "kubeinfer.llm"}},
         "data": {"HF_TOKEN": B64}}
@@ -44,11 +45,11 @@ def assert_no_leak(text: str) -> None:
 
 
 def test_create_reports_no_token_anywhere(monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]) -> None:
-    api = FakeApiClient({("PATCH", SECRET_PATH): lambda body: body})
+    api = FakeApiClient({("PATCH", SECRET_PATH): lambda body: body, **NAMESPACE})
     result, raw = run_module(monkeypatch, capsys, api, {"namespace": "vllm", "token": TOKEN})
     assert result["changed"] is True and result["token_changed"] is True
     assert result["secret"] == {"name": "hf-token", "namespace": "vllm", "key": "HF_TOKEN"}
-    assert result["api_requests"] == {"get": 1, "apply": 1}
+    assert result["api_requests"] == {"get": 2, "apply": 1}  # the Secret, then its namespace (it exists)
     assert result["diff"]["after"]["data"] == {"HF_TOKEN": "<hidden, changed>"}
     assert result["invocation"]["module_args"]["token"] == "VALUE_SPECIFIED_IN_NO_LOG_PARAMETER"
     assert api.calls[-1]["body"]["data"] == {"HF_TOKEN": B64}, "the token must reach the API server"
@@ -65,7 +66,7 @@ def test_rerun_with_same_token_only_reads(monkeypatch: pytest.MonkeyPatch, capsy
 
 
 def test_token_from_environment(monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]) -> None:
-    api = FakeApiClient({("PATCH", SECRET_PATH): lambda body: body})
+    api = FakeApiClient({("PATCH", SECRET_PATH): lambda body: body, **NAMESPACE})
     module_args = {"namespace": "vllm", "_ansible_check_mode": True, "_ansible_diff": False}
     monkeypatch.setattr(basic, "_ANSIBLE_ARGS", to_bytes(json.dumps({"ANSIBLE_MODULE_ARGS": module_args})))
     monkeypatch.setattr(_module, "build_api_client", lambda params: api)
@@ -82,7 +83,8 @@ def test_token_from_environment(monkeypatch: pytest.MonkeyPatch, capsys: pytest.
 
 
 def test_api_error_echoing_the_token_is_masked_in_fail_json(monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]) -> None:
-    api = FakeApiClient({("PATCH", SECRET_PATH): FakeApiException(422, f"data[HF_TOKEN]: Invalid value: {B64!r} ({TOKEN[3:20]})")})
+    api = FakeApiClient({("PATCH", SECRET_PATH): FakeApiException(422, f"data[HF_TOKEN]: Invalid value: {B64!r} ({TOKEN[3:20]})"),
+                         **NAMESPACE})
     result, raw = run_module(monkeypatch, capsys, api, {"namespace": "vllm", "token": TOKEN})
     assert result["failed"] is True
     assert result["msg"].startswith("could not write Secret vllm/hf-token (422)")
