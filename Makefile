@@ -23,17 +23,18 @@ export K8S_AUTH_KUBECONFIG := $(KUBEINFER_KUBECONFIG)
 export ANSIBLE_PYTHON_INTERPRETER := $(PY)
 export PATH := $(VENV)/bin:$(BIN_PATH):$(PATH)
 
-.PHONY: help deps venv binaries collection cluster-up cluster-down kubeconfig demo teardown bench-gpu-node bench-autoscale test sanity unit gates integration molecule lint build clean
+.PHONY: help deps venv binaries collection cluster-up cluster-down kubeconfig demo teardown bench-gpu-node bench-autoscale test test-keda sanity unit gates integration molecule lint build clean
 
 help:
 	@echo "make demo    - build what is missing, start the local cluster, run playbooks/site.yml"
 	@echo "make test    - sanity, unit, integration and Molecule tests on the local cluster"
+	@echo "make test-keda - build the real KEDA once and run its integration tests (not part of make test)"
 	@echo "make cluster-up | cluster-down | kubeconfig"
 
-# Debian packages the local cluster needs: rsync (sanity copy), prometheus (metrics chain), curl and jq
-# (scripts), iproute2 and util-linux (the simulator's network namespace: ip, unshare), socat (the
-# simulator's relays to 127.0.0.1).
-DEBIAN_PACKAGES := rsync prometheus curl jq iproute2 util-linux socat
+# Debian packages the local cluster needs: rsync (sanity copy), curl and jq (scripts), iproute2 and
+# util-linux (the simulator's network namespace: ip, unshare), socat (the simulator's relays to 127.0.0.1
+# and the pod network's relays from pod IPs). Prometheus and prometheus-operator are built from source.
+DEBIAN_PACKAGES := rsync curl jq iproute2 util-linux socat
 deps:
 	@tools/install-debian-packages.sh $(DEBIAN_PACKAGES)
 
@@ -51,8 +52,9 @@ collection:
 	@mkdir -p $(dir $(COLL_LINK))
 	@ln -sfn $(REPO) $(COLL_LINK)
 
-# The control plane, then the host processes around it: Prometheus, Prometheus Adapter and
-# their sync loop (metrics.sh), and the simulation of what the GPU stack does on the nodes (gpu_sim.py).
+# The control plane, then the host processes around it: the pod network, prometheus-operator, Prometheus,
+# Prometheus Adapter and their sync loop (metrics.sh; MONITORING=annotations for the community chart's
+# scraping instead of the operator), and the simulation of what the GPU stack does on the nodes (gpu_sim.py).
 cluster-up: deps binaries
 	$(CLUSTER) up
 	tools/localcluster/metrics.sh up
@@ -102,8 +104,14 @@ gates: venv
 unit: venv collection lint
 	pytest -q tests/unit
 
+# test_keda.py needs the real KEDA operator, which make test does not build (it would push a fresh
+# .ci/run past 60 minutes); make test-keda builds it once and runs that file.
 integration: deps venv collection cluster-up
-	pytest -q tests/integration
+	pytest -q tests/integration --ignore=tests/integration/test_keda.py
+
+test-keda: deps venv collection cluster-up
+	tools/localcluster/build.sh keda
+	pytest -q tests/integration/test_keda.py
 
 molecule: venv collection binaries
 	molecule test -s default

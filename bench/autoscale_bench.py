@@ -31,7 +31,9 @@ the HPA reporting AbleToScale=ScaleDownStabilized between t3 and t4 (a window of
 
 Environment (all optional):
   BENCH_CLUSTER        local cluster name (KUBEINFER_CLUSTER for tools/localcluster)  (autoscale)
-  BENCH_RUNS           load cycles on the same releases                             (3)
+  BENCH_RUNS           load cycles on the same releases, per monitoring setup      (3)
+  BENCH_SETUPS         the local monitoring setups to measure, in order (metrics.sh MONITORING)
+                       (operator,annotations)
   BENCH_WINDOW         scale-down stabilization window, seconds                      (45)
   BENCH_BUDGET         startup_budget_seconds of the releases (window >= budget)     (20)
   BENCH_KEEP_CLUSTER   1 = leave the cluster, releases and simulators as they are    (0)
@@ -68,7 +70,7 @@ VENV_BIN = CACHE / "venv" / "bin"
 
 CUSTOM_METRIC = "vllm_queue_depth"
 SOURCE_METRIC = "vllm:num_requests_waiting"
-SCRAPE_INTERVAL = 15.0  # tools/localcluster/metrics/prometheus.yml.in
+SCRAPE_INTERVAL = 15.0  # tools/localcluster/metrics.py SCRAPE_INTERVAL (both monitoring setups)
 HPA_SYNC_PERIOD = 15.0  # kube-controller-manager --horizontal-pod-autoscaler-sync-period (cluster.sh)
 REACTION_LIMIT = SCRAPE_INTERVAL + HPA_SYNC_PERIOD + 5.0  # the adapter query is part of the 5 s
 POLL = 1.0
@@ -87,9 +89,9 @@ def log(msg: str) -> None:
 
 # -- the local cluster ------------------------------------------------------------------------------------------------
 
-def tool(script: str, *args: str, cluster: str, timeout: float = 300) -> str:
+def tool(script: str, *args: str, cluster: str, timeout: float = 300, extra_env: Optional[dict[str, str]] = None) -> str:
     """Run a tools/localcluster script for this cluster; return its stdout."""
-    env = dict(os.environ, KUBEINFER_CLUSTER=cluster)
+    env = dict(os.environ, KUBEINFER_CLUSTER=cluster, **(extra_env or {}))
     proc = subprocess.run([str(TOOLS / script), *args], capture_output=True, text=True, env=env, timeout=timeout, check=False)
     if proc.returncode != 0:
         raise RuntimeError(f"{script} {' '.join(args)} failed ({proc.returncode}): {proc.stderr[-2000:]}")
@@ -155,7 +157,8 @@ def deploy_tasks(namespace: str, releases: list[Release], prometheus_url: str, w
         tasks.append({"name": f"Serve {rel.name}", "kubeinfer.llm.vllm_release": {
             "name": rel.name, "namespace": namespace, "create_namespace": True, "model": rel.model, "engine": "sim",
             "replicas": 1, "gpus_per_replica": 1, "startup_budget_seconds": budget, "timeout": 120,
-            "values": {"podAnnotations": {"kubeinfer.io/sim-metrics-port": str(rel.port)}}}})
+            "values": {"podAnnotations": {"kubeinfer.io/sim-metrics-port": str(rel.port)},
+                       "metrics": {"podMonitor": {"enabled": True}}}}})
     for index, rel in enumerate(releases):
         # The metric name is given: detection reads a pod's /metrics through a per-pod port-forward, which
         # tests/integration/test_autoscaling.py covers. Only the last registration waits for the API (the rule
@@ -549,31 +552,58 @@ def report(runs: list[dict[str, Any]], window: int) -> str:
     return "\n".join(lines)
 
 
+SETUP_NAMES = {"operator": "(a) prometheus-operator, chart PodMonitor", "annotations": "(b) community chart, pod annotations"}
+
+
+def compare(results: dict[str, list[dict[str, Any]]]) -> str:
+    """The setups side by side: median reaction times against the bound they share."""
+    lines = ["", "monitoring setups side by side (medians; same cluster, releases and load):",
+             f"{'setup':<44}{'runs':>6}{'t1-t_sim':>10}{'t1-t0':>8}{'t4-t3':>8}   bound t1-t_sim <= {REACTION_LIMIT:g}s"]
+    def med(runs: list[dict[str, Any]], key: str) -> Optional[float]:
+        known = [run[key] for run in runs if run[key] is not None]
+        return statistics.median(known) if known else None
+
+    for setup, runs in results.items():
+        lines.append(f"{SETUP_NAMES.get(setup, setup):<44}{len(runs):>6}{fmt(med(runs, 't1-t_sim')):>10}{fmt(med(runs, 't1-t0')):>8}"
+                     f"{fmt(med(runs, 't4-t3')):>8}   {'ok' if runs and all(run['ok'] for run in runs) else 'FAILED'}")
+    lines.append(f"{'KEDA (ScaledObject, its own HPA)':<44}{'-':>6}   not measured: the KEDA operator is not built here "
+                 "(bench/README.md)")
+    return "\n".join(lines)
+
+
 def main() -> int:
     cluster = os.environ.get("BENCH_CLUSTER", "autoscale")
     runs_wanted = int(os.environ.get("BENCH_RUNS", "3"))
+    setups = [x for x in os.environ.get("BENCH_SETUPS", "operator,annotations").split(",") if x]
     window = int(os.environ.get("BENCH_WINDOW", "45"))
     budget = int(os.environ.get("BENCH_BUDGET", "20"))
     keep = os.environ.get("BENCH_KEEP_CLUSTER", "0") == "1"
-    log(f"cluster {cluster}: cluster.sh up, metrics.sh up")
+    log(f"cluster {cluster}: cluster.sh up, metrics.sh up ({setups[0]})")
     tool("cluster.sh", "up", cluster=cluster, timeout=600)
-    tool("metrics.sh", "up", cluster=cluster, timeout=300)
+    tool("metrics.sh", "up", cluster=cluster, timeout=300, extra_env={"MONITORING": setups[0]})
     scenario = Scenario(cluster=cluster, window=window, budget=budget)
-    runs: list[dict[str, Any]] = []
+    results: dict[str, list[dict[str, Any]]] = {}
     try:
         scenario.setup()
-        for i in range(runs_wanted):
-            log(f"run {i + 1}/{runs_wanted}")
-            runs.append(scenario.run())
-            log(f"run {i + 1}: t1-t_sim {runs[-1]['t1-t_sim']}s, t4-t3 {runs[-1]['t4-t3']}s, ok={runs[-1]['ok']}")
+        for setup in setups:
+            tool("metrics.sh", "up", cluster=cluster, timeout=300, extra_env={"MONITORING": setup})
+            time.sleep(2 * SCRAPE_INTERVAL)  # the new scrape config has scraped every pod at least once
+            runs = results.setdefault(setup, [])
+            for i in range(runs_wanted):
+                log(f"{setup}: run {i + 1}/{runs_wanted}")
+                runs.append(scenario.run())
+                log(f"{setup}: run {i + 1}: t1-t_sim {runs[-1]['t1-t_sim']}s, t4-t3 {runs[-1]['t4-t3']}s, ok={runs[-1]['ok']}")
     finally:
         if not keep:
             scenario.teardown()
             tool("cluster.sh", "down", cluster=cluster, timeout=300)
-    print(report(runs, window))
+    for setup, runs in results.items():
+        print(f"== {SETUP_NAMES.get(setup, setup)}")
+        print(report(runs, window))
+    print(compare(results))
     if os.environ.get("BENCH_JSON"):
-        Path(os.environ["BENCH_JSON"]).write_text(json.dumps({"window": window, "budget": budget, "runs": runs}, indent=2))
-    return 0 if runs and all(run["ok"] for run in runs) else 1
+        Path(os.environ["BENCH_JSON"]).write_text(json.dumps({"window": window, "budget": budget, "runs": results}, indent=2))
+    return 0 if results and all(runs and all(run["ok"] for run in runs) for runs in results.values()) else 1
 
 
 if __name__ == "__main__":

@@ -1,8 +1,8 @@
 #!/usr/bin/env bash
 # Install the Debian packages given as arguments when any is missing: with apt-get as root,
 # otherwise stop with the list, so that a newcomer knows the one command to run.
-# The Debian prometheus package must not start a system service: we run Prometheus
-# ourselves on 127.0.0.1, so a policy-rc.d refuses service starts during the install.
+# No package may start a system service (every server here is one we start, on 127.0.0.1),
+# so a policy-rc.d refuses service starts during the install.
 set -euo pipefail
 missing=()
 for pkg in "$@"; do

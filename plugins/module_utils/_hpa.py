@@ -5,17 +5,27 @@
 from __future__ import annotations
 
 import re
+import time
 from decimal import Decimal
 from typing import Any
 
 from ansible_collections.kubeinfer.llm.plugins.module_utils._errors import KubeInferError
-from ansible_collections.kubeinfer.llm.plugins.module_utils._k8s_names import INSTANCE_LABEL, RELEASE_POD_LABEL, int_quantity, managed_labels
+from ansible_collections.kubeinfer.llm.plugins.module_utils._k8s_names import (
+    INSTANCE_LABEL,
+    MANAGED_BY,
+    MANAGED_BY_LABEL,
+    RELEASE_POD_LABEL,
+    int_quantity,
+    is_managed,
+    managed_labels,
+)
 from ansible_collections.kubeinfer.llm.plugins.module_utils._metrics import QUEUE_METRIC_CANDIDATES
+from ansible_collections.kubeinfer.llm.plugins.module_utils._prometheus import instant_query, sample_value, why_empty
 from ansible_collections.kubeinfer.llm.plugins.module_utils._promql import NAMESPACE_SERIES_LABEL, RELEASE_SERIES_LABEL, selector
-from ansible_collections.kubeinfer.llm.plugins.module_utils._resources import Kube, clean, ensure
+from ansible_collections.kubeinfer.llm.plugins.module_utils._resources import ApiError, Kube, clean, ensure
 from ansible_collections.kubeinfer.llm.plugins.module_utils._resources import diff as before_after
 from ansible_collections.kubeinfer.llm.plugins.module_utils._sizing import HPA_MAX_STABILIZATION_WINDOW_SECONDS, scale_down_window_seconds
-from ansible_collections.kubeinfer.llm.plugins.module_utils._waiter import wait_for
+from ansible_collections.kubeinfer.llm.plugins.module_utils._waiter import poll, wait_for
 
 HPA_API = "autoscaling/v2"
 HPA_KIND = "HorizontalPodAutoscaler"
@@ -204,6 +214,17 @@ def scaled_object(name: str, namespace: str, release: str, target: str, min_repl
 
 # -- status ----------------------------------------------------------------------------------------------------------
 
+# KEDA v2.20.2 names the HPA it creates for a ScaledObject keda-hpa-<name> unless
+# advanced.horizontalPodAutoscalerConfig.name is set (controllers/keda/hpa.go getDefaultHpaName) and records the
+# name in status.hpaName; the first trigger's external metric is s0-<scaler> (pkg/scalers/scaler.go
+# GenerateMetricNameWithIndex), s0-prometheus here.
+KEDA_HPA_PREFIX = "keda-hpa-"
+KEDA_METRIC = "s0-prometheus"
+# Set by the KEDA operator on every ScaledObject it reconciles and removed only by it
+# (controllers/keda/scaledobject_finalizer.go): without a running operator a deleted ScaledObject stays.
+KEDA_FINALIZER = "finalizer.keda.sh"
+
+
 def current_value(hpa: dict[str, Any] | None, custom_metric_name: str) -> str | None:
     """The value the HPA controller last read for the metric (what kubectl shows instead of <unknown>)."""
     for metric in ((hpa or {}).get("status") or {}).get("currentMetrics") or []:
@@ -215,6 +236,23 @@ def current_value(hpa: dict[str, Any] | None, custom_metric_name: str) -> str | 
     return None
 
 
+def external_value(hpa: dict[str, Any] | None, metric_name: str = KEDA_METRIC) -> str | None:
+    """The value KEDA's HPA last read for its external metric (averageValue, or value for metricType Value)."""
+    for metric in ((hpa or {}).get("status") or {}).get("currentMetrics") or []:
+        external = metric.get("external") or {}
+        if metric.get("type") == "External" and (external.get("metric") or {}).get("name") == metric_name:
+            current = external.get("current") or {}
+            value = current.get("averageValue", current.get("value"))
+            if value is not None:
+                return str(value)
+    return None
+
+
+def keda_hpa_name(scaled: dict[str, Any] | None, name: str) -> str:
+    """The HPA KEDA drives for ScaledObject ``name``: status.hpaName once KEDA wrote it, else its default name."""
+    return str(((scaled or {}).get("status") or {}).get("hpaName") or KEDA_HPA_PREFIX + name)
+
+
 def conditions_text(obj: dict[str, Any] | None) -> str:
     """The status conditions as one line, the False ones first (ScalingActive False says why no value is read)."""
     conds = ((obj or {}).get("status") or {}).get("conditions") or []
@@ -222,6 +260,11 @@ def conditions_text(obj: dict[str, Any] | None) -> str:
         return "no conditions yet (the controller has not synced it)"
     ordered = sorted(conds, key=lambda c: c.get("status") == "True")
     return "; ".join(f"{c.get('type')} {c.get('status')} ({c.get('reason', '')}): {c.get('message', '')}" for c in ordered)
+
+
+def is_ready(scaled: dict[str, Any] | None) -> bool:
+    conds = ((scaled or {}).get("status") or {}).get("conditions") or []
+    return any(c.get("type") == "Ready" and c.get("status") == "True" for c in conds)
 
 
 def wait_for_value(kube: Kube, namespace: str, name: str, custom_metric_name: str, timeout: float) -> dict[str, Any]:
@@ -243,19 +286,161 @@ def wait_for_value(kube: Kube, namespace: str, name: str, custom_metric_name: st
     return box["hpa"]
 
 
-def wait_for_ready(kube: Kube, namespace: str, name: str, timeout: float) -> dict[str, Any]:
-    """Wait until KEDA marks the ScaledObject Ready."""
+def wait_for_keda(kube: Kube, params: dict[str, Any], name: str, query: str) -> tuple[dict[str, Any], dict[str, Any], str]:
+    """Wait until the trigger's query returns a sample and KEDA's HPA reads a current value from it.
+
+    Ready alone proves nothing: KEDA sets it once a reconcile succeeds (controllers/keda/scaledobject_controller.go),
+    and its prometheus scaler counts an empty result as 0 (ignoreNullValues defaults to true,
+    pkg/scalers/prometheus_scaler.go), so a query that matches no series passes Ready and never scales.
+    Returns (the ScaledObject, KEDA's HPA, the query's value); the timeout names what is missing.
+    """
+    ns, url = params["namespace"], params["prometheus_url"]
+
+    def run_query(promql: str) -> list[dict[str, Any]]:
+        return instant_query(kube, url, promql, 30, params["prometheus_validate_certs"])
+
     box: dict[str, Any] = {}
 
-    def ready() -> tuple[bool, str]:
-        box["obj"] = kube.get(KEDA_API, KEDA_KIND, name, namespace)
-        conds = ((box["obj"] or {}).get("status") or {}).get("conditions") or []
-        if any(c.get("type") == "Ready" and c.get("status") == "True" for c in conds):
-            return True, "ready"
-        return False, f"conditions: {conditions_text(box['obj'])} (is the KEDA operator running?)"
+    def reading() -> tuple[bool, str]:
+        box["value"] = sample_value(run_query(query))
+        if box["value"] is None:
+            return False, ""
+        box["so"] = kube.get(KEDA_API, KEDA_KIND, name, ns)
+        if not is_ready(box["so"]):
+            return False, f"ScaledObject {ns}/{name} is not Ready: {conditions_text(box['so'])} (is the KEDA operator running?)"
+        hpa_name = keda_hpa_name(box["so"], name)
+        box["hpa"] = kube.get(HPA_API, HPA_KIND, hpa_name, ns)
+        if box["hpa"] is None:
+            return False, f"KEDA has not created its HPA {ns}/{hpa_name}"
+        if external_value(box["hpa"]) is None:
+            return False, (f"KEDA's HPA {ns}/{hpa_name} has no current value for {KEDA_METRIC} (is KEDA's metrics API server "
+                           f"serving external.metrics.k8s.io?); conditions: {conditions_text(box['hpa'])}")
+        return True, "value read"
 
-    wait_for(ready, timeout, f"ScaledObject {namespace}/{name} to be Ready", interval=2.0)
-    return box["obj"]
+    timeout = params["verify_timeout"]
+    done, reason, waited = poll(reading, timeout, interval=2.0)
+    if not done:
+        if box.get("value") is None:
+            raise KubeInferError(
+                f"the KEDA query {query} returns no sample from Prometheus at {url} after {timeout:g}s: {why_empty(run_query, query)}. "
+                "KEDA counts an empty result as 0, so this ScaledObject would never scale up", waited=round(waited, 3))
+        raise KubeInferError(f"timed out after {timeout:g}s waiting for KEDA to read {KEDA_METRIC} ({query} = {box['value']}): {reason}",
+                             conditions=((box.get("hpa") or box.get("so") or {}).get("status") or {}).get("conditions"),
+                             query_value=box["value"], waited=round(waited, 3))
+    return box["so"], box["hpa"], box["value"]
+
+
+# -- other autoscalers of the target ------------------------------------------------------------------------------
+
+def _group(api_version: str | None) -> str:
+    return (api_version or "").rpartition("/")[0]
+
+
+def scales(obj: dict[str, Any], target: str) -> bool:
+    """Whether an HPA or ScaledObject scales Deployment ``target`` (a ScaledObject's ref defaults to apps/v1 Deployment)."""
+    ref = (obj.get("spec") or {}).get("scaleTargetRef") or {}
+    return ref.get("name") == target and ref.get("kind", "Deployment") == "Deployment" and _group(ref.get("apiVersion", "apps/v1")) == "apps"
+
+
+def keda_owner(hpa: dict[str, Any]) -> str | None:
+    """The ScaledObject that owns an HPA KEDA created (KEDA sets itself as controller owner, controllers/keda/hpa.go)."""
+    for ref in (hpa.get("metadata") or {}).get("ownerReferences") or []:
+        if ref.get("kind") == KEDA_KIND and _group(ref.get("apiVersion")) == "keda.sh":
+            return str(ref.get("name"))
+    return None
+
+
+def describe(obj: dict[str, Any]) -> str:
+    meta = obj.get("metadata") or {}
+    return f"{obj.get('kind')} {meta.get('namespace')}/{meta.get('name')}"
+
+
+def sort_out(kind: str, name: str, hpas: list[dict[str, Any]], scaled_objects: list[dict[str, Any]]
+             ) -> tuple[list[dict[str, Any]], list[dict[str, Any]], list[dict[str, Any]]]:
+    """The autoscalers of the target other than the one this run writes: (stale, dependents, foreign).
+
+    stale: the collection's own (managed-by label), of the other kind or another name, deleted first;
+    dependents: HPAs KEDA created for a ScaledObject that goes (KEDA and the garbage collector remove them);
+    foreign: anything the collection does not manage. An HPA owned by a ScaledObject is judged by its owner:
+    KEDA copies the ScaledObject's labels, managed-by included, onto it (controllers/keda/hpa.go).
+    """
+    stale: list[dict[str, Any]] = []
+    dependents: list[dict[str, Any]] = []
+    foreign: list[dict[str, Any]] = []
+    staying: set[str] = set()
+    for obj in scaled_objects:
+        if not is_managed(obj):
+            foreign.append(obj)
+            staying.add(obj["metadata"]["name"])
+        elif kind == "keda" and obj["metadata"]["name"] == name:
+            staying.add(name)
+        else:
+            stale.append(obj)
+    for obj in hpas:
+        owner = keda_owner(obj)
+        if owner is not None:
+            if owner not in staying:
+                dependents.append(obj)
+        elif not is_managed(obj):
+            foreign.append(obj)
+        elif not (kind == "hpa" and obj["metadata"]["name"] == name):
+            stale.append(obj)
+    return stale, dependents, foreign
+
+
+def wait_until_gone(kube: Kube, objs: list[dict[str, Any]], timeout: float) -> None:
+    """Wait until each object is deleted; a ScaledObject held by KEDA's finalizer says so."""
+    def gone() -> tuple[bool, str]:
+        for obj in objs:
+            meta = obj["metadata"]
+            live = kube.get(obj["apiVersion"], obj["kind"], meta["name"], meta.get("namespace"))
+            if live is None or live["metadata"].get("uid") != meta.get("uid"):
+                continue
+            if KEDA_FINALIZER in (live["metadata"].get("finalizers") or []):
+                return False, f"{describe(obj)} is held by the finalizer {KEDA_FINALIZER}, which only the KEDA operator removes (is it running?)"
+            if keda_owner(live):
+                return False, f"{describe(obj)} still exists (the garbage collector removes it once its ScaledObject is gone)"
+            return False, f"{describe(obj)} still exists"
+        return True, "gone"
+
+    if objs:
+        wait_for(gone, timeout, "the previous autoscaler of the target to be removed", interval=1.0)
+
+
+# KEDA's admission webhook reads HPAs and ScaledObjects from its informer cache
+# (apis/keda/v1alpha1/scaledobject_webhook.go verifyHpas, verifyScaledObjects), which may still hold one just deleted.
+WEBHOOK_CACHE_SECONDS = 15.0
+
+
+def _denied_for(error: ApiError, names: set[str]) -> bool:
+    """Whether KEDA's webhook refused the write because of one of ``names`` (its verifyHpas/verifyScaledObjects messages)."""
+    return any(f"managed by the hpa '{n}'" in error.reason or f"managed by the ScaledObject '{n}'" in error.reason for n in names)
+
+
+def write(kube: Kube, desired: dict[str, Any], check_mode: bool, removed: list[dict[str, Any]]
+          ) -> tuple[bool, dict[str, Any] | None, dict[str, Any], str | None]:
+    """ensure() the autoscaler after ``removed`` went; returns (changed, before, after, a check-mode warning or None).
+
+    In check mode the removed objects are still there (their deletes were dry runs), so KEDA's webhook may refuse
+    the dry run because of them: the object is then returned as desired, with a warning.
+    """
+    names = {o["metadata"]["name"] for o in removed}
+    deadline = time.monotonic() + WEBHOOK_CACHE_SECONDS
+    while True:
+        try:
+            changed, before, after = ensure(kube, desired, check_mode)
+            return changed, before, after, None
+        except ApiError as e:
+            if not _denied_for(e, names):
+                raise
+            if check_mode:
+                meta = desired["metadata"]
+                before = kube.get(desired["apiVersion"], desired["kind"], meta["name"], meta["namespace"])
+                return True, before, desired, (f"check mode: KEDA's webhook refused the dry run only because of "
+                                               f"{', '.join(sorted(describe(o) for o in removed))}, which a real run deletes first: {e.reason}")
+            if time.monotonic() >= deadline:
+                raise
+            time.sleep(1.0)
 
 
 # -- the module ---------------------------------------------------------------------------------------------------
@@ -290,16 +475,34 @@ def _desired(kube: Kube, params: dict[str, Any], name: str, result: dict[str, An
                          params["prometheus_url"], query, window, params["polling_interval"], spec_behavior)
 
 
+def _others(kube: Kube, params: dict[str, Any], name: str, target: str, keda_ok: bool
+            ) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+    """The autoscalers of the target to remove first (stale, then KEDA's HPAs of those), refusing foreign ones before any write."""
+    ns, kind = params["namespace"], params["kind"]
+    hpas = [o for o in kube.list(HPA_API, HPA_KIND, ns) if scales(o, target)]
+    scaled_objects = [o for o in kube.list(KEDA_API, KEDA_KIND, ns) if scales(o, target)] if keda_ok else []
+    stale, dependents, foreign = sort_out(kind, name, hpas, scaled_objects)
+    if foreign:
+        raise KubeInferError(
+            f"kind={kind}: Deployment {ns}/{target} is already scaled by {', '.join(describe(o) for o in foreign)}, which "
+            f"kubeinfer.llm does not manage (no label {MANAGED_BY_LABEL}={MANAGED_BY}). Two autoscalers of one Deployment fight over "
+            "its replicas (and KEDA's webhook refuses a ScaledObject whose target another HPA owns): remove it, or set target to "
+            "another Deployment. Nothing was changed.", foreign=[describe(o) for o in foreign])
+    return stale, dependents
+
+
 def run(kube: Kube, params: dict[str, Any], check_mode: bool, diff: bool) -> dict[str, Any]:
-    """The inference_hpa module: ensure the HPA (or ScaledObject), then wait for it to read the metric."""
+    """The inference_hpa module: replace the collection's other autoscaler of the target, ensure the HPA (or
+    ScaledObject), then wait for it to read the metric."""
     ns, kind = params["namespace"], params["kind"]
     name = params["name"] or params["release"]
     api_version, obj_kind = (KEDA_API, KEDA_KIND) if kind == "keda" else (HPA_API, HPA_KIND)
-    result: dict[str, Any] = {"changed": False, "kind": kind, "name": name, "current_value": None, "desired_replicas": None}
+    result: dict[str, Any] = {"changed": False, "kind": kind, "name": name, "current_value": None, "desired_replicas": None,
+                              "removed": []}
     try:
-        keda_ok = kind != "keda" or _keda_installed(kube)
+        keda_ok = _keda_installed(kube)
         if params["state"] == "absent":
-            before = kube.get(api_version, obj_kind, name, ns) if keda_ok else None
+            before = kube.get(api_version, obj_kind, name, ns) if keda_ok or kind == "hpa" else None
             if before is not None:
                 kube.delete(api_version, obj_kind, name, ns, dry_run=check_mode)
             result.update(changed=before is not None, hpa=None)
@@ -307,23 +510,43 @@ def run(kube: Kube, params: dict[str, Any], check_mode: bool, diff: bool) -> dic
                 result["diff"] = before_after(before, None)
             result["api_requests"] = dict(kube.requests)
             return result
-        if not keda_ok:
+        if kind == "keda" and not keda_ok:
             raise KubeInferError(f"KEDA is not installed: no {KEDA_CRD} CRD. Install KEDA (https://keda.sh) or use kind=hpa")
         desired = _desired(kube, params, name, result)
+        stale, dependents = _others(kube, params, name, result["target"], keda_ok)
+        # The switch between hpa and keda: the collection's previous autoscaler of the target goes first (KEDA's
+        # webhook refuses a ScaledObject on a target another HPA owns; two HPAs fight), then KEDA's HPA of a
+        # removed ScaledObject must be gone before an HPA of ours scales the same Deployment.
+        for obj in stale:
+            kube.delete(obj["apiVersion"], obj["kind"], obj["metadata"]["name"], ns, dry_run=check_mode)
+        result["removed"] = [describe(o) for o in stale]
+        if not check_mode:
+            wait_until_gone(kube, stale + dependents, params["verify_timeout"])
         # Strict field validation checks a ScaledObject against the installed KEDA CRD's schema.
-        result["changed"], before, after = ensure(kube, desired, check_mode)
+        changed, before, after, warning = write(kube, desired, check_mode, stale + dependents)
+        result["changed"] = changed or bool(stale)
+        if warning:
+            result["warnings"] = [warning]
         if diff:
             result["diff"] = before_after(before, after)
-        if params["verify"] and not check_mode:
-            if kind == "hpa":
-                after = wait_for_value(kube, ns, name, params["custom_metric_name"], params["verify_timeout"])
-            else:
-                after = wait_for_ready(kube, ns, name, params["verify_timeout"])
         status = (after or {}).get("status") or {}
-        result.update(hpa=clean(after), conditions=status.get("conditions") or [], desired_replicas=status.get("desiredReplicas"),
-                      current_replicas=status.get("currentReplicas"))
         if kind == "hpa":
+            if params["verify"] and not check_mode:
+                after = wait_for_value(kube, ns, name, params["custom_metric_name"], params["verify_timeout"])
+                status = after.get("status") or {}
             result["current_value"] = current_value(after, params["custom_metric_name"])
+            scaler_status = status
+        else:
+            if params["verify"] and not check_mode:
+                after, keda_hpa, result["query_value"] = wait_for_keda(kube, params, name, result["query"])
+                status = after.get("status") or {}
+            else:
+                keda_hpa = kube.get(HPA_API, HPA_KIND, keda_hpa_name(after, name), ns)
+            result["keda_hpa"] = keda_hpa_name(after, name)
+            result["current_value"] = external_value(keda_hpa)
+            scaler_status = (keda_hpa or {}).get("status") or {}
+        result.update(hpa=clean(after), conditions=status.get("conditions") or [], desired_replicas=scaler_status.get("desiredReplicas"),
+                      current_replicas=scaler_status.get("currentReplicas"))
     except KubeInferError as e:
         raise KubeInferError(e.msg, **{**result, **e.result, "api_requests": dict(kube.requests)}) from e
     result["api_requests"] = dict(kube.requests)

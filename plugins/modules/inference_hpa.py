@@ -19,11 +19,24 @@ description:
   - Behavior is written out completely, the Kubernetes default policies included, so that a changed or dropped policy
     is applied. Writes are server-side applies with strict field validation; a re-run with the same input only reads.
   - With O(kind=keda) it emits a KEDA C(ScaledObject) instead, with a C(prometheus) trigger on the release's queue, so
-    that O(min_replicas) may be 0. B(KEDA must be installed) (its C(scaledobjects.keda.sh) CRD and operator); the object
-    is first validated by a server-side dry run against the installed CRD. Scaling up from zero needs a query that sees
-    demand while no pod runs (for example a gateway's queue, see O(keda_query)); the pods' own queue metric vanishes with them.
-  - Verification waits until the HPA reports a current value for the metric instead of C(<unknown>), and on timeout
-    reports the HPA's conditions (for example C(ScalingActive False FailedGetPodsMetric) and its message).
+    that O(min_replicas) may be 0. B(KEDA must be installed) (its C(scaledobjects.keda.sh) CRD, operator, metrics API
+    server and admission webhooks); the write is a server-side apply with strict validation against the installed CRD.
+    Scaling up from zero needs a query that sees demand while no pod runs (for example a gateway's queue, see
+    O(keda_query)); the pods' own queue metric vanishes with them.
+  - One autoscaler per Deployment. Switching O(kind) deletes the collection's own autoscaler of the target first (an HPA
+    or ScaledObject with the label C(app.kubernetes.io/managed-by=kubeinfer.llm)), because KEDA's admission webhook
+    refuses a ScaledObject whose target another HPA owns, and two HPAs of one Deployment fight. From V(keda) to V(hpa)
+    it also waits until KEDA's own HPA (C(keda-hpa-<name>)) is gone; without a running KEDA operator the ScaledObject
+    keeps KEDA's finalizer C(finalizer.keda.sh) and the module fails saying so, before creating the HPA.
+  - An HPA or ScaledObject of the target that the collection does not manage is refused before any write, naming it.
+  - Verification with O(kind=hpa) waits until the HPA reports a current value for the metric instead of C(<unknown>),
+    and on timeout reports the HPA's conditions (for example C(ScalingActive False FailedGetPodsMetric) and its message).
+  - Verification with O(kind=keda) does not stop at KEDA's C(Ready), which KEDA sets once a reconcile succeeds even
+    when the query matches no series (an empty result counts as 0, so the ScaledObject never scales up). It runs the
+    trigger's query against O(prometheus_url) and fails when it returns no sample, naming the query and the first
+    series label that matches nothing (for example C(kubeinfer_io_release) when the scrape does not copy the pod
+    label C(kubeinfer.io/release)). Then it waits until the ScaledObject is C(Ready) and KEDA's HPA reports a current
+    value of its external metric C(s0-prometheus), and on timeout reports that HPA's conditions.
 author:
   - Kubeinfer maintainers (@kubeinfer)
 extends_documentation_fragment:
@@ -135,8 +148,16 @@ options:
         choices: [Max, Min, Disabled]
         default: Max
   prometheus_url:
-    description: Prometheus as KEDA reaches it. Required with O(kind=keda) and O(state=present).
+    description:
+      - Prometheus as KEDA reaches it. Required with O(kind=keda) and O(state=present).
+      - Verification runs the trigger's query there too. A URL naming an in-cluster Service
+        (C(http://<service>.<namespace>.svc:<port>)) is reached through the API server's service proxy (RBAC
+        C(services/proxy) get); any other URL directly from the Ansible host.
     type: str
+  prometheus_validate_certs:
+    description: Verify the TLS certificate of an C(https) O(prometheus_url) reached directly.
+    type: bool
+    default: true
   metric_name:
     description:
       - The Prometheus queue metric, for O(kind=keda)'s query; use RV(kubeinfer.llm.metrics_adapter#module:metric_name).
@@ -153,11 +174,15 @@ options:
     default: 15
   verify:
     description:
-      - Wait until the HPA reports a current value for the metric (with O(kind=keda), until KEDA marks the ScaledObject Ready).
+      - Wait until the HPA reports a current value for the metric. With O(kind=keda), until the trigger's query returns
+        a sample, the ScaledObject is C(Ready) and KEDA's HPA reports a current value (see the description).
+      - With O(kind=keda) and no pod running (scaled to zero) the default query has no sample; set V(false) there.
     type: bool
     default: true
   verify_timeout:
-    description: Seconds to wait; allow for one HPA sync period (15 s by default) and a scrape.
+    description:
+      - Seconds to wait; allow for one HPA sync period (15 s by default) and a scrape.
+      - Also bounds the wait for the previous autoscaler of the target to be removed when O(kind) changes.
     type: int
     default: 120
   state:
@@ -187,7 +212,7 @@ EXAMPLES = r"""
       pods: 2
       period_seconds: 30
 
-- name: Scale to zero with KEDA (KEDA must be installed)
+- name: Switch the same release to KEDA; the HPA above is deleted first (KEDA must be installed)
   kubeinfer.llm.inference_hpa:
     release: llama
     namespace: llm
@@ -252,12 +277,32 @@ query:
   returned: when O(kind=keda)
   sample: sum(vllm:num_requests_waiting{namespace="llm",kubeinfer_io_release="llama"})
 current_value:
-  description: The per-pod average the HPA last read; null while it shows C(<unknown>).
+  description:
+    - The per-pod average the HPA last read; null while it shows C(<unknown>).
+    - With O(kind=keda), the value KEDA's HPA (RV(keda_hpa)) last read for its external metric C(s0-prometheus).
   type: str
   returned: always
   sample: "0"
+query_value:
+  description: The value the KEDA trigger's query returned from Prometheus during verification.
+  type: str
+  returned: when O(kind=keda) and O(verify) and not in check mode
+  sample: "3"
+keda_hpa:
+  description: The name of the HPA KEDA created for the ScaledObject.
+  type: str
+  returned: when O(kind=keda) and O(state=present)
+  sample: keda-hpa-llama
+removed:
+  description:
+    - The collection's own autoscalers of the target deleted before the write (the other O(kind), or another name), as
+      C(<Kind> <namespace>/<name>). In check mode, those a real run would delete.
+  type: list
+  elements: str
+  returned: always
+  sample: ["HorizontalPodAutoscaler llm/llama"]
 desired_replicas:
-  description: The HPA's desired replica count.
+  description: The HPA's desired replica count (with O(kind=keda), that of KEDA's HPA).
   type: int
   returned: always
   sample: 1
@@ -309,6 +354,7 @@ ARGUMENT_SPEC = argument_spec(
     scale_up=_rules_spec(15, {"type": "int", "default": 0}),
     scale_down=_rules_spec(60, {"type": "int"}),
     prometheus_url={"type": "str"},
+    prometheus_validate_certs={"type": "bool", "default": True},
     metric_name={"type": "str"},
     keda_query={"type": "str"},
     polling_interval={"type": "int", "default": 15},

@@ -2,7 +2,8 @@
 
 The chain is the one a real cluster runs: the vllm chart's pods (kwok-simulated, one per replica) stand for a
 release; llm-d-inference-sim, a host process on 127.0.0.1, is their engine (reached by the pod's port-forward and
-scraped by Prometheus through the pod annotation kubeinfer.io/sim-metrics-port); the real prometheus-adapter v0.12.0
+scraped at the pod's loopback IP by Prometheus 3 with the config the real prometheus-operator generates from the chart's
+PodMonitor, the pod network relaying it per kubeinfer.io/sim-metrics-port); the real prometheus-adapter v0.12.0
 serves custom.metrics.k8s.io through the aggregator; the real HPA controller in kube-controller-manager reads it.
 The simulator reports a fixed queue (``--fake-metrics``), so the value that must come out at the end is known.
 
@@ -30,7 +31,7 @@ from kubernetes import client
 from kubernetes.client.rest import ApiException
 
 if TYPE_CHECKING:
-    from conftest import PlaybookRunner
+    from conftest import Audit, PlaybookRunner
 
 REPO = Path(__file__).resolve().parents[2]
 TOOLS = REPO / "tools" / "localcluster"
@@ -91,8 +92,9 @@ def release(api: client.ApiClient, kubeconfig: str, simulator: int, prometheus_u
             playbook_runner: Callable[[Path], PlaybookRunner], tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[str, str]]:
     """The vllm chart (engine sim) installed with helm in a fresh namespace; its pod forwards port 8000 to the simulator.
 
-    The chart labels the pod kubeinfer.io/release (the scrape turns it into kubeinfer_io_release); the local-cluster
-    annotation kubeinfer.io/sim-metrics-port makes Prometheus scrape the simulator's /metrics as that pod's.
+    The chart labels the pod kubeinfer.io/release, and its PodMonitor lists it in podTargetLabels, so the operator's
+    scrape config turns it into kubeinfer_io_release; the local-cluster annotation kubeinfer.io/sim-metrics-port has the
+    pod network (tools/localcluster/podnet.py) answer the pod's IP with the simulator.
     """
     core = client.CoreV1Api(api)
     ns = f"it-autoscaling-{uuid.uuid4().hex[:8]}"
@@ -101,6 +103,7 @@ def release(api: client.ApiClient, kubeconfig: str, simulator: int, prometheus_u
     values.write_text(json.dumps({
         "engine": "sim", "model": {"name": MODEL}, "replicaCount": 1, "gpusPerReplica": 1,
         "podAnnotations": {"kubeinfer.io/sim-metrics-port": str(simulator)},
+        "metrics": {"podMonitor": {"enabled": True}},
         "probes": {"startup": {"budgetSeconds": BUDGET}},
     }))
     env = dict(os.environ, KUBECONFIG=kubeconfig)
@@ -251,6 +254,99 @@ def test_keda_scaled_object_against_the_crd(playbook: PlaybookRunner, kubeconfig
         trigger = so["spec"]["triggers"][0]
         assert trigger["metadata"]["query"] == f'sum(vllm:num_requests_waiting{{namespace="{ns}",kubeinfer_io_release="{RELEASE}"}})'
         assert trigger["metadata"]["serverAddress"] == prometheus_url
+    finally:
+        sh(kubectl + ["delete", "--ignore-not-found", "-f", str(keda_crd)])
+
+
+def autoscalers(api: client.ApiClient, ns: str) -> list[str]:
+    """Every HPA and ScaledObject in the namespace that scales the release's Deployment, as ``Kind/name``."""
+    hpas = client.AutoscalingV2Api(api).list_namespaced_horizontal_pod_autoscaler(ns).items
+    found = [f"HorizontalPodAutoscaler/{h.metadata.name}" for h in hpas if h.spec.scale_target_ref.name == DEPLOYMENT]
+    sos = client.CustomObjectsApi(api).list_namespaced_custom_object("keda.sh", "v1alpha1", ns, "scaledobjects")["items"]
+    found += [f"ScaledObject/{o['metadata']['name']}" for o in sos if o["spec"]["scaleTargetRef"]["name"] == DEPLOYMENT]
+    return sorted(found)
+
+
+def test_switching_between_hpa_and_keda_on_the_real_crd(playbook: PlaybookRunner, api: client.ApiClient, audit: Audit, kubeconfig: str,
+                                                        keda_crd: Path, prometheus_url: str, release: tuple[str, str]) -> None:
+    """Without the KEDA operator (make test-keda runs the same switch against the real operator and its webhook):
+    the switch converges both ways with one autoscaler on the target, re-runs write nothing, check mode only dry-runs,
+    a foreign HPA is refused before any write, an empty query fails naming the label, and a ScaledObject held by KEDA's
+    finalizer (the operator gone) stops the switch before a second autoscaler exists."""
+    ns = release[0]
+    kubectl = [str(KUBECTL), "--kubeconfig", kubeconfig]
+    custom = client.CustomObjectsApi(api)
+    hpa_task = {"name": "HPA", "kubeinfer.llm.inference_hpa": {"release": RELEASE, "namespace": ns, "max_replicas": 2, "verify_timeout": 150}}
+
+    def keda_task(**over: Any) -> dict[str, Any]:
+        args = {"release": RELEASE, "namespace": ns, "kind": "keda", "max_replicas": 2, "prometheus_url": prometheus_url, "verify": False}
+        return {"name": "KEDA", "ignore_errors": True, "kubeinfer.llm.inference_hpa": {**args, **over}}
+
+    def one(step: dict[str, Any], check: bool = False) -> tuple[dict[str, Any], list[str]]:
+        mark = audit.mark()
+        run = playbook([step], check=check, results=True)
+        assert run.results, run.output[-3000:]
+        return run.results[0], audit.writes(mark, "kubeinfer.llm")
+
+    sh(kubectl + ["apply", "--server-side", "-f", str(keda_crd)])
+    try:
+        sh(kubectl + ["wait", "--for=condition=Established", "crd/scaledobjects.keda.sh", "--timeout=60s"])
+        run = playbook([adapter_task(ns, prometheus_url), hpa_task], results=True)
+        assert run.returncode == 0 and float(run.results[1]["current_value"]) == QUEUE, run.output[-3000:]
+
+        dry, writes = one(keda_task(), check=True)
+        assert writes == [] and dry["changed"] and dry["removed"] == [f"HorizontalPodAutoscaler {ns}/{RELEASE}"], (writes, dry)
+        assert autoscalers(api, ns) == [f"HorizontalPodAutoscaler/{RELEASE}"]
+
+        to_keda, writes = one(keda_task())
+        assert not to_keda.get("failed"), to_keda.get("msg")
+        assert writes == [f"delete horizontalpodautoscalers {ns}/{RELEASE}", f"patch scaledobjects {ns}/{RELEASE}"]
+        assert autoscalers(api, ns) == [f"ScaledObject/{RELEASE}"]
+        again, writes = one(keda_task())
+        assert writes == [] and not again["changed"] and again["removed"] == []
+
+        # Verification does not stop at Ready: a query over series without the label fails naming it (before KEDA
+        # is even asked), and a good query without an operator fails on Ready, saying so.
+        query = f'sum(vllm:num_requests_waiting{{namespace="{ns}",kubeinfer_io_tier="gold"}})'
+        empty = one(keda_task(keda_query=query, verify=True, verify_timeout=5))[0]
+        assert empty.get("failed") and empty["msg"] == (
+            f"the KEDA query {query} returns no sample from Prometheus at {prometheus_url} after 5s: series "
+            f'vllm:num_requests_waiting{{namespace="{ns}"}} exist, but none carries the label kubeinfer_io_tier. '
+            "KEDA counts an empty result as 0, so this ScaledObject would never scale up"), empty.get("msg")
+        unready = one(keda_task(verify=True, verify_timeout=5))[0]
+        assert unready.get("failed") and f"ScaledObject {ns}/{RELEASE} is not Ready: no conditions yet" in unready["msg"] \
+            and "is the KEDA operator running?" in unready["msg"], unready.get("msg")
+
+        # A foreign HPA of the target is refused before any write.
+        client.AutoscalingV2Api(api).create_namespaced_horizontal_pod_autoscaler(ns, {"metadata": {"name": "hand-made"}, "spec": {
+            "scaleTargetRef": {"apiVersion": "apps/v1", "kind": "Deployment", "name": DEPLOYMENT}, "minReplicas": 1, "maxReplicas": 2}})
+        refused, writes = one(keda_task())
+        client.AutoscalingV2Api(api).delete_namespaced_horizontal_pod_autoscaler("hand-made", ns)
+        assert writes == [] and refused["msg"].startswith(
+            f"kind=keda: Deployment {ns}/{DEPLOYMENT} is already scaled by HorizontalPodAutoscaler {ns}/hand-made"), refused.get("msg")
+
+        # keda -> hpa with KEDA's finalizer on the ScaledObject and no operator to remove it: deleted, held, reported.
+        custom.patch_namespaced_custom_object("keda.sh", "v1alpha1", ns, "scaledobjects", RELEASE,
+                                              {"metadata": {"finalizers": ["finalizer.keda.sh"]}})
+        held, writes = one(dict(hpa_task, ignore_errors=True, **{"kubeinfer.llm.inference_hpa": dict(
+            hpa_task["kubeinfer.llm.inference_hpa"], verify_timeout=5)}))
+        assert writes == [f"delete scaledobjects {ns}/{RELEASE}"], writes
+        assert held.get("failed") and f"ScaledObject {ns}/{RELEASE} is held by the finalizer finalizer.keda.sh, which only the KEDA " \
+            "operator removes (is it running?)" in held["msg"], held.get("msg")
+        assert autoscalers(api, ns) == [f"ScaledObject/{RELEASE}"], "no HPA of ours while the ScaledObject may still scale"
+        custom.patch_namespaced_custom_object("keda.sh", "v1alpha1", ns, "scaledobjects", RELEASE, {"metadata": {"finalizers": None}})
+
+        back, writes = one(hpa_task)
+        assert not back.get("failed"), back.get("msg")
+        assert writes == [f"patch horizontalpodautoscalers {ns}/{RELEASE}"] and float(back["current_value"]) == QUEUE
+        assert autoscalers(api, ns) == [f"HorizontalPodAutoscaler/{RELEASE}"]
+        again, writes = one(hpa_task)
+        assert writes == [] and not again["changed"]
+        # And keda -> hpa in one run when nothing holds the ScaledObject (it was never reconciled).
+        assert not one(keda_task())[0].get("failed")
+        back, writes = one(hpa_task)
+        assert writes == [f"delete scaledobjects {ns}/{RELEASE}", f"patch horizontalpodautoscalers {ns}/{RELEASE}"]
+        assert back["removed"] == [f"ScaledObject {ns}/{RELEASE}"] and autoscalers(api, ns) == [f"HorizontalPodAutoscaler/{RELEASE}"]
     finally:
         sh(kubectl + ["delete", "--ignore-not-found", "-f", str(keda_crd)])
 

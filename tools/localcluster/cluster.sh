@@ -185,18 +185,20 @@ write_hardware() {
 # One pool of nodes from the template kwok/node.yaml, with kwokctl's own scaling: it creates
 # the missing POOL-NNNN nodes and deletes the newest beyond COUNT. Existing nodes are left alone
 # (their status belongs to kwok and gpu_sim.py).
-scale_pool() { # scale_pool POOL COUNT ROLE CPU MEMORY
+scale_pool() { # scale_pool POOL COUNT ROLE CPU MEMORY POD_CIDR
   "$KWOKCTL" --name "$NAME" -c "$STATE_DIR/kwokctl.yaml" scale kubeinfer-node "$1" --replicas "$2" \
     --serial-length 4 --param ".role=\"$3\"" --param ".cpu=\"$4\"" --param ".memory=\"$5\"" \
+    --param ".podCIDR=\"$6\"" \
     --param ".pods=\"$NODE_PODS\"" >"$STATE_DIR/kwokctl-scale.log" 2>&1 \
     || { tail -5 "$STATE_DIR/kwokctl-scale.log" >&2; die "kwokctl scale of the $1 nodes failed"; }
 }
 
 ensure_nodes() {
   log "nodes: $GPU_NODES bare GPU + $GPU_DRIVER_NODES GPU with host driver (x $GPU_PER_NODE $GPU_PRODUCT), $CPU_NODES CPU"
-  scale_pool kwok-gpu "$GPU_NODES" gpu-worker "$GPU_NODE_CPU" "$GPU_NODE_MEMORY"
-  scale_pool kwok-gpudrv "$GPU_DRIVER_NODES" gpu-worker "$GPU_NODE_CPU" "$GPU_NODE_MEMORY"
-  scale_pool kwok-cpu "$CPU_NODES" cpu-worker "$CPU_NODE_CPU" "$CPU_NODE_MEMORY"
+  # Each pool's nodes take consecutive /24s from its base (kwok/node.yaml); 1,000 GPU nodes end at 127.13.231.0/24.
+  scale_pool kwok-gpu "$GPU_NODES" gpu-worker "$GPU_NODE_CPU" "$GPU_NODE_MEMORY" 127.10.0.0/24
+  scale_pool kwok-gpudrv "$GPU_DRIVER_NODES" gpu-worker "$GPU_NODE_CPU" "$GPU_NODE_MEMORY" 127.20.0.0/24
+  scale_pool kwok-cpu "$CPU_NODES" cpu-worker "$CPU_NODE_CPU" "$CPU_NODE_MEMORY" 127.30.0.0/24
   write_hardware
 }
 

@@ -57,6 +57,10 @@ vllm_model: $MODEL
 vllm_values:
   podAnnotations:
     kubeinfer.io/sim-metrics-port: "$port"
+  # Setup (a) of the local metrics chain: prometheus-operator scrapes the chart's PodMonitor.
+  metrics:
+    podMonitor:
+      enabled: true
 metrics_adapter_prometheus_url: $prometheus
 metrics_adapter_chart_ref: $adapter_chart
 gpu_operator_chart_ref: $chart

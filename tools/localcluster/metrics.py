@@ -4,18 +4,25 @@
 Usage: metrics.py up | down | status | prometheus-url | adapter-url | adapter-remove
 
 Every process is a host process bound to 127.0.0.1 and stopped by the PID it was started with:
-- Prometheus (Debian's /usr/bin/prometheus, or $PROMETHEUS_BINARY) with the configuration rendered
-  from metrics/prometheus.yml.in: job ``vllm-pods``, scrape interval 15 s, pods annotated
-  ``prometheus.io/scrape: "true"`` and ``kubeinfer.io/sim-metrics-port: <port>`` are scraped at
-  127.0.0.1:<port> with the labels namespace, pod, kubeinfer_io_release (and kubeinfer_io_model).
-  TSDB under the state dir, retention 2 h.
+- Prometheus 3 built from source by build.sh (Kubernetes service discovery only), scrape interval
+  15 s, TSDB under the state dir, retention 2 h. It discovers pods through the API server (the
+  cluster's kubeconfig) and scrapes them at <pod IP>:<port>: pod IPs are loopback addresses here
+  and podnet.py relays each to the simulator that plays the pod. Its configuration comes from one of
+  two monitoring setups, chosen by MONITORING:
+  * ``operator`` (default), as kube-prometheus-stack runs it: the real prometheus-operator (built by
+    build.sh, CRDs from ../shared/upstream) reconciles the Prometheus object monitoring/kubeinfer
+    (metrics/prometheus-object.yaml.in) from the PodMonitors and ServiceMonitors of the cluster and
+    writes the scrape config into Secret monitoring/prometheus-kubeinfer; the sync loop plays the
+    operator's config-reloader: it runs that config, reloading Prometheus when it changes.
+  * ``annotations``, as the community ``prometheus`` chart runs it: its ``kubernetes-pods`` job
+    (metrics/prometheus-annotations.yml.in), pods annotated ``prometheus.io/scrape: "true"``.
 - prometheus-adapter v0.12.0 (built by build.sh) with --metrics-relist-interval 15s, its serving
   certificate being kwokctl's admin certificate (SAN localhost, 127.0.0.1). It is registered as
   APIServices v1beta1/v1beta2.custom.metrics.k8s.io -> Service monitoring/prometheus-adapter
   (ExternalName localhost, port = the adapter's port), insecureSkipTLSVerify.
 - the sync loop (``metrics.py _sync``), every 2 s:
-  * lists the pods and writes Prometheus' file_sd target file with kubernetes_sd-style
-    __meta_kubernetes_* labels (Debian's Prometheus has no Kubernetes discovery built in);
+  * lists the pods and keeps podnet.py's relays (the pod network) in step with them;
+  * with MONITORING=operator, runs the operator's current config (config-reloader);
   * mirrors ConfigMap monitoring/prometheus-adapter key config.yaml to the adapter's --config file
     and restarts the adapter when that content changes or when the pod-template annotation
     kubeinfer.io/config-checksum of Deployment monitoring/prometheus-adapter (kwok-simulated)
@@ -27,15 +34,18 @@ APIServices first (an unavailable aggregated API breaks discovery for every clie
 the processes; the namespace, ConfigMap and Deployment stay (the next ``up`` reuses the rules).
 
 State in $KWOK_WORKDIR/kubeinfer-$KUBEINFER_CLUSTER/metrics/: ports.json, *.pid, *.log,
-prometheus.yml, targets.json, adapter-config.yaml, sync-state.json, prometheus-data/.
-Environment: KUBEINFER_CACHE, KUBEINFER_CLUSTER, KWOK_WORKDIR (as cluster.sh), PROMETHEUS_BINARY,
-PROMETHEUS_PORT and ADAPTER_PORT (default: a free port chosen on the first up, then kept).
+prometheus.yml, monitoring (the setup in force), adapter-config.yaml, sync-state.json, prometheus-data/,
+podnet/ (one relay per pod port). Environment: KUBEINFER_CACHE, KUBEINFER_CLUSTER, KWOK_WORKDIR (as
+cluster.sh), MONITORING, PROMETHEUS_PORT, OPERATOR_PORT and ADAPTER_PORT (default: a free port chosen
+on the first up, then kept).
 Only the Python standard library is used.
 """
 
 from __future__ import annotations
 
+import base64
 import fcntl
+import gzip
 import hashlib
 import json
 import os
@@ -51,6 +61,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, Iterator
 
+import podnet
 from hostproc import HostProcess, cache_dir, cluster_name, pinned, workdir
 from hostproc import kubectl as kubectl_binary
 from kubeapi import KubeApi
@@ -83,9 +94,16 @@ STATE = workdir() / f"kubeinfer-{CLUSTER}" / "metrics"
 KUBECTL = kubectl_binary()
 ADAPTER_VERSION = pinned("PROMETHEUS_ADAPTER_VERSION")
 ADAPTER_BIN = cache_dir() / f"prometheus-adapter-{ADAPTER_VERSION}" / "adapter"
-PROMETHEUS_BIN = Path(os.environ.get("PROMETHEUS_BINARY") or "/usr/bin/prometheus")
+PROMETHEUS_BIN = cache_dir() / f"prometheus-{pinned('PROMETHEUS_VERSION')}" / "prometheus"
+OPERATOR_VERSION = pinned("PROMETHEUS_OPERATOR_VERSION")
+OPERATOR_BIN = cache_dir() / f"prometheus-operator-{OPERATOR_VERSION}" / "operator"
+MONITORING = os.environ.get("MONITORING") or "operator"
+SETUPS = ("operator", "annotations")
+PROMETHEUS_NAME = "kubeinfer"  # the Prometheus object monitoring/kubeinfer (setup "operator")
+CONFIG_SECRET = f"prometheus-{PROMETHEUS_NAME}"  # upstream pkg/prometheus/common.go ConfigSecretName
+CONFIG_KEY = "prometheus.yaml.gz"  # upstream pkg/prometheus/common.go ConfigFilename
 ADAPTER_CONFIG = STATE / "adapter-config.yaml"
-TARGETS = STATE / "targets.json"
+PROMETHEUS_CONFIG = STATE / "prometheus.yml"
 
 
 def log(msg: str) -> None:
@@ -153,7 +171,7 @@ def load_ports() -> dict[str, int]:
 def choose_ports() -> dict[str, int]:
     """Keep the recorded ports (stable Service/APIService); pick a free one if taken by someone else."""
     ports = load_ports()
-    for comp, env in (("prometheus", "PROMETHEUS_PORT"), ("adapter", "ADAPTER_PORT")):
+    for comp, env in (("prometheus", "PROMETHEUS_PORT"), ("operator", "OPERATOR_PORT"), ("adapter", "ADAPTER_PORT")):
         if os.environ.get(env):
             ports[comp] = int(os.environ[env])
         elif not ports.get(comp) or (proc(comp).pid() is None and not port_free(ports[comp])):
@@ -164,10 +182,47 @@ def choose_ports() -> dict[str, int]:
 
 
 def prometheus_argv(ports: dict[str, int]) -> list[str]:
-    return [str(PROMETHEUS_BIN), f"--config.file={STATE / 'prometheus.yml'}",
+    return [str(PROMETHEUS_BIN), f"--config.file={PROMETHEUS_CONFIG}",
             f"--web.listen-address=127.0.0.1:{ports['prometheus']}",
             f"--storage.tsdb.path={STATE / 'prometheus-data'}", f"--storage.tsdb.retention.time={RETENTION}",
             "--web.enable-lifecycle", "--log.level=info"]
+
+
+def api_server_url() -> str:
+    m = re.search(r"^\s*server:\s*(\S+)", KUBECONFIG.read_text(), re.M)
+    if not m:
+        die(f"no server: line in {KUBECONFIG}")
+    return m.group(1)
+
+
+def operator_argv(ports: dict[str, int]) -> list[str]:
+    """The operator out of cluster: kwokctl's admin certificate instead of a service account (its
+    --apiserver/--cert-file/--key-file/--ca-file flags, upstream cmd/operator/main.go)."""
+    pki = CLUSTER_DIR / "pki"
+    return [str(OPERATOR_BIN), f"--apiserver={api_server_url()}", f"--cert-file={pki / 'admin.crt'}",
+            f"--key-file={pki / 'admin.key'}", f"--ca-file={pki / 'ca.crt'}",
+            f"--web.listen-address=127.0.0.1:{ports['operator']}", "--log-level=info"]
+
+
+def operator_crds() -> Path:
+    """The monitoring.coreos.com CRDs of the operator version built: ../shared/upstream, else the
+    operator's own module (example/prometheus-operator-crd, fetched by `go mod download`, the copy a
+    user without ../shared would take). Never an imitation."""
+    shared = HERE.parent.parent.parent / "shared" / "upstream" / "crds" / f"prometheus-operator-{OPERATOR_VERSION}"
+    if shared.is_dir():
+        return shared
+    res = subprocess.run(["go", "mod", "download", "-json",
+                          f"github.com/prometheus-operator/prometheus-operator@{OPERATOR_VERSION}"],
+                         capture_output=True, text=True, timeout=600, check=False, cwd="/")
+    try:
+        module = Path(json.loads(res.stdout)["Dir"]) / "example" / "prometheus-operator-crd"
+    except (ValueError, KeyError):
+        module = Path("/nonexistent")
+    if not module.is_dir():
+        die(f"the prometheus-operator {OPERATOR_VERSION} CRDs are neither in {shared} nor obtainable with "
+            f"go mod download ({res.stderr.strip()[-300:]})")
+    log(f"{shared} is missing; using the CRDs of the operator module, {module}")
+    return module
 
 
 def adapter_argv(ports: dict[str, int], pod: dict[str, Any]) -> list[str]:
@@ -231,45 +286,56 @@ def write_if_changed(path: Path, content: str) -> bool:
 
 def render(name: str, ports: dict[str, int]) -> str:
     text = (TEMPLATES / name).read_text()
-    values = {"SCRAPE_INTERVAL": SCRAPE_INTERVAL, "RELIST_INTERVAL": RELIST_INTERVAL, "TARGETS_FILE": str(TARGETS),
+    values = {"SCRAPE_INTERVAL": SCRAPE_INTERVAL, "RELIST_INTERVAL": RELIST_INTERVAL, "KUBECONFIG": str(KUBECONFIG),
               "ADAPTER_PORT": str(ports["adapter"]), "ADAPTER_VERSION": ADAPTER_VERSION,
+              "PROMETHEUS_NAME": PROMETHEUS_NAME, "PROMETHEUS_RELEASE": pinned("PROMETHEUS_RELEASE"),
               "PROMETHEUS_URL": f"http://127.0.0.1:{ports['prometheus']}", "METRICS_MAX_AGE": METRICS_MAX_AGE}
     return re.sub(r"@([A-Z_]+)@", lambda m: values[m.group(1)], text)
 
 
-# --- pod discovery for Prometheus ------------------------------------------------------------
+# --- Prometheus' configuration and the pod network -------------------------------------------
 
-def sanitize(name: str) -> str:
-    return re.sub(r"[^a-zA-Z0-9_]", "_", name)
-
-
-def pod_targets(pods: list[dict[str, Any]]) -> list[dict[str, Any]]:
-    """file_sd groups with the labels kubernetes_sd_configs role=pod sets (pod-level ones)."""
-    groups: list[dict[str, Any]] = []
-    for pod in pods:
-        meta, spec, status = pod["metadata"], pod.get("spec", {}), pod.get("status", {})
-        annotations, labels = meta.get("annotations") or {}, meta.get("labels") or {}
-        if "prometheus.io/scrape" not in annotations:
-            continue
-        ready = next((c["status"] for c in status.get("conditions") or [] if c["type"] == "Ready"), "unknown")
-        lab: dict[str, str] = {"__meta_kubernetes_namespace": meta["namespace"], "__meta_kubernetes_pod_name": meta["name"],
-               "__meta_kubernetes_pod_uid": meta.get("uid", ""), "__meta_kubernetes_pod_ip": status.get("podIP", ""),
-               "__meta_kubernetes_pod_node_name": spec.get("nodeName", ""),
-               "__meta_kubernetes_pod_phase": status.get("phase", ""), "__meta_kubernetes_pod_ready": ready.lower()}
-        for k, v in labels.items():
-            lab[f"__meta_kubernetes_pod_label_{sanitize(k)}"] = v
-            lab[f"__meta_kubernetes_pod_labelpresent_{sanitize(k)}"] = "true"
-        for k, v in annotations.items():
-            lab[f"__meta_kubernetes_pod_annotation_{sanitize(k)}"] = v
-            lab[f"__meta_kubernetes_pod_annotationpresent_{sanitize(k)}"] = "true"
-        # The pod address (fake in kwok) is only a placeholder: relabelling replaces or drops it.
-        groups.append({"targets": [f"{status.get('podIP') or 'no-pod-ip.invalid'}:80"], "labels": lab})
-    return sorted(groups, key=lambda g: (g["labels"]["__meta_kubernetes_namespace"], g["labels"]["__meta_kubernetes_pod_name"]))
+def from_operator(generated: str) -> str:
+    """The operator's generated config, made runnable by a host process. Two changes, no others:
+    - ``$(POD_NAME)`` (the replica external label) is expanded as the config-reloader does from the
+      pod's environment (upstream cmd/prometheus-config-reloader, pkg/operator PodNameEnvVar);
+    - every ``kubernetes_sd_configs`` entry gets ``kubeconfig_file``: in a pod, Prometheus uses the
+      in-cluster service account when no api_server is given (upstream pkg/prometheus/promcfg.go
+      generateK8SSDConfig writes ``role`` first, then namespaces/selectors).
+    What this lets slip: RBAC of the Prometheus service account (the kubeconfig is the admin's)."""
+    text = generated.replace("$(POD_NAME)", f"prometheus-{PROMETHEUS_NAME}-0")
+    return re.sub(r"^(\s*)- role: (\w+)$", lambda m: f"{m.group(0)}\n{m.group(1)}  kubeconfig_file: {KUBECONFIG}",
+                  text, flags=re.M)
 
 
-def sync_targets(api: Api) -> bool:
-    pods = api.get("/api/v1/pods?resourceVersion=0")["items"]
-    return write_if_changed(TARGETS, json.dumps(pod_targets(pods), indent=1, sort_keys=True) + "\n")
+def prometheus_config(api: Api, ports: dict[str, int]) -> str | None:
+    """The configuration the setup in force wants Prometheus to run (None: the operator has not written it yet)."""
+    if MONITORING == "annotations":
+        return render("prometheus-annotations.yml.in", ports)
+    secret = api.get(f"/api/v1/namespaces/{NS}/secrets/{CONFIG_SECRET}")
+    data = ((secret or {}).get("data") or {}).get(CONFIG_KEY)
+    if not data:
+        return None
+    return from_operator(gzip.decompress(base64.b64decode(data)).decode())
+
+
+def reload_prometheus(ports: dict[str, int]) -> None:
+    url = f"http://127.0.0.1:{ports['prometheus']}/-/reload"
+    urllib.request.urlopen(urllib.request.Request(url, method="POST"), timeout=10).close()
+
+
+def sync_prometheus(api: Api, ports: dict[str, int]) -> str:
+    """Write the wanted config and reload Prometheus if it changed; returns what happened ('' if nothing)."""
+    config = prometheus_config(api, ports)
+    if config is None or not write_if_changed(PROMETHEUS_CONFIG, config):
+        return ""
+    if proc("prometheus").pid() is not None:
+        reload_prometheus(ports)
+    return f"prometheus config ({MONITORING}) changed (sha256 {hashlib.sha256(config.encode()).hexdigest()[:12]}), reloaded"
+
+
+def sync_pods(api: Api) -> list[str]:
+    return podnet.sync(api.get("/api/v1/pods?resourceVersion=0")["items"], STATE)
 
 
 # --- the sync loop ---------------------------------------------------------------------------
@@ -493,8 +559,11 @@ def sync_loop() -> None:
             log("sync.pid is gone or names another process; exiting")
             return
         try:
-            if sync_targets(api):
-                log(f"scrape targets: {len(json.loads(TARGETS.read_text()))} pods with prometheus.io/scrape")
+            for change in sync_pods(api):
+                log(change)
+            what = sync_prometheus(api, load_ports())
+            if what:
+                log(what)
             last_start = sync_adapter(api, state, notes, last_start)
             last_error = ""
         except Exception as e:
@@ -516,10 +585,36 @@ def apiservice_available(api: Api, name: str) -> tuple[bool, str]:
     return cond["status"] == "True", f"{cond['status']} ({cond.get('reason')}: {cond.get('message', '')})"
 
 
+def start_operator(api: Api, ports: dict[str, int]) -> None:
+    """Setup "operator": the real CRDs, the operator, the Prometheus object, then its first config."""
+    crds = operator_crds()
+    kubectl("apply", "--server-side", "--force-conflicts", f"--field-manager={FIELD_MANAGER}", "-f", str(crds), timeout=120)
+    kubectl("wait", "--for=condition=Established", "--timeout=60s", "-f", str(crds), timeout=70)
+    if proc("operator").argv() != operator_argv(ports):
+        proc("operator").stop()
+        log(f"starting prometheus-operator {OPERATOR_VERSION} (pid {proc('operator').start(operator_argv(ports))})")
+    kubectl("apply", "--server-side", "--force-conflicts", f"--field-manager={FIELD_MANAGER}", "-f", "-",
+            stdin=render("prometheus-object.yaml.in", ports))
+    wait_for(f"the operator's config Secret {NS}/{CONFIG_SECRET}",
+             lambda: prometheus_config(api, ports) is not None or proc("operator").pid() is None, timeout=90)
+    if proc("operator").pid() is None:
+        die(f"prometheus-operator exited; its log: {STATE / 'operator.log'}")
+
+
+def stop_operator() -> None:
+    """Setup "annotations": no operator, and no Prometheus object left for a later operator to act on."""
+    if proc("operator").stop():
+        log("stopped prometheus-operator")
+    kubectl("delete", "prometheuses.monitoring.coreos.com", PROMETHEUS_NAME, "-n", NS, "--ignore-not-found",
+            "--wait=false", check=False)
+
+
 def cmd_up() -> None:
-    for f in (KUBECTL, ADAPTER_BIN, PROMETHEUS_BIN):
+    if MONITORING not in SETUPS:
+        die(f"MONITORING={MONITORING!r}: use one of {', '.join(SETUPS)}")
+    for f in (KUBECTL, ADAPTER_BIN, PROMETHEUS_BIN, OPERATOR_BIN):
         if not f.is_file():
-            die(f"{f} is missing (build.sh builds kubectl and the adapter; prometheus is Debian's package)")
+            die(f"{f} is missing; run tools/localcluster/build.sh")
     if not KUBECONFIG.is_file():
         die(f"no cluster kubeconfig at {KUBECONFIG}; run tools/localcluster/cluster.sh up")
     api = Api(KUBECONFIG)
@@ -535,27 +630,36 @@ def cmd_up() -> None:
         if (CLUSTER_DIR / "pki" / "ca.crt").is_file() else KUBECONFIG.read_text()
     if (STATE / "cluster-id").is_file() and (STATE / "cluster-id").read_text() != cluster_id:
         log(f"cluster {CLUSTER} was re-created; restarting the metrics processes")
-        for comp in ("sync", "adapter", "prometheus"):
+        for comp in ("sync", "adapter", "prometheus", "operator"):
             proc(comp).stop()
+        podnet.stop_all(STATE)
     (STATE / "cluster-id").write_text(cluster_id)
     ports = choose_ports()
 
-    # Prometheus: targets first, so that the first scrape already knows the pods.
-    sync_targets(api)
-    changed = write_if_changed(STATE / "prometheus.yml", render("prometheus.yml.in", ports))
+    # The namespace first: the operator's objects and the adapter's live in it.
+    kubectl("apply", "--server-side", "--force-conflicts", f"--field-manager={FIELD_MANAGER}", "-f", "-",
+            stdin=render("cluster-objects.yaml.in", ports))
+
+    # The pod network, then the setup's configuration, then Prometheus on it.
+    sync_pods(api)
+    if MONITORING == "operator":
+        start_operator(api, ports)
+    else:
+        stop_operator()
+    (STATE / "monitoring").write_text(MONITORING + "\n")
+    changed = write_if_changed(PROMETHEUS_CONFIG, prometheus_config(api, ports) or "")
     prom_url = f"http://127.0.0.1:{ports['prometheus']}"
     if proc("prometheus").argv() != prometheus_argv(ports):
         proc("prometheus").stop()
-        log(f"starting prometheus on {prom_url} (pid {proc('prometheus').start(prometheus_argv(ports))})")
+        log(f"starting prometheus {pinned('PROMETHEUS_RELEASE')} on {prom_url} ({MONITORING}) "
+            f"(pid {proc('prometheus').start(prometheus_argv(ports))})")
     elif changed:
-        urllib.request.urlopen(urllib.request.Request(f"{prom_url}/-/reload", method="POST"), timeout=10).close()
-        log("prometheus configuration reloaded")
+        reload_prometheus(ports)
+        log(f"prometheus configuration ({MONITORING}) reloaded")
     wait_for("prometheus /-/ready", lambda: proc("prometheus").pid() is not None and http_ok(f"{prom_url}/-/ready"))
 
     # The adapter: the harness's own stand-in objects (unless ADAPTER=absent, or another adapter is installed,
     # e.g. the chart's), then one kubelet pass (start it, route the APIServices) before the sync loop takes over.
-    kubectl("apply", "--server-side", "--force-conflicts", f"--field-manager={FIELD_MANAGER}", "-f", "-",
-            stdin=render("cluster-objects.yaml.in", ports))
     other = find_adapter(api)
     if os.environ.get("ADAPTER", "present") == "absent":
         log("ADAPTER=absent: no stand-in adapter objects (the harness runs whichever adapter Deployment appears)")
@@ -574,6 +678,11 @@ def cmd_up() -> None:
     state = load_sync_state()
     notes: dict[str, str] = {}
     sync_adapter(api, state, notes, 0.0)
+    # The sync loop reads MONITORING from the environment it is started with: a switch restarts it.
+    if proc("sync").pid() is not None and (STATE / "sync.monitoring").is_file() \
+            and (STATE / "sync.monitoring").read_text().strip() != MONITORING:
+        proc("sync").stop()
+    (STATE / "sync.monitoring").write_text(MONITORING + "\n")
     if proc("sync").pid() is None:
         log(f"starting the sync loop (pid {proc('sync').start([sys.executable, str(Path(__file__).resolve()), '_sync', str(STATE)])})")
 
@@ -582,7 +691,7 @@ def cmd_up() -> None:
         kubectl("wait", "--for=condition=Available", "--timeout=90s", *(f"apiservice/{n}" for n in present), timeout=100)
         wait_for("GET /apis/custom.metrics.k8s.io/v1beta1",
                  lambda: isinstance(api.get("/apis/custom.metrics.k8s.io/v1beta1"), dict), timeout=30)
-    log(f"metrics chain up in {time.monotonic() - start:.1f}s: prometheus {prom_url}, "
+    log(f"metrics chain up in {time.monotonic() - start:.1f}s ({MONITORING}): prometheus {prom_url}, "
         f"adapter {'https://127.0.0.1:' + str(ports['adapter']) if proc('adapter').pid() else 'not running (' + notes.get('pod', '') + ')'}, "
         f"APIServices {', '.join(present) + ' Available' if present else 'none'}")
 
@@ -611,18 +720,25 @@ def cmd_down() -> None:
                           check=False, timeout=15)
             if res.returncode != 0:
                 log(f"could not delete APIService {name} (cluster down?): {res.stderr.strip()[:200]}")
-    for comp in ("sync", "adapter", "prometheus"):
+    for comp in ("sync", "adapter", "prometheus", "operator"):
         if proc(comp).stop():
             log(f"stopped {comp}")
+    relays = podnet.stop_all(STATE)
+    if relays:
+        log(f"stopped {relays} pod network relays")
 
 
 def cmd_status() -> int:
     ports = load_ports()
     ok = True
-    for comp in ("prometheus", "adapter", "sync"):
+    setup = (STATE / "monitoring").read_text().strip() if (STATE / "monitoring").is_file() else "-"
+    print(f"monitoring  {setup}")
+    for comp in ("prometheus", "operator", "adapter", "sync"):
         pid = proc(comp).pid()
+        if comp == "operator" and setup != "operator":
+            continue
         ok = ok and (pid is not None or comp == "adapter")
-        where = {"prometheus": f"http://127.0.0.1:{ports.get('prometheus')}",
+        where = {"prometheus": f"http://127.0.0.1:{ports.get('prometheus')}", "operator": f"http://127.0.0.1:{ports.get('operator')}",
                  "adapter": f"https://127.0.0.1:{ports.get('adapter')}", "sync": f"every {SYNC_PERIOD:.0f}s"}[comp]
         print(f"{comp:<11} {'running' if pid else 'STOPPED':<8} pid {pid or '-':<8} {where}")
     if KUBECONFIG.is_file():
@@ -640,8 +756,8 @@ def cmd_status() -> int:
                 ok = ok and available
                 ref = service_ref(((obj or {}).get("spec") or {}).get("service") or {})
                 print(f"apiservice  {name}: {detail} -> Service {ref['namespace']}/{ref['name']}:{ref['port']}")
-            targets = json.loads(TARGETS.read_text()) if TARGETS.exists() else []
-            print(f"targets     {len(targets)} pods with prometheus.io/scrape ({TARGETS})")
+            relays = sorted(d.name for d in (STATE / "podnet").iterdir()) if (STATE / "podnet").is_dir() else []
+            print(f"pod network {len(relays)} relays ({STATE / 'podnet'})")
         except Exception as e:
             ok = False
             print(f"cluster     unreachable: {e}")

@@ -611,6 +611,11 @@ def test_metrics_annotations_and_monitors(values_file: Path) -> None:
             mon = found[0]
             assert mon["apiVersion"] == "monitoring.coreos.com/v1"
             assert mon["spec"]["selector"]["matchLabels"] == {"app.kubernetes.io/name": "vllm", "app.kubernetes.io/instance": "rel"}
+            # prometheus-operator copies pod labels into the series only when listed here; the adapter rule,
+            # the verification and the KEDA query select on kubeinfer_io_release.
+            assert mon["spec"]["podTargetLabels"] == ["kubeinfer.io/release", "kubeinfer.io/model"]
+            pod_labels = only(docs, "Deployment")["spec"]["template"]["metadata"]["labels"]
+            assert pod_labels["kubeinfer.io/release"] == "rel" and pod_labels["kubeinfer.io/model"]
             for k, v in metrics[key]["labels"].items():
                 assert mon["metadata"]["labels"][k] == v
         else:

@@ -152,7 +152,8 @@ def test_creates_the_hpa_on_the_per_pod_metric() -> None:
     apply = next(c for c in cluster.calls if c["method"] == "PATCH")
     assert apply["query"]["fieldValidation"] == "Strict" and apply["content_type"] == "application/apply-patch+yaml"
     assert "dryRun" not in apply["query"]
-    assert result["api_requests"] == {"list": 1, "get": 1, "apply": 1}
+    # get: the KEDA CRD (are there ScaledObjects to look at?) and the HPA; list: the Deployment and the HPAs of the target.
+    assert result["api_requests"] == {"list": 2, "get": 2, "apply": 1}
 
 
 def test_rerun_makes_no_write_even_with_a_differently_written_target() -> None:
@@ -284,10 +285,191 @@ def test_keda_needs_prometheus_and_reports_a_rejection() -> None:
         run(cluster, kind="keda", prometheus_url="http://p:9090")
 
 
-def test_keda_verify_waits_for_ready() -> None:
+PROM = "http://prometheus.monitoring.svc:9090"
+QUERY_PATH = "/api/v1/namespaces/monitoring/services/http:prometheus:9090/proxy/api/v1/query"
+KEDA_HPA = "/apis/autoscaling/v2/namespaces/llm/horizontalpodautoscalers/keda-hpa-llama"
+SO_OWNER = {"apiVersion": "keda.sh/v1alpha1", "kind": "ScaledObject", "name": "llama", "controller": True, "blockOwnerDeletion": True}
+
+
+def prometheus(cluster: FakeCluster, series: list[dict[str, str]], value: str = "3") -> None:
+    """Prometheus behind the API server's service proxy, holding ``series``: enough PromQL for the trigger query
+    (``sum(metric{...})``) and the diagnosis (``count(...)``, ``count by (label) (...)``)."""
+    from ansible_collections.kubeinfer.llm.plugins.module_utils._promql import parse_matchers
+
+    def answer(query: dict[str, str]) -> dict[str, Any]:
+        promql = query["query"]
+        metric = promql.split("(")[-1].split("{")[0].strip(" )")
+        wanted = [m for m in parse_matchers(promql) if m[0] != "__name__"]
+        hits = [s for s in series if s["__name__"] == metric and all(s.get(k) == v for k, _op, v in wanted)]
+        if promql.startswith("count by ("):
+            label = promql[len("count by ("):].split(")")[0]
+            groups = sorted({h.get(label, "") for h in hits})
+            result = [{"metric": {label: g} if g else {}, "value": [1, "1"]} for g in groups]
+        else:
+            result = [{"metric": {}, "value": [1, value if promql.startswith("sum(") else str(len(hits))]}] if hits else []
+        return {"status": "success", "data": {"resultType": "vector", "result": result}}
+    cluster.answers[("GET", QUERY_PATH)] = answer
+
+
+def keda_params(**over: Any) -> dict[str, Any]:
+    return {"kind": "keda", "prometheus_url": PROM, **over}
+
+
+def keda_hpa(value: str | None = "1500m", owner: dict[str, Any] | None = None) -> dict[str, Any]:
+    """The HPA KEDA makes for ScaledObject llama: its labels copied, itself the controller owner (controllers/keda/hpa.go)."""
+    status: dict[str, Any] = {"currentReplicas": 1, "desiredReplicas": 1, "conditions": [
+        {"type": "ScalingActive", "status": "False" if value is None else "True", "reason": "FailedGetExternalMetric" if value is None else "ValidMetricFound",
+         "message": "unable to get external metric llm/s0-prometheus" if value is None else "ok"}]}
+    if value is not None:
+        status["currentMetrics"] = [{"type": "External", "external": {
+            "metric": {"name": "s0-prometheus", "selector": {"matchLabels": {"scaledobject.keda.sh/name": "llama"}}},
+            "current": {"averageValue": value}}}]
+    return {"apiVersion": "autoscaling/v2", "kind": "HorizontalPodAutoscaler",
+            "metadata": {"name": "keda-hpa-llama", "namespace": "llm", "ownerReferences": [owner or SO_OWNER],
+                         "labels": {"app.kubernetes.io/managed-by": "kubeinfer.llm", "scaledobject.keda.sh/name": "llama"}},
+            "spec": {"scaleTargetRef": {"apiVersion": "apps/v1", "kind": "Deployment", "name": "llama-vllm"}, "minReplicas": 1, "maxReplicas": 4},
+            "status": status}
+
+
+SERIES = {"__name__": "vllm:num_requests_waiting", "namespace": "llm", "pod": "llama-vllm-0", "kubeinfer_io_release": "llama"}
+
+
+def test_keda_verify_reads_the_query_and_kedas_hpa() -> None:
     cluster = make_cluster(keda=True)
-    run(cluster, kind="keda", prometheus_url="http://p:9090")
-    with pytest.raises(KubeInferError, match=r"ScaledObject llm/llama to be Ready: conditions: no conditions yet .*is the KEDA operator running"):
-        run(cluster, kind="keda", prometheus_url="http://p:9090", verify=True)
-    with_status(cluster, SO, {"conditions": [{"type": "Ready", "status": "True", "reason": "ScaledObjectReady"}]})
-    assert run(cluster, kind="keda", prometheus_url="http://p:9090", verify=True)["conditions"][0]["type"] == "Ready"
+    prometheus(cluster, [SERIES])
+    run(cluster, **keda_params())
+    with pytest.raises(KubeInferError, match=r"ScaledObject llm/llama is not Ready: no conditions yet .*is the KEDA operator running"):
+        run(cluster, **keda_params(verify=True))
+    with_status(cluster, SO, {"conditions": [{"type": "Ready", "status": "True", "reason": "ScaledObjectReady"}], "hpaName": "keda-hpa-llama"})
+    with pytest.raises(KubeInferError, match=r"KEDA has not created its HPA llm/keda-hpa-llama"):
+        run(cluster, **keda_params(verify=True))
+    cluster.add(keda_hpa(None))
+    with pytest.raises(KubeInferError, match=r"keda-hpa-llama has no current value for s0-prometheus .*FailedGetExternalMetric") as info:
+        run(cluster, **keda_params(verify=True))
+    assert info.value.result["query_value"] == "3"
+    cluster.add(keda_hpa("1500m"))
+    result = run(cluster, **keda_params(verify=True))
+    assert result["conditions"][0]["type"] == "Ready" and result["query_value"] == "3"
+    assert result["current_value"] == "1500m" and result["keda_hpa"] == "keda-hpa-llama" and result["desired_replicas"] == 1
+    assert not result["changed"] and result["removed"] == []
+    # Check mode reads KEDA's HPA too (the role's assertion needs the value), and writes nothing.
+    writes = len(cluster.writes())
+    assert run(cluster, check_mode=True, **keda_params(verify=True))["current_value"] == "1500m"
+    assert len(cluster.writes()) == writes
+
+
+def test_keda_verify_fails_on_an_empty_query_naming_the_missing_label() -> None:
+    cluster = make_cluster(keda=True)
+    unlabelled = {k: v for k, v in SERIES.items() if k != "kubeinfer_io_release"}
+    prometheus(cluster, [unlabelled])
+    with pytest.raises(KubeInferError) as info:
+        run(cluster, **keda_params(verify=True))
+    msg = info.value.msg
+    assert msg.startswith('the KEDA query sum(vllm:num_requests_waiting{namespace="llm",kubeinfer_io_release="llama"}) returns no sample '
+                          f"from Prometheus at {PROM} after 0s: "), msg
+    assert 'series vllm:num_requests_waiting{namespace="llm"} exist, but none carries the label kubeinfer_io_release' in msg
+    assert "podTargetLabels [kubeinfer.io/release]" in msg and "KEDA counts an empty result as 0" in msg
+    assert info.value.result["changed"], "the ScaledObject was written; verification failed after"
+    prometheus(cluster, [dict(SERIES, kubeinfer_io_release="other")])
+    with pytest.raises(KubeInferError, match=r'none has kubeinfer_io_release="llama" \(kubeinfer_io_release is other\)'):
+        run(cluster, **keda_params(verify=True))
+    prometheus(cluster, [])
+    with pytest.raises(KubeInferError, match=r"Prometheus has no series vllm:num_requests_waiting$|Prometheus has no series vllm:num_requests_waiting\. "):
+        run(cluster, **keda_params(verify=True))
+
+
+# -- switching between hpa and keda -----------------------------------------------------------------------------------
+
+def test_hpa_to_keda_deletes_our_hpa_first_and_converges() -> None:
+    cluster = make_cluster(keda=True)
+    run(cluster)
+    assert HPA in cluster.objects
+    mark = len(cluster.calls)
+    result = run(cluster, diff=True, **keda_params())
+    writes = [(c["method"], c["path"]) for c in cluster.calls[mark:] if c["method"] in ("PATCH", "DELETE")]
+    assert writes == [("DELETE", HPA), ("PATCH", SO)], "the HPA goes before KEDA's webhook sees the ScaledObject"
+    assert result["changed"] and result["removed"] == ["HorizontalPodAutoscaler llm/llama"]
+    assert HPA not in cluster.objects and SO in cluster.objects
+    writes_before = len(cluster.writes())
+    again = run(cluster, **keda_params())
+    assert not again["changed"] and again["removed"] == [] and len(cluster.writes()) == writes_before
+
+
+def test_keda_to_hpa_deletes_our_scaled_object_and_waits_for_kedas_hpa() -> None:
+    cluster = make_cluster(keda=True)
+    run(cluster, **keda_params())
+    cluster.add(keda_hpa())
+    # KEDA's finalizer runs, then the garbage collector removes the HPA the ScaledObject owned.
+    cluster.on_request.append(lambda method, path: cluster.objects.pop(KEDA_HPA, None) if (method, path) == ("DELETE", SO) else None)
+    mark = len(cluster.calls)
+    result = run(cluster, verify_timeout=5)
+    writes = [(c["method"], c["path"]) for c in cluster.calls[mark:] if c["method"] in ("PATCH", "DELETE")]
+    assert writes == [("DELETE", SO), ("PATCH", HPA)]
+    assert result["removed"] == ["ScaledObject llm/llama"] and result["changed"]
+    hpas = [p for p in cluster.objects if "/horizontalpodautoscalers/" in p]
+    assert hpas == [HPA], "exactly one autoscaler on the target afterwards"
+    writes_before = len(cluster.writes())
+    assert not run(cluster)["changed"] and len(cluster.writes()) == writes_before
+
+
+def test_keda_to_hpa_without_the_operator_names_the_finalizer() -> None:
+    cluster = make_cluster(keda=True)
+    run(cluster, **keda_params())
+    with_status(cluster, SO, {"hpaName": "keda-hpa-llama"})
+    cluster.objects[SO]["metadata"]["finalizers"] = ["finalizer.keda.sh"]
+    cluster.answers[("DELETE", SO)] = {"kind": "Status", "status": "Success"}  # the API server only marks it for deletion
+    with pytest.raises(KubeInferError, match=r"ScaledObject llm/llama is held by the finalizer finalizer.keda.sh, which only the KEDA operator "
+                                             r"removes \(is it running\?\)") as info:
+        run(cluster)
+    assert HPA not in cluster.objects, "no HPA of ours while KEDA may still drive the target"
+    assert info.value.result["removed"] == ["ScaledObject llm/llama"]
+
+
+def test_the_kept_scaled_objects_own_hpa_is_not_a_conflict() -> None:
+    cluster = make_cluster(keda=True)
+    run(cluster, **keda_params())
+    cluster.add(keda_hpa())
+    writes = len(cluster.writes())
+    result = run(cluster, **keda_params())
+    assert not result["changed"] and result["removed"] == [] and len(cluster.writes()) == writes
+    assert result["current_value"] == "1500m"
+
+
+@pytest.mark.parametrize("kind", ["hpa", "keda"])
+def test_a_foreign_autoscaler_of_the_target_is_refused_before_any_write(kind: str) -> None:
+    cluster = make_cluster(keda=True)
+    cluster.add({"apiVersion": "autoscaling/v2", "kind": "HorizontalPodAutoscaler", "metadata": {"name": "hand-made", "namespace": "llm"},
+                 "spec": {"scaleTargetRef": {"apiVersion": "apps/v1", "kind": "Deployment", "name": "llama-vllm"}}})
+    cluster.add({"apiVersion": "autoscaling/v2", "kind": "HorizontalPodAutoscaler", "metadata": {"name": "elsewhere", "namespace": "llm"},
+                 "spec": {"scaleTargetRef": {"apiVersion": "apps/v1", "kind": "Deployment", "name": "mistral-vllm"}}})
+    over = keda_params() if kind == "keda" else {}
+    with pytest.raises(KubeInferError, match=rf"^kind={kind}: Deployment llm/llama-vllm is already scaled by HorizontalPodAutoscaler llm/hand-made, "
+                                             r"which kubeinfer.llm does not manage \(no label app.kubernetes.io/managed-by=kubeinfer.llm\)") as info:
+        run(cluster, **over)
+    assert cluster.writes() == [] and info.value.result["foreign"] == ["HorizontalPodAutoscaler llm/hand-made"]
+    del cluster.objects["/apis/autoscaling/v2/namespaces/llm/horizontalpodautoscalers/hand-made"]
+    cluster.add({"apiVersion": "keda.sh/v1alpha1", "kind": "ScaledObject", "metadata": {"name": "theirs", "namespace": "llm"},
+                 "spec": {"scaleTargetRef": {"name": "llama-vllm"}}})
+    with pytest.raises(KubeInferError, match=r"already scaled by ScaledObject llm/theirs"):
+        run(cluster, **over)
+    assert cluster.writes() == []
+
+
+def test_check_mode_switch_sends_only_dry_runs_and_survives_the_webhook() -> None:
+    from .fake_api import FakeApiException
+    cluster = make_cluster(keda=True)
+    run(cluster)
+    mark = len(cluster.calls)
+    # KEDA's webhook (verifyHpas) still sees the HPA a dry-run delete left in place.
+    cluster.answers[("PATCH", SO)] = FakeApiException(403, 'admission webhook "vscaledobject.kb.io" denied the request: the workload '
+                                                           "'llama-vllm' of type 'apps/v1.Deployment' is already managed by the hpa 'llama'")
+    result = run(cluster, check_mode=True, diff=True, **keda_params())
+    writes = [c for c in cluster.calls[mark:] if c["method"] in ("PATCH", "DELETE", "POST")]
+    assert [(c["method"], c["query"].get("dryRun")) for c in writes] == [("DELETE", "All"), ("PATCH", "All")]
+    assert HPA in cluster.objects and SO not in cluster.objects
+    assert result["changed"] and result["removed"] == ["HorizontalPodAutoscaler llm/llama"]
+    assert result["hpa"]["kind"] == "ScaledObject" and "which a real run deletes first" in result["warnings"][0]
+    # Any other refusal is an error.
+    cluster.answers[("PATCH", SO)] = FakeApiException(403, 'admission webhook "vscaledobject.kb.io" denied the request: something else')
+    with pytest.raises(KubeInferError, match="something else"):
+        run(cluster, check_mode=True, **keda_params())
