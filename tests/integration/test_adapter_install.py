@@ -24,7 +24,8 @@ import pytest
 import yaml
 from conftest import TOOLS, Audit, helm_binary
 from kubernetes import client
-from test_autoscaling import (  # noqa: F401  # pylint: disable=unused-import  (fixtures shared with test_autoscaling)
+from test_autoscaling import (  # noqa: F401  # pylint: disable=unused-import
+    # module fixtures shared with test_autoscaling (the simulator, Prometheus and a vllm release), used here by name
     QUEUE,
     RELEASE,
     prometheus_url,
