@@ -94,7 +94,8 @@ def release(api: client.ApiClient, bench: ModuleType, keda: None, gpu_stack: Non
         run = playbook_runner(tmp_path_factory.mktemp("release"))([{"name": "Serve", "kubeinfer.llm.vllm_release": {
             "name": RELEASE, "namespace": ns, "create_namespace": True, "model": MODEL, "engine": "sim", "replicas": 1,
             "gpus_per_replica": 1, "startup_budget_seconds": BUDGET, "timeout": 120,
-            "values": {"podAnnotations": {"kubeinfer.io/sim-metrics-port": str(port)}}}}], results=True)
+            "values": {"podAnnotations": {"kubeinfer.io/sim-metrics-port": str(port)},
+                       "metrics": {"podMonitor": {"enabled": True}}}}}], results=True)
         assert run.returncode == 0, run.output[-4000:]
         yield ns, port
     finally:
