@@ -30,6 +30,7 @@ from ansible_collections.kubeinfer.llm.plugins.module_utils._k8s_names import (
     check_namespace,
     check_object_name,
     check_range,
+    check_release_name,
     int_quantity,
     managed_labels,
 )
@@ -327,9 +328,14 @@ def validate(params: dict[str, Any]) -> None:
     check_range(params["ready_timeout"], "ready_timeout", 0, unit="seconds")
     check_range(params["verify_timeout"], "verify_timeout", 0, unit="seconds")
     check_namespace(params["adapter_namespace"], "adapter_namespace")
-    check_object_name(params["adapter_configmap"], "adapter_configmap", "ConfigMap name")
-    check_data_key(params["adapter_config_key"], "adapter_config_key", "ConfigMap data key")
-    check_object_name(params["adapter_deployment"], "adapter_deployment", "Deployment name")
+    # Unset, these three are read from the adapter Deployment the cluster runs (_adapter_install.locate).
+    if params["adapter_configmap"] is not None:
+        check_object_name(params["adapter_configmap"], "adapter_configmap", "ConfigMap name")
+    if params["adapter_config_key"] is not None:
+        check_data_key(params["adapter_config_key"], "adapter_config_key", "ConfigMap data key")
+    if params["adapter_deployment"] is not None:
+        check_object_name(params["adapter_deployment"], "adapter_deployment", "Deployment name")
+    check_release_name(params["adapter_release"], "adapter_release")
     if params["prometheus_url"] and not re.match(r"^https?://[^/\s]+", params["prometheus_url"]):
         raise KubeInferError(f"prometheus_url: {params['prometheus_url']!r} is not an http:// or https:// URL")
 

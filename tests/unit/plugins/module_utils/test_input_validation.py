@@ -257,19 +257,25 @@ def test_gpu_operator_info_inputs(over: dict[str, Any], message: str | None) -> 
 
 # -- metrics_adapter and inference_hpa: checked at the top of the runner, before any port-forward or wait ---------------
 
+def no_helm() -> Helm:
+    """A helm that is never run: the refusal comes before the adapter is even looked for."""
+    return Helm(lambda argv, **kw: (1, "", "helm must not run"), "", {}, missing="helm_binary: not needed here")
+
+
 @pytest.mark.parametrize("over, message", [
     ({"custom_metric_name": "queue depth"}, r"^custom_metric_name: 'queue depth' is not a valid metric name"),
     ({"metric_name": "vllm:num requests"}, r"^metric_name: 'vllm:num requests' is not a valid metric name"),
     ({"metrics_port": 0}, r"^metrics_port: must be between 1 and 65535, got 0"),
     ({"release": "Llama"}, r"^release: 'Llama' is not a valid Helm release name"),
     ({"adapter_configmap": "bad_name"}, r"^adapter_configmap: 'bad_name' is not a valid ConfigMap name"),
+    ({"adapter_release": "Adapter"}, r"^adapter_release: 'Adapter' is not a valid Helm release name"),
     ({"prometheus_url": "prometheus:9090"}, r"^prometheus_url: 'prometheus:9090' is not an http:// or https:// URL"),
 ])
 def test_metrics_adapter_inputs_before_any_request(over: dict[str, Any], message: str) -> None:
     api = FakeApiClient()
     params = spec_params(metrics_adapter, **{"release": "llama", "namespace": "llm", **over})
     with pytest.raises(KubeInferError, match=message):
-        _adapter.run(Kube(api), params, False, False)
+        _adapter.run(Kube(api), no_helm(), params, False, False)
     assert api.calls == []
 
 
