@@ -32,8 +32,9 @@ the HPA reporting AbleToScale=ScaleDownStabilized between t3 and t4 (a window of
 Environment (all optional):
   BENCH_CLUSTER        local cluster name (KUBEINFER_CLUSTER for tools/localcluster)  (autoscale)
   BENCH_RUNS           load cycles on the same releases, per monitoring setup      (3)
-  BENCH_SETUPS         the local monitoring setups to measure, in order (metrics.sh MONITORING)
-                       (operator,annotations)
+  BENCH_SETUPS         what to measure, in order: the local monitoring setups (metrics.sh MONITORING)
+                       and keda (the real KEDA on setup (a), tools/localcluster/keda.sh)
+                       (operator,annotations,keda)
   BENCH_WINDOW         scale-down stabilization window, seconds                      (45)
   BENCH_BUDGET         startup_budget_seconds of the releases (window >= budget)     (20)
   BENCH_KEEP_CLUSTER   1 = leave the cluster, releases and simulators as they are    (0)
@@ -150,6 +151,17 @@ def playbook(tasks: list[dict[str, Any]], kubeconfig: str, timeout: float = 600)
     return results
 
 
+def autoscale_task(namespace: str, rel: Release, window: int, budget: int, kind: str = "hpa", prometheus_url: str = "") -> dict[str, Any]:
+    """inference_hpa for one release: an HPA, or (kind keda) a ScaledObject whose own HPA KEDA drives; switching converges."""
+    args: dict[str, Any] = {"release": rel.name, "namespace": namespace, "custom_metric_name": CUSTOM_METRIC,
+                            "min_replicas": 1, "max_replicas": MAX_REPLICAS, "target_queue_depth": TARGET_QUEUE_DEPTH,
+                            "startup_budget_seconds": budget, "scale_down": {"stabilization_window_seconds": window},
+                            "verify_timeout": 120, "kind": kind}
+    if kind == "keda":
+        args.update(prometheus_url=prometheus_url, metric_name=SOURCE_METRIC, polling_interval=int(HPA_SYNC_PERIOD))
+    return {"name": f"Autoscale {rel.name} ({kind})", "kubeinfer.llm.inference_hpa": args}
+
+
 def deploy_tasks(namespace: str, releases: list[Release], prometheus_url: str, window: int, budget: int) -> list[dict[str, Any]]:
     """vllm_release, metrics_adapter and inference_hpa for every release, in that order."""
     tasks: list[dict[str, Any]] = []
@@ -166,11 +178,7 @@ def deploy_tasks(namespace: str, releases: list[Release], prometheus_url: str, w
         tasks.append({"name": f"Register {rel.name} under {CUSTOM_METRIC}", "kubeinfer.llm.metrics_adapter": {
             "release": rel.name, "namespace": namespace, "custom_metric_name": CUSTOM_METRIC, "metric_name": SOURCE_METRIC,
             "prometheus_url": prometheus_url, "verify": index == len(releases) - 1, "verify_timeout": 150}})
-    for rel in releases:
-        tasks.append({"name": f"Autoscale {rel.name}", "kubeinfer.llm.inference_hpa": {
-            "release": rel.name, "namespace": namespace, "custom_metric_name": CUSTOM_METRIC,
-            "min_replicas": 1, "max_replicas": MAX_REPLICAS, "target_queue_depth": TARGET_QUEUE_DEPTH,
-            "startup_budget_seconds": budget, "scale_down": {"stabilization_window_seconds": window}, "verify_timeout": 120}})
+    tasks.extend(autoscale_task(namespace, rel, window, budget) for rel in releases)
     return tasks
 
 
@@ -318,8 +326,12 @@ class Observer:
             for metric in status.current_metrics or []:
                 if metric.type == "Pods" and metric.pods and metric.pods.metric.name == CUSTOM_METRIC:
                     value = quantity(metric.pods.current.average_value)
+                elif metric.type == "External" and metric.external:  # KEDA's HPA: the trigger's query over the replicas
+                    value = quantity(metric.external.current.average_value)
             able = next((c.reason for c in status.conditions or [] if c.type == "AbleToScale"), None)
-            smp.hpa[hpa.metadata.name] = HpaState(status.desired_replicas, status.current_replicas, value, able)
+            # KEDA names its HPA keda-hpa-<ScaledObject> (controllers/keda/hpa.go); the ScaledObject is named after the release.
+            name = hpa.metadata.name.removeprefix("keda-hpa-")
+            smp.hpa[name] = HpaState(status.desired_replicas, status.current_replicas, value, able)
         for dep in self.apps.list_namespaced_deployment(self.namespace).items:
             smp.available[dep.metadata.name] = dep.status.available_replicas or 0
         return smp
@@ -552,7 +564,8 @@ def report(runs: list[dict[str, Any]], window: int) -> str:
     return "\n".join(lines)
 
 
-SETUP_NAMES = {"operator": "(a) prometheus-operator, chart PodMonitor", "annotations": "(b) community chart, pod annotations"}
+SETUP_NAMES = {"operator": "(a) prometheus-operator, chart PodMonitor", "annotations": "(b) community chart, pod annotations",
+               "keda": "KEDA v2.20.2 ScaledObject on (a), its own HPA"}
 
 
 def compare(results: dict[str, list[dict[str, Any]]]) -> str:
@@ -566,27 +579,32 @@ def compare(results: dict[str, list[dict[str, Any]]]) -> str:
     for setup, runs in results.items():
         lines.append(f"{SETUP_NAMES.get(setup, setup):<44}{len(runs):>6}{fmt(med(runs, 't1-t_sim')):>10}{fmt(med(runs, 't1-t0')):>8}"
                      f"{fmt(med(runs, 't4-t3')):>8}   {'ok' if runs and all(run['ok'] for run in runs) else 'FAILED'}")
-    lines.append(f"{'KEDA (ScaledObject, its own HPA)':<44}{'-':>6}   not measured: the KEDA operator is not built here "
-                 "(bench/README.md)")
     return "\n".join(lines)
 
 
 def main() -> int:
     cluster = os.environ.get("BENCH_CLUSTER", "autoscale")
     runs_wanted = int(os.environ.get("BENCH_RUNS", "3"))
-    setups = [x for x in os.environ.get("BENCH_SETUPS", "operator,annotations").split(",") if x]
+    setups = [x for x in os.environ.get("BENCH_SETUPS", "operator,annotations,keda").split(",") if x]
     window = int(os.environ.get("BENCH_WINDOW", "45"))
     budget = int(os.environ.get("BENCH_BUDGET", "20"))
     keep = os.environ.get("BENCH_KEEP_CLUSTER", "0") == "1"
     log(f"cluster {cluster}: cluster.sh up, metrics.sh up ({setups[0]})")
     tool("cluster.sh", "up", cluster=cluster, timeout=600)
     tool("metrics.sh", "up", cluster=cluster, timeout=300, extra_env={"MONITORING": setups[0]})
+    tool("gpu_sim.py", "start", cluster=cluster, timeout=120)  # what the GPU stack does to the nodes (make cluster-up starts it too)
     scenario = Scenario(cluster=cluster, window=window, budget=budget)
     results: dict[str, list[dict[str, Any]]] = {}
     try:
         scenario.setup()
         for setup in setups:
-            tool("metrics.sh", "up", cluster=cluster, timeout=300, extra_env={"MONITORING": setup})
+            tool("metrics.sh", "up", cluster=cluster, timeout=300, extra_env={"MONITORING": "operator" if setup == "keda" else setup})
+            if setup == "keda":
+                # The real KEDA (build.sh keda: about 10 minutes the first time), then both releases switched to it.
+                subprocess.run([str(TOOLS / "build.sh"), "keda"], check=True, timeout=3600)
+                tool("keda.sh", "up", cluster=cluster, timeout=600)
+                playbook([autoscale_task(scenario.namespace, rel, window, budget, "keda", scenario.prometheus_url)
+                          for rel in scenario.releases], scenario.kubeconfig)
             time.sleep(2 * SCRAPE_INTERVAL)  # the new scrape config has scraped every pod at least once
             runs = results.setdefault(setup, [])
             for i in range(runs_wanted):
@@ -596,6 +614,8 @@ def main() -> int:
     finally:
         if not keep:
             scenario.teardown()
+            if "keda" in setups:
+                tool("keda.sh", "down", cluster=cluster, timeout=300)
             tool("cluster.sh", "down", cluster=cluster, timeout=300)
     for setup, runs in results.items():
         print(f"== {SETUP_NAMES.get(setup, setup)}")
