@@ -38,7 +38,7 @@ if TYPE_CHECKING:
 REPO = Path(__file__).resolve().parents[2]
 TOOLS = REPO / "tools" / "localcluster"
 RELEASE = "ksim"
-DEPLOYMENT = "ksim-vllm"
+DEPLOYMENT = "ksim"  # vllm_release sets fullnameOverride to the release name
 MODEL = "Qwen/Qwen2.5-0.5B-Instruct"
 BUDGET = 15
 AGENT = "kubeinfer.llm"
