@@ -11,7 +11,7 @@ The release is the vllm chart (engine sim) with llm-d-inference-sim on 127.0.0.1
 local Prometheus with the series labels ``namespace``, ``pod`` and ``kubeinfer_io_release``. Writes are counted in
 the API server's audit log by user agent (the collection sends ``kubeinfer.llm``). Needs the cluster and its
 metrics chain (``make cluster-up``) and the KEDA binaries (``build.sh keda``); fails, never skips, without them.
-Not part of ``make integration``: ``make test-keda`` builds KEDA and runs this file. About 4 minutes.
+Not part of ``make integration``: ``make test-keda`` builds KEDA and runs this file. 5 minutes (load average 10).
 """
 
 from __future__ import annotations
@@ -38,7 +38,7 @@ if TYPE_CHECKING:
 REPO = Path(__file__).resolve().parents[2]
 TOOLS = REPO / "tools" / "localcluster"
 RELEASE = "ksim"
-DEPLOYMENT = "ksim-vllm"
+DEPLOYMENT = "ksim"  # vllm_release sets fullnameOverride to the release name
 MODEL = "Qwen/Qwen2.5-0.5B-Instruct"
 BUDGET = 15
 AGENT = "kubeinfer.llm"
