@@ -103,7 +103,8 @@ def parse_adapter_rule(rule: Mapping[str, Any]) -> dict[str, Any] | None:
 
 
 def merge_adapter_rules(existing: Iterable[Mapping[str, Any]], metric_names: str | Sequence[str] | None,
-                        custom_metric_name: str, release: str, present: bool = True) -> list[dict[str, Any]]:
+                        custom_metric_name: str, release: str, present: bool = True,
+                        candidates: bool = False) -> list[dict[str, Any]]:
     """Register (``present``) or unregister ``release`` under ``custom_metric_name`` in an adapter ``rules`` list.
 
     The rule producing ``custom_metric_name`` is rebuilt in place with the release added to (or
@@ -116,6 +117,8 @@ def merge_adapter_rules(existing: Iterable[Mapping[str, Any]], metric_names: str
     - the rule serves another source metric for other releases (vLLM versions that name the queue
       differently cannot share one custom metric name: the adapter would read one series name for all).
     A rule whose only release is ``release`` takes the new source metric (the release was upgraded).
+    ``candidates`` says that ``metric_names`` are guesses (nothing was read from a pod): when the rule
+    already maps some of them for other releases, the release shares those names instead of conflicting.
     """
     _check_releases([release])
     merged: list[dict[str, Any]] = []
@@ -143,6 +146,8 @@ def merge_adapter_rules(existing: Iterable[Mapping[str, Any]], metric_names: str
             raise KubeInferError("metric_name: the source metric name is needed to register a release")
         names = _check_names(metric_names, custom_metric_name)
         others = releases - {release}
+        if candidates and others and current_names and set(current_names) <= set(names):
+            names = sorted(set(current_names))
         if others and current_names and sorted(set(current_names)) != names:
             raise KubeInferError(
                 f"custom_metric_name: {custom_metric_name!r} maps {', '.join(sorted(set(current_names)))} for the releases "

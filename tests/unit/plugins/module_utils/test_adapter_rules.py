@@ -82,6 +82,18 @@ def test_merge_adds_releases_to_the_one_rule_per_name() -> None:
     assert running == merged + [adapter_rule("vllm:num_requests_running", "vllm_running", ["a"])]
 
 
+def test_merge_candidates_share_the_names_other_releases_map() -> None:
+    """Nothing read from a pod (check mode before the release exists): the guesses adopt the rule's names."""
+    rules = [adapter_rule(WAITING, "vllm_queue_depth", ["a"])]
+    both = ["vllm:num_requests_waiting", "vllm_num_requests_waiting"]
+    assert merge_adapter_rules(rules, both, "vllm_queue_depth", "b", candidates=True) == [adapter_rule(WAITING, "vllm_queue_depth", ["a", "b"])]
+    # Names read from a pod that differ still conflict.
+    with pytest.raises(KubeInferError, match="give it its own custom_metric_name"):
+        merge_adapter_rules(rules, both, "vllm_queue_depth", "b")
+    with pytest.raises(KubeInferError, match="give it its own custom_metric_name"):
+        merge_adapter_rules(rules, ["vllm_num_requests_waiting"], "vllm_queue_depth", "b", candidates=True)
+
+
 def test_merge_unregisters_and_drops_the_empty_rule() -> None:
     rules = [adapter_rule(WAITING, "vllm_queue_depth", ["a", "b"]), OTHER]
     once = merge_adapter_rules(rules, None, "vllm_queue_depth", "a", present=False)
