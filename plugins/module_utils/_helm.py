@@ -16,6 +16,11 @@ from ansible_collections.kubeinfer.llm.plugins.module_utils._errors import KubeI
 RunCommand = Callable[..., "tuple[int, str, str]"]
 
 
+_GONE = ("connect: connection refused", "connection reset by peer", "http2: client connection lost", "i/o timeout",
+         "no route to host")
+"""Words of Go's net/http client in helm's errors when the API server stopped answering mid-operation."""
+
+
 class Helm:
     """Runs helm with the same cluster connection as the Python client."""
 
@@ -81,7 +86,11 @@ class Helm:
     def connection_problem(self, text: str) -> str | None:
         """helm's own words when it could not talk to the API server, led by the connection option to fix."""
         if "Kubernetes cluster unreachable" not in text:
-            return None
+            # The API server went away while helm worked (helm's client errors quote the dial that failed).
+            cut = next((x.strip() for x in text.splitlines() if any(w in x for w in _GONE)), None)
+            if cut is None:
+                return None
+            return f"{self.origin['server']}: the API server stopped answering while helm worked: {cut.removeprefix('Error: ')}"
         line = next((x for x in text.splitlines() if "Kubernetes cluster unreachable" in x), text).strip()
         line = line.removeprefix("Error: ")
         if "x509" in line or "certificate" in line:
