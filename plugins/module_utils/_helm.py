@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import tempfile
 from typing import Any, Callable
 
@@ -16,9 +17,9 @@ from ansible_collections.kubeinfer.llm.plugins.module_utils._errors import KubeI
 RunCommand = Callable[..., "tuple[int, str, str]"]
 
 
-_GONE = ("connect: connection refused", "connection reset by peer", "http2: client connection lost", "i/o timeout",
-         "no route to host")
-"""Words of Go's net/http client in helm's errors when the API server stopped answering mid-operation."""
+_TRANSPORT = re.compile(r'(?:Get|Post|Put|Patch|Delete|Head) "(https?://[^"/]+)[^"]*": (.+)$')
+"""A failed request of Go's net/http client as helm quotes it: ``Post "https://host:port/...": <transport error>``. An
+HTTP error status has another shape, so this one means the API server did not answer (gone, reset, EOF, timeout)."""
 
 
 class Helm:
@@ -86,11 +87,12 @@ class Helm:
     def connection_problem(self, text: str) -> str | None:
         """helm's own words when it could not talk to the API server, led by the connection option to fix."""
         if "Kubernetes cluster unreachable" not in text:
-            # The API server went away while helm worked (helm's client errors quote the dial that failed).
-            cut = next((x.strip() for x in text.splitlines() if any(w in x for w in _GONE)), None)
-            if cut is None:
+            # The API server went away while helm worked: helm quotes the request that got no answer.
+            found = next((m for m in map(_TRANSPORT.search, text.splitlines()) if m), None)
+            if found is None:
                 return None
-            return f"{self.origin['server']}: the API server stopped answering while helm worked: {cut.removeprefix('Error: ')}"
+            return (f"{self.origin['server']}: the API server at {found.group(1)} stopped answering while helm worked: "
+                    f"{found.string.strip().removeprefix('Error: ')}")
         line = next((x for x in text.splitlines() if "Kubernetes cluster unreachable" in x), text).strip()
         line = line.removeprefix("Error: ")
         if "x509" in line or "certificate" in line:

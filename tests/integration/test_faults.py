@@ -27,7 +27,7 @@ from pathlib import Path
 from typing import Any, Iterator
 
 import pytest
-from conftest import TOOLS, Audit, PlaybookRunner, helm_binary, pool_args
+from conftest import REPO, TOOLS, Audit, PlaybookRunner, helm_binary, pool_args
 from kubernetes import client, watch
 from kubernetes.client.exceptions import ApiException
 from test_autoscaling import QUEUE, prometheus_url, release, sh, simulator  # noqa: F401  # pylint: disable=unused-import
@@ -38,36 +38,68 @@ RELEASE = "fault"
 
 # -- the control plane's processes -------------------------------------------------------------------------------
 
-class Component:
-    """One process kwokctl runs for the cluster, known by its pid file."""
+Launch = tuple[list[str], str, dict[str, str]]
 
-    def __init__(self, kubeconfig: str, name: str) -> None:
+
+class ControlPlane:
+    """The processes kwokctl runs for the cluster, known by their pid files (``pids/<component>.pid``).
+
+    ``snapshot`` reads what it takes to start each one again (argv, working directory, environment from /proc) while
+    they run; ``kill`` stops one by its PID; ``revive`` starts every dead one again and rewrites its pid file, as the
+    kubelet restarts a control plane's static pods. kube-controller-manager and kube-scheduler exit by design when
+    they cannot renew their leader-election Lease (k8s.io/client-go tools/leaderelection: OnStoppedLeading), so an
+    API server or etcd outage of more than their renew deadline takes them down too; revive brings them back.
+    A component is started again at once after it is killed: its port was picked free by kwokctl, and another
+    cluster on this host could take it if it stayed free for long."""
+
+    COMPONENTS = ("etcd", "kube-apiserver", "kube-controller-manager", "kube-scheduler", "kwok-controller")
+
+    def __init__(self, kubeconfig: str) -> None:
         self.cluster = Path(kubeconfig).parent
-        self.name = name
-        self.pid_file = self.cluster / "pids" / f"{name}.pid"
+        self.launch: dict[str, Launch] = {}
 
-    def pid(self) -> int:
-        return int("".join(c for c in self.pid_file.read_text() if c.isdigit()))
+    def pid(self, name: str) -> int:
+        return int("".join(c for c in (self.cluster / "pids" / f"{name}.pid").read_text() if c.isdigit()))
 
-    def stop(self, sig: int = signal.SIGKILL) -> tuple[list[str], str, dict[str, str]]:
-        """Stop the process by its PID; return what it takes to start it again (argv, cwd, environment)."""
-        pid = self.pid()
-        argv = [a.decode() for a in Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0") if a]
-        cwd = os.readlink(f"/proc/{pid}/cwd")
-        env = dict(item.decode().split("=", 1) for item in Path(f"/proc/{pid}/environ").read_bytes().split(b"\0") if b"=" in item)
+    def alive(self, name: str) -> bool:
+        try:
+            return Path(f"/proc/{self.pid(name)}/stat").read_text().split()[2] != "Z"
+        except OSError:
+            return False
+
+    def snapshot(self) -> None:
+        for name in self.COMPONENTS:
+            pid = self.pid(name)
+            argv = [a.decode() for a in Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0") if a]
+            env = dict(item.decode().split("=", 1) for item in Path(f"/proc/{pid}/environ").read_bytes().split(b"\0") if b"=" in item)
+            self.launch[name] = (argv, os.readlink(f"/proc/{pid}/cwd"), env)
+
+    def kill(self, name: str, sig: int = signal.SIGKILL) -> None:
+        assert name in self.launch, "snapshot() first"
+        pid = self.pid(name)
         os.kill(pid, sig)
         deadline = time.monotonic() + 30
-        while Path(f"/proc/{pid}").exists() and Path(f"/proc/{pid}/stat").read_text().split()[2] != "Z":
-            assert time.monotonic() < deadline, f"{self.name} (pid {pid}) did not stop"
-            time.sleep(0.1)
-        return argv, cwd, env
+        while self.alive(name):
+            assert time.monotonic() < deadline, f"{name} (pid {pid}) did not stop"
+            time.sleep(0.05)
 
-    def start(self, argv: list[str], cwd: str, env: dict[str, str]) -> int:
-        log = (self.cluster / "logs" / f"{self.name}.log").open("ab")
-        proc = subprocess.Popen(argv, cwd=cwd, env=env, stdout=log, stderr=log, stdin=subprocess.DEVNULL,  # pylint: disable=consider-using-with
-                                start_new_session=True)
-        self.pid_file.write_text(str(proc.pid))
+    def start(self, name: str) -> int:
+        argv, cwd, env = self.launch[name]
+        with (self.cluster / "logs" / f"{name}.log").open("ab") as log:
+            proc = subprocess.Popen(argv, cwd=cwd, env=env, stdout=log, stderr=log, stdin=subprocess.DEVNULL,  # pylint: disable=consider-using-with
+                                    start_new_session=True)
+        (self.cluster / "pids" / f"{name}.pid").write_text(str(proc.pid))
         return proc.pid
+
+    def revive(self, core: client.CoreV1Api) -> list[str]:
+        """Start every dead component again (etcd and the API server first), wait for the API; return what was started."""
+        started = [name for name in self.COMPONENTS if name in self.launch and not self.alive(name)]
+        for name in started:
+            self.start(name)
+            if name == "kube-apiserver":
+                wait_api(core)
+        wait_api(core)
+        return started
 
 
 def wait_api(core: client.CoreV1Api, timeout: float = 90) -> None:
@@ -82,14 +114,12 @@ def wait_api(core: client.CoreV1Api, timeout: float = 90) -> None:
 
 
 @pytest.fixture
-def restarted(kubeconfig: str, core: client.CoreV1Api) -> Iterator[list[tuple[Component, tuple[list[str], str, dict[str, str]]]]]:
-    """Components the test stopped; started again at the end if the test did not (the cluster outlives the test)."""
-    stopped: list[tuple[Component, tuple[list[str], str, dict[str, str]]]] = []
-    yield stopped
-    for component, how in stopped:
-        if not Path(f"/proc/{component.pid()}").exists():
-            component.start(*how)
-    wait_api(core)
+def control_plane(kubeconfig: str, core: client.CoreV1Api) -> Iterator[ControlPlane]:
+    """The cluster's processes, snapshotted; whatever the test left dead is started again at the end."""
+    plane = ControlPlane(kubeconfig)
+    plane.snapshot()
+    yield plane
+    plane.revive(core)
 
 
 def helm_processes(name: str) -> list[int]:
@@ -142,14 +172,14 @@ def namespace(core: client.CoreV1Api) -> Iterator[str]:
 
 def test_api_server_killed_mid_upgrade_then_the_next_run_converges(
         playbook: PlaybookRunner, audit: Audit, core: client.CoreV1Api, api: client.ApiClient, kubeconfig: str, pool: str,
-        namespace: str, restarted: list) -> None:
+        namespace: str, control_plane: ControlPlane) -> None:
     first = playbook([vllm_task(namespace, pool)], results=True)
     assert first.returncode == 0, first.output[-4000:]
-    apiserver = Component(kubeconfig, "kube-apiserver")
-    server = client.Configuration.get_default_copy().host
+    server = api.configuration.host
 
-    # Upgrade (replicas 1 -> 2); freeze helm the moment its pending-upgrade record appears, kill the API server, thaw helm.
-    # Helm's window between that record and the deployed one is short, so a run that finished first is tried again.
+    # Upgrade (replicas 1 -> 2); freeze helm the moment its pending-upgrade record appears, kill the API server and
+    # start it again, thaw helm: its request in flight dies with the server. Helm's window between that record and
+    # the deployed one is short, so a run that finished first is tried again with the next replica count.
     caught = None
     for replicas in (2, 3, 4):
         done: list[Any] = []
@@ -163,7 +193,8 @@ def test_api_server_killed_mid_upgrade_then_the_next_run_converges(
                 for pid in frozen:
                     os.kill(pid, signal.SIGSTOP)
                 if frozen:
-                    restarted.append((apiserver, apiserver.stop()))
+                    control_plane.kill("kube-apiserver")
+                    control_plane.start("kube-apiserver")
                     for pid in frozen:
                         os.kill(pid, signal.SIGCONT)
                     caught = replicas
@@ -178,12 +209,11 @@ def test_api_server_killed_mid_upgrade_then_the_next_run_converges(
     assert cut.returncode != 0
     msg = cut.results[0]["msg"]
     print(f"\nrun cut at replicas={caught}: {msg}")
-    assert server in msg or "API server" in msg, msg
+    assert f"the API server at {server} stopped answering while helm worked" in msg, msg
 
-    # The API server back: the release is pending-upgrade, and only this collection's expired Lease says why.
-    restarted[-1][0].start(*restarted[-1][1])
-    restarted.clear()
-    wait_api(core)
+    # The API server back (and what its outage took down: the leader-elected controllers): the release is
+    # pending-upgrade, and only this collection's expired Lease says why.
+    print(f"started again after the outage: {control_plane.revive(core)}")
     records = history(kubeconfig, namespace)
     assert records[-1]["status"] == "pending-upgrade", records
     lease = client.CoordinationV1Api(api).read_namespaced_lease(f"kubeinfer-helm-{RELEASE}", namespace)
@@ -197,7 +227,11 @@ def test_api_server_killed_mid_upgrade_then_the_next_run_converges(
     print(f"recovered in {time.monotonic() - started:.0f}s: {result['change_reasons'][0]}")
     assert "left pending-upgrade" in result["change_reasons"][0] and "rolled back to revision" in result["change_reasons"][0]
     records = history(kubeconfig, namespace)
-    assert records[-1]["status"] == "deployed" and all(r["status"] != "pending-upgrade" for r in records), records
+    # helm rollback supersedes the deployed revision, not the pending one: that record stays in the history, below a
+    # "Rollback to" record and the upgrade; helm only ever checks the latest revision's status.
+    pending = next(r for r in records if r["status"] == "pending-upgrade")
+    after = [r for r in records if r["revision"] > pending["revision"]]
+    assert [r["description"].split()[0] for r in after] == ["Rollback", "Upgrade"] and after[-1]["status"] == "deployed", records
     assert client.AppsV1Api(api).read_namespaced_deployment(RELEASE, namespace).spec.replicas == caught
     with pytest.raises(ApiException) as gone:
         client.CoordinationV1Api(api).read_namespaced_lease(f"kubeinfer-helm-{RELEASE}", namespace)
@@ -212,37 +246,50 @@ def test_api_server_killed_mid_upgrade_then_the_next_run_converges(
 
 def test_a_pending_release_this_collection_did_not_leave_is_refused(
         playbook: PlaybookRunner, audit: Audit, kubeconfig: str, pool: str, namespace: str, core: client.CoreV1Api) -> None:
-    """The other side of the recovery: a pending-upgrade with no Lease of ours (someone's helm at work) is left alone."""
+    """The other side of the recovery: a user's own ``helm upgrade`` at work (no Lease of ours) is left alone."""
     first = playbook([vllm_task(namespace, pool)], results=True)
     assert first.returncode == 0, first.output[-4000:]
-    secret = core.read_namespaced_secret(f"sh.helm.release.v1.{RELEASE}.v1", namespace)
-    core.patch_namespaced_secret(secret.metadata.name, namespace, {"metadata": {"labels": {"status": "pending-upgrade"}}})
+    env = dict(os.environ, KUBECONFIG=kubeconfig)
+    for replicas in (2, 3, 4):
+        user = subprocess.Popen([helm_binary(), "upgrade", RELEASE, str(REPO / "charts" / "vllm"), "--namespace", namespace,  # pylint: disable=consider-using-with
+                                 "--reuse-values", "--set", f"replicaCount={replicas}"], env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+        stream = watch.Watch()
+        frozen = False
+        for event in stream.stream(core.list_namespaced_secret, namespace, label_selector=f"owner=helm,name={RELEASE}", timeout_seconds=60):
+            if (event["object"].metadata.labels or {}).get("status") == "pending-upgrade" and user.poll() is None:
+                os.kill(user.pid, signal.SIGSTOP)
+                frozen = True
+                stream.stop()
+            elif user.poll() is not None:
+                stream.stop()
+        if frozen:
+            break
+        user.wait(timeout=120)
+    assert frozen, "the user's helm upgrade finished every time before its pending record could be caught"
     try:
+        time.sleep(2)  # the frozen helm's request in flight still completes on the server: count from after it
         mark = audit.mark()
-        refused = playbook([vllm_task(namespace, pool, replicas=2)], results=True)
+        refused = playbook([vllm_task(namespace, pool, replicas=5)], results=True)
         assert refused.returncode != 0
-        assert "is in status pending-upgrade: another helm operation runs or was interrupted outside this collection" in refused.results[0]["msg"]
+        msg = refused.results[0]["msg"]
+        print(f"\nwhile the user's helm upgrade runs: {msg}")
+        assert "is in status pending-upgrade: another helm operation runs or was interrupted outside this collection" in msg, msg
         assert [w for agent in AGENTS for w in audit.writes(mark, agent)] == []
     finally:
-        core.patch_namespaced_secret(secret.metadata.name, namespace, {"metadata": {"labels": {"status": "deployed"}}})
+        os.kill(user.pid, signal.SIGCONT)
+        user.wait(timeout=120)
+    assert user.returncode == 0, user.stdout.read() if user.stdout else ""
 
 
 # -- etcd restarted ------------------------------------------------------------------------------------------------
 
 def test_etcd_restarted_then_the_next_run_converges(playbook: PlaybookRunner, audit: Audit, core: client.CoreV1Api, api: client.ApiClient,
-                                                    kubeconfig: str, pool: str, namespace: str, restarted: list) -> None:
+                                                    kubeconfig: str, pool: str, namespace: str, control_plane: ControlPlane) -> None:
     first = playbook([vllm_task(namespace, pool)], results=True)
     assert first.returncode == 0, first.output[-4000:]
-    etcd = Component(kubeconfig, "etcd")
-    how = etcd.stop(signal.SIGTERM)
-    restarted.append((etcd, how))
-    # While etcd is away the API server answers, but cannot read: a run fails naming the API server.
-    during = playbook([vllm_task(namespace, pool, replicas=2)], results=True, timeout=300)
-    assert during.returncode != 0
-    print(f"\nwhile etcd is down: {during.results[0]['msg'][:300]}")
-    etcd.start(*how)
-    restarted.clear()
-    wait_api(core)
+    control_plane.kill("etcd", signal.SIGTERM)
+    control_plane.start("etcd")
+    print(f"\nstarted again after the etcd restart: {control_plane.revive(core)}")
     again = playbook([vllm_task(namespace, pool, replicas=2)], results=True)
     assert again.returncode == 0, again.output[-4000:]
     assert client.AppsV1Api(api).read_namespaced_deployment(RELEASE, namespace).spec.replicas == 2
@@ -311,6 +358,12 @@ def test_verification_names_the_missing_link(playbook: PlaybookRunner, kubeconfi
     try:
         # The adapter down: its Deployment scaled to 0, as an operator might, or a crash loop would leave it.
         apps.patch_namespaced_deployment_scale(adapter.metadata.name, adapter.metadata.namespace, {"spec": {"replicas": 0}})
+        registration = client.ApiregistrationV1Api(api)
+        deadline = time.monotonic() + 90
+        while any(c.type == "Available" and c.status == "True"
+                  for c in registration.read_api_service("v1beta1.custom.metrics.k8s.io").status.conditions or []):
+            assert time.monotonic() < deadline, "the APIService stayed Available with the adapter scaled to 0"
+            time.sleep(1)
         down = playbook([adapter_task(ns, prometheus_url)], results=True)
         assert down.returncode != 0
         msg = down.results[0]["msg"]
