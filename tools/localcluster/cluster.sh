@@ -203,7 +203,14 @@ pod_slot() {
   mkdir -p "$KWOK_WORKDIR"
   (
     flock 9
-    local slot used s
+    local slot used s n
+    # A slot whose cluster no longer has a kwokctl directory (deleted without `down`) is free again.
+    if [ -f "$SLOTS_FILE" ]; then
+      while read -r n s; do
+        [ "$n" = "$NAME" ] || [ -d "$KWOK_WORKDIR/clusters/$n" ] && echo "$n $s"
+      done < "$SLOTS_FILE" > "$SLOTS_FILE.tmp"
+      mv "$SLOTS_FILE.tmp" "$SLOTS_FILE"
+    fi
     slot=$(awk -v n="$NAME" '$1 == n {print $2}' "$SLOTS_FILE" 2>/dev/null || true)
     if [ -z "$slot" ]; then
       used=" $(awk '{print $2}' "$SLOTS_FILE" 2>/dev/null | tr '\n' ' ') "
