@@ -384,9 +384,10 @@ def _configure(kube: Kube, helm: Helm, params: dict[str, Any], site: Site, prese
             kube.apply({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": site.namespace, "labels": managed_labels()}})
             site.namespace_exists = True
     names = result["metric_names"] or None
+    guessed = result["metric_name"] is None
     written = write_rules(kube, site.namespace, site.configmap, site.key,
-                          lambda rules: merge_adapter_rules(rules, names, name, release, present,
-                                                                candidates=result["metric_name"] is None), check_mode, site.namespace_exists)
+                          lambda rules: merge_adapter_rules(rules, names, name, release, present, candidates=guessed),
+                          check_mode, site.namespace_exists)
     after = written["after"]
     rule = rule_for(after, name)
     parsed = parse_adapter_rule(rule) if rule else None

@@ -317,11 +317,13 @@ class OperationLease:
     def __init__(self, kube: Kube, name: str, namespace: str, revision: int, operation: str) -> None:
         self.kube, self.name, self.namespace = kube, lease_name(name), namespace
         self.holder = f"kubeinfer.llm/{socket.gethostname()}/{os.getpid()}"
-        self.body: dict[str, Any] = {"apiVersion": LEASE_API, "kind": "Lease",
-                     "metadata": {"name": self.name, "namespace": namespace,
-                                  "labels": {"app.kubernetes.io/managed-by": "kubeinfer.llm", "app.kubernetes.io/instance": name},
-                                  "annotations": {LEASE_REVISION: str(revision), LEASE_OPERATION: operation}},
-                     "spec": {"holderIdentity": self.holder, "leaseDurationSeconds": LEASE_SECONDS}}
+        labels = {"app.kubernetes.io/managed-by": "kubeinfer.llm", "app.kubernetes.io/instance": name}
+        annotations = {LEASE_REVISION: str(revision), LEASE_OPERATION: operation}
+        self.body: dict[str, Any] = {
+            "apiVersion": LEASE_API, "kind": "Lease",
+            "metadata": {"name": self.name, "namespace": namespace, "labels": labels, "annotations": annotations},
+            "spec": {"holderIdentity": self.holder, "leaseDurationSeconds": LEASE_SECONDS},
+        }
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
 

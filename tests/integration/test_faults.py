@@ -251,8 +251,9 @@ def test_a_pending_release_this_collection_did_not_leave_is_refused(
     assert first.returncode == 0, first.output[-4000:]
     env = dict(os.environ, KUBECONFIG=kubeconfig)
     for replicas in (2, 3, 4):
-        user = subprocess.Popen([helm_binary(), "upgrade", RELEASE, str(REPO / "charts" / "vllm"), "--namespace", namespace,  # pylint: disable=consider-using-with
-                                 "--reuse-values", "--set", f"replicaCount={replicas}"], env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+        argv = [helm_binary(), "upgrade", RELEASE, str(REPO / "charts" / "vllm"), "--namespace", namespace, "--reuse-values",
+                "--set", f"replicaCount={replicas}"]
+        user = subprocess.Popen(argv, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)  # pylint: disable=consider-using-with
         stream = watch.Watch()
         frozen = False
         for event in stream.stream(core.list_namespaced_secret, namespace, label_selector=f"owner=helm,name={RELEASE}", timeout_seconds=60):
