@@ -129,7 +129,7 @@ bench-autoscale: venv binaries collection
 # playbooks/site.yml against the same seven steps written with kubernetes.core (bench/playbooks/
 # kubernetes_core_site.yml), each side on fresh clusters of its own (bsite-site, bsite-kcore; bench/README.md):
 # --check, first run and converged re-run per fresh cluster, BENCH_RUNS (3) clusters per side, medians.
-bench-site: deps venv binaries collection
+bench-site: venv binaries collection
 	$(PY) bench/site_bench.py
 
 build: venv

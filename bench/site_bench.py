@@ -151,6 +151,7 @@ def count_requests(path: Path, offset: int, start: float, end: float) -> dict[st
     by_agent: Counter[str] = Counter()
     ignored: Counter[str] = Counter()
     writes: list[str] = []
+    errors: list[str] = []
     for ev in audit_events(path, offset, start, end):
         agent = str(ev.get("userAgent", ""))
         if agent.startswith(COMPONENT_UA):
@@ -170,14 +171,15 @@ def count_requests(path: Path, offset: int, start: float, end: float) -> dict[st
         code = int((ev.get("responseStatus") or {}).get("code", 200))
         if code >= 400:
             verb = f"{verb} ({code})"
+            errors.append(f"{verb} {ev.get('requestURI', '')[:160]} ({agent.split(' ')[0] or 'no user agent'})")
         by_verb[verb] += 1
-        by_agent[agent.split(" ")[0].split("/")[0]] += 1
+        by_agent[agent.split(" ")[0].split("/")[0] or "(no user agent: websocket port-forward)"] += 1
     total = sum(by_verb.values())
     n_writes = sum(n for v, n in by_verb.items() if v.split(" ")[0] in WRITE_VERBS)
     dry = sum(n for v, n in by_verb.items() if v.startswith("dry-run"))
     return {"by_verb": dict(by_verb), "total": total, "writes": n_writes, "dry_run": dry,
             "reads": total - n_writes - dry - sum(n for v, n in by_verb.items() if v.startswith("connect")),
-            "write_targets": writes, "user_agents": dict(by_agent), "ignored_components": dict(ignored)}
+            "write_targets": writes, "failed_requests": errors, "user_agents": dict(by_agent), "ignored_components": dict(ignored)}
 
 
 # -- checks on the cluster ----------------------------------------------------------------------------------------------
