@@ -23,7 +23,7 @@ export K8S_AUTH_KUBECONFIG := $(KUBEINFER_KUBECONFIG)
 export ANSIBLE_PYTHON_INTERPRETER := $(PY)
 export PATH := $(VENV)/bin:$(BIN_PATH):$(PATH)
 
-.PHONY: help deps venv binaries collection cluster-up cluster-down kubeconfig demo teardown bench-gpu-node bench-autoscale test test-keda sanity unit gates integration molecule lint build clean
+.PHONY: help deps venv binaries collection cluster-up cluster-down kubeconfig demo teardown bench-gpu-node bench-autoscale bench-site test test-keda sanity unit gates integration molecule lint build clean
 
 help:
 	@echo "make demo    - build what is missing, start the local cluster, run playbooks/site.yml"
@@ -125,6 +125,12 @@ bench-gpu-node: venv binaries collection
 # two models in one namespace, 3 load cycles, medians. About 8 minutes.
 bench-autoscale: venv binaries collection
 	$(PY) bench/autoscale_bench.py
+
+# playbooks/site.yml against the same seven steps written with kubernetes.core (bench/playbooks/
+# kubernetes_core_site.yml), each side on fresh clusters of its own (bsite-site, bsite-kcore; bench/README.md):
+# --check, first run and converged re-run per fresh cluster, BENCH_RUNS (3) clusters per side, medians.
+bench-site: venv binaries collection
+	$(PY) bench/site_bench.py
 
 build: venv
 	ansible-galaxy collection build --force --output-path .build/

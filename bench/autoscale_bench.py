@@ -64,6 +64,8 @@ from typing import Any, Callable, Optional
 REPO = Path(__file__).resolve().parent.parent
 TOOLS = REPO / "tools" / "localcluster"
 sys.path.insert(0, str(TOOLS))
+sys.path.insert(0, str(REPO / "bench"))  # benchlib, also when loaded by file location (tests/integration/test_autoscale_e2e.py)
+from benchlib import tool  # noqa: E402  (shared with the other benchmarks)
 from hostproc import cache_dir, pinned  # noqa: E402  (tools/localcluster/hostproc.py: versions.env, the cache)
 
 CACHE = cache_dir()
@@ -89,15 +91,6 @@ def log(msg: str) -> None:
 
 
 # -- the local cluster ------------------------------------------------------------------------------------------------
-
-def tool(script: str, *args: str, cluster: str, timeout: float = 300, extra_env: Optional[dict[str, str]] = None) -> str:
-    """Run a tools/localcluster script for this cluster; return its stdout."""
-    env = dict(os.environ, KUBEINFER_CLUSTER=cluster, **(extra_env or {}))
-    proc = subprocess.run([str(TOOLS / script), *args], capture_output=True, text=True, env=env, timeout=timeout, check=False)
-    if proc.returncode != 0:
-        raise RuntimeError(f"{script} {' '.join(args)} failed ({proc.returncode}): {proc.stderr[-2000:]}")
-    return proc.stdout.strip()
-
 
 @dataclass
 class Release:

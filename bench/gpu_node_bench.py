@@ -30,15 +30,15 @@ import shutil
 import statistics
 import subprocess
 import sys
-import tempfile
 import time
 from collections import Counter
 from concurrent.futures import ThreadPoolExecutor
-from datetime import datetime
 from pathlib import Path
 from typing import Any
 
-REPO = Path(__file__).resolve().parent.parent
+from benchlib import REPO, WRITE_VERBS, audit_events, collections_tree, fmt_counts, median_run, run_playbook, snapshot_tools, task_results, tasks_seconds
+from benchlib import log as _log
+
 HERE = REPO / "bench"
 CACHE = Path(os.environ.get("KUBEINFER_CACHE", Path.home() / ".cache" / "kubeinfer"))
 VENV_BIN = CACHE / "venv" / "bin"
@@ -61,16 +61,13 @@ TAINTS = [{"key": "nvidia.com/gpu", "value": "present", "effect": "NoSchedule"}]
 RESET_UA = "kubeinfer-bench-reset"
 # Requests made by the cluster's own components; never counted for a run.
 COMPONENT_UA = ("kwok", "kube-controller-manager", "kube-scheduler", "kube-apiserver", "kubectl", RESET_UA)
-WRITE_VERBS = ("create", "update", "patch", "delete", "deletecollection")
 
 
 def collections_path() -> Path:
     """The ANSIBLE_COLLECTIONS_PATH of the playbooks: kubeinfer.llm must be this checkout."""
     if COLLECTIONS_ENV:
         return Path(COLLECTIONS_ENV)
-    base = Path(tempfile.mkdtemp(prefix="kubeinfer-bench-collections-"))
-    (base / "ansible_collections" / "kubeinfer").mkdir(parents=True)
-    (base / "ansible_collections" / "kubeinfer" / "llm").symlink_to(REPO)
+    base = collections_tree()
     _TEMP.append(base)
     return base
 
@@ -80,7 +77,7 @@ COLLECTIONS = Path()
 
 
 def log(msg: str) -> None:
-    print(f"[bench {time.strftime('%H:%M:%S')}] {msg}", file=sys.stderr, flush=True)
+    _log("bench", msg)
 
 
 def cluster_env() -> dict[str, str]:
@@ -103,9 +100,7 @@ def cluster(cmd: str) -> str:
     # bash reads a script as it runs: use a copy of tools/localcluster taken at
     # start, so that somebody editing cluster.sh meanwhile cannot break the run.
     if not _SNAPSHOT:
-        copy = Path(tempfile.mkdtemp(prefix="kubeinfer-bench-")) / "localcluster"
-        shutil.copytree(CLUSTER_SH.parent, copy)
-        _SNAPSHOT.append(copy)
+        _SNAPSHOT.append(snapshot_tools())
     script = _SNAPSHOT[0] / CLUSTER_SH.name
     out = subprocess.run([str(script), cmd], env=cluster_env(), check=True, stdout=subprocess.PIPE, text=True)
     return out.stdout.strip()
@@ -222,85 +217,33 @@ def check_done(core: Any, names: list[str]) -> int:
 
 def playbook(name: str, kubeconfig: str, extra: dict[str, Any]) -> tuple[float, int, dict[str, Any]]:
     """Run bench/playbooks/<name>.yml; return wall seconds, exit code and the json callback's output."""
-    env = dict(os.environ)
-    env.update({
-        "ANSIBLE_COLLECTIONS_PATH": str(COLLECTIONS),
-        "ANSIBLE_STDOUT_CALLBACK": "ansible.posix.json",
-        # Pipelining spares each loop item a temp-file copy of the module: the
-        # cheapest per-item setup Ansible offers, so it favours the baseline.
-        "ANSIBLE_PIPELINING": "True",
-        "ANSIBLE_FORKS": "5",
-        "K8S_AUTH_KUBECONFIG": kubeconfig,
-        "PATH": f"{VENV_BIN}:{env.get('PATH', '')}",
-    })
-    vars_file = HERE / f".vars-{name}.json"
-    vars_file.write_text(json.dumps({"ansible_python_interpreter": str(PYTHON), **extra}))
-    cmd = [str(VENV_BIN / "ansible-playbook"), "-i", "localhost,", "-e", f"@{vars_file}",
-           str(HERE / "playbooks" / f"{name}.yml")]
-    try:
-        start = time.monotonic()
-        proc = subprocess.run(cmd, env=env, capture_output=True, text=True)
-        wall = time.monotonic() - start
-    finally:
-        vars_file.unlink(missing_ok=True)
-    try:
-        output = json.loads(proc.stdout)
-    except ValueError:
-        sys.stderr.write(proc.stdout[-4000:] + proc.stderr[-4000:])
-        raise SystemExit(f"playbook {name} failed (rc={proc.returncode}) without JSON output") from None
-    return wall, proc.returncode, output
-
-
-def task_results(output: dict[str, Any]) -> list[dict[str, Any]]:
-    return [task["hosts"]["localhost"] for play in output["plays"] for task in play["tasks"]]
-
-
-def tasks_seconds(output: dict[str, Any]) -> float:
-    """Time spent inside the tasks (the callback's per-task durations), without Ansible's start-up."""
-    total = 0.0
-    for play in output["plays"]:
-        for task in play["tasks"]:
-            span = task["task"]["duration"]
-            total += _ts(span["end"]) - _ts(span["start"])
-    return total
-
-
-def _ts(value: str) -> float:
-    return datetime.fromisoformat(value.replace("Z", "+00:00")).timestamp()
+    wall, rc, output, _ = run_playbook(HERE / "playbooks" / f"{name}.yml", kubeconfig, COLLECTIONS, extra, PYTHON)
+    return wall, rc, output
 
 
 def audit_window(offset: int, start: float, end: float) -> dict[str, Any]:
     """Count the audit events written after ``offset`` for requests received in [start, end]."""
-    time.sleep(1.0)  # let the log backend flush the last events
     by_verb: Counter[str] = Counter()
     by_agent: Counter[str] = Counter()
     ignored: Counter[str] = Counter()
     node_writers: Counter[str] = Counter()  # writes of the cluster's own components to nodes
-    with audit_log().open("rb") as fh:
-        fh.seek(offset)
-        for line in fh:
-            ev = json.loads(line)
-            if ev.get("stage") != "ResponseComplete":
-                continue
-            received = _ts(ev["requestReceivedTimestamp"])
-            if not start <= received <= end:
-                continue
-            agent = ev.get("userAgent", "")
-            ref = ev.get("objectRef")
-            verb = ev["verb"] if ref else "discovery"
-            if agent.startswith(COMPONENT_UA):
-                ignored[agent.split("/")[0]] += 1
-                if ref and ref.get("resource") == "nodes" and ev["verb"] in WRITE_VERBS:
-                    sub = f"/{ref['subresource']}" if ref.get("subresource") else ""
-                    node_writers[f"{agent.split('/')[0]} {ev['verb']} nodes{sub}"] += 1
-                continue
-            if ref and ref.get("resource") == "nodes" and ref.get("subresource"):
-                verb = f"{verb} nodes/{ref['subresource']}"
-            code = (ev.get("responseStatus") or {}).get("code", 200)
-            if code >= 400:
-                verb = f"{verb} ({code})"
-            by_verb[verb] += 1
-            by_agent[agent.split(" ")[0]] += 1
+    for ev in audit_events(audit_log(), offset, start, end):
+        agent = ev.get("userAgent", "")
+        ref = ev.get("objectRef")
+        verb = ev["verb"] if ref else "discovery"
+        if agent.startswith(COMPONENT_UA):
+            ignored[agent.split("/")[0]] += 1
+            if ref and ref.get("resource") == "nodes" and ev["verb"] in WRITE_VERBS:
+                sub = f"/{ref['subresource']}" if ref.get("subresource") else ""
+                node_writers[f"{agent.split('/')[0]} {ev['verb']} nodes{sub}"] += 1
+            continue
+        if ref and ref.get("resource") == "nodes" and ref.get("subresource"):
+            verb = f"{verb} nodes/{ref['subresource']}"
+        code = (ev.get("responseStatus") or {}).get("code", 200)
+        if code >= 400:
+            verb = f"{verb} ({code})"
+        by_verb[verb] += 1
+        by_agent[agent.split(" ")[0]] += 1
     writes = sum(n for verb, n in by_verb.items() if verb.split(" ")[0] in WRITE_VERBS)
     conflicts = sum(n for verb, n in by_verb.items() if verb.endswith("(409)"))
     return {"by_verb": dict(by_verb), "total": sum(by_verb.values()), "writes": writes, "conflicts": conflicts,
@@ -324,10 +267,6 @@ def measured(name: str, kubeconfig: str, extra: dict[str, Any]) -> dict[str, Any
     return {"wall_s": round(wall, 2), "tasks_s": round(tasks_seconds(output), 2), "audit": audit, "results": results}
 
 
-def fmt_counts(counts: dict[str, int]) -> str:
-    return ", ".join(f"{k}={v}" for k, v in sorted(counts.items())) or "none"
-
-
 def gpu_node_run(label: str, kubeconfig: str, core: Any, names: list[str], extra: dict[str, Any]) -> dict[str, Any]:
     """One gpu_node run from the reset state: the run itself, its check, and the module's own counters."""
     run = measured("gpu_node", kubeconfig, extra)
@@ -344,12 +283,6 @@ def first_run_ok(run: dict[str, Any]) -> bool:
     verbs = run["audit"]["by_verb"]
     return (verbs.get("list", 0) == 1 and verbs.get("patch", 0) == run["changed_nodes"] == NODES
             and verbs.get("get", 0) == run["audit"]["conflicts"] and run["done"] == NODES)
-
-
-def median_run(runs: list[dict[str, Any]]) -> dict[str, Any]:
-    """The run with the median wall time (the lower one of an even count)."""
-    ordered = sorted(runs, key=lambda r: r["wall_s"])
-    return ordered[(len(ordered) - 1) // 2]
 
 
 def med(runs: list[dict[str, Any]], key: str) -> float:
