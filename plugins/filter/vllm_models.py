@@ -62,8 +62,16 @@ _value:
     pod_labels:
       description: The entry's pod labels over the defaults, with the team and cost-centre labels.
       type: dict
+    fleet:
+      description: The entry as a member of M(kubeinfer.llm.vllm_release)'s O(kubeinfer.llm.vllm_release#module:fleet) option.
+      type: dict
     autoscaling:
-      description: C(release), C(enabled) and whichever of C(min_replicas), C(max_replicas), C(target_queue_depth) the entry set.
+      description:
+        - The entry as one of the autoscaling role's C(autoscaling_targets) - C(release), C(enabled) and whichever of
+          C(min_replicas), C(max_replicas), C(target_queue_depth) the entry set.
+      type: dict
+    validate:
+      description: The entry as one of the validate role's C(validate_targets) - C(release) and C(model) (the served name).
       type: dict
 """
 
@@ -169,7 +177,9 @@ def _entry(where: str, given: Mapping[str, Any], defaults: Mapping[str, Any]) ->
             labels[label] = entry[key]
     entry["pod_labels"] = labels
     entry["served"] = entry["served_model_name"] or model
+    entry["fleet"] = {"name": name, "replicas": entry["replicas"], "gpus_per_replica": entry["gpus_per_replica"]}
     entry["autoscaling"] = _autoscaling(f"{where}.autoscaling", given.get("autoscaling"), name)
+    entry["validate"] = {"release": name, "model": entry["served"]}
     return entry
 
 

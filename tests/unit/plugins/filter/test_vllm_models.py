@@ -21,6 +21,8 @@ def test_an_empty_list_is_the_single_model_of_the_vllm_variables() -> None:
     assert entry["replicas"] == 1 and entry["gpus_per_replica"] == 1
     assert entry["values"] == DEFAULTS["values"] and entry["pod_labels"] == {"env": "prod"}
     assert entry["autoscaling"] == {"release": "vllm", "enabled": True}
+    assert entry["fleet"] == {"name": "vllm", "replicas": 1, "gpus_per_replica": 1}
+    assert entry["validate"] == {"release": "vllm", "model": "Qwen/Qwen2.5-0.5B-Instruct"}
     assert vllm_models(None, DEFAULTS) == [entry], "an unset list is the empty list"
 
 
@@ -38,6 +40,7 @@ def test_entries_take_what_they_do_not_set_from_the_defaults_and_merge_values_an
     assert chat["values"] == {"metrics": {"podMonitor": {"enabled": True}}, "podAnnotations": {"a": "1", "b": "2"}}
     assert chat["pod_labels"] == {"env": "prod", "kubeinfer.io/team": "assistants", "kubeinfer.io/cost-centre": "cc-1042"}
     assert code["gpus_per_replica"] == 2 and code["served"] == "coder" and code["team"] is None
+    assert code["validate"] == {"release": "code", "model": "coder"}, "the completion check asks for the served name"
     assert code["autoscaling"] == {"release": "code", "enabled": True, "max_replicas": 2, "target_queue_depth": 3}
     assert embed["autoscaling"]["enabled"] is False and embed["pod_labels"] == {"env": "dev"}
     assert models[0]["values"] == {"podAnnotations": {"b": "2"}}, "the input is not changed"
