@@ -351,7 +351,7 @@ def run(kube: Kube, helm: Helm, params: dict[str, Any], check_mode: bool, diff: 
     planned: _helm_release.Plan | None = None
     try:
         validate(params)
-        site = locate(kube, helm, params, present)
+        site = locate(kube, helm, params, present, check_mode)
         result["adapter"] = site.view()
         if site.current is not None:
             result["adapter_release"] = _helm_release.release_view(site.current.row, site.current.name, site.current.namespace)
@@ -437,6 +437,6 @@ def _keep_release(kube: Kube, helm: Helm, params: dict[str, Any], site: Site, ke
     if check_mode:
         result["release_would_change"] = True
         return planned
-    result["adapter_release"] = _helm_release.apply(helm, planned, create_namespace=False, atomic=params["atomic"],
+    result["adapter_release"] = _helm_release.apply(kube, helm, planned, create_namespace=False, atomic=params["atomic"],
                                                     helm_wait=params["wait"] or params["atomic"], timeout=params["helm_timeout"])
     return planned

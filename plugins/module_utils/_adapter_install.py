@@ -230,7 +230,7 @@ def _foreign_apiservice(apiservice: Mapping[str, Any], namespace: str, release: 
             "and adapter_release or adapter_deployment to that adapter, with install=never")
 
 
-def locate(kube: Kube, helm: Helm, params: Mapping[str, Any], present: bool) -> Site:
+def locate(kube: Kube, helm: Helm, params: Mapping[str, Any], present: bool, check_mode: bool = False) -> Site:
     """Find the adapter and decide, from reads only, where the rules go and whether the module installs or keeps the
     release; raise, naming the option to change, for every install a rule would not reach."""
     validate(params)
@@ -242,7 +242,7 @@ def locate(kube: Kube, helm: Helm, params: Mapping[str, Any], present: bool) -> 
     ours = False
     if (dep is None and install != "never") or install == "always" or owner == (ns, release):
         helm.require(f"look up the adapter's Helm release {ns}/{release}")
-        current = _helm_release.read(helm, release, ns)
+        current = _helm_release.read_for_upgrade(kube, helm, release, ns, check_mode)
         existing = ((current.values.get("rules") or {}) if isinstance(current.values.get("rules"), dict) else {}).get("existing")
         ours = bool(current.row) and bool(existing) and is_managed(kube.get("v1", "ConfigMap", str(existing), ns))
     if not present:

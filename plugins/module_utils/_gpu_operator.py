@@ -113,7 +113,7 @@ def _install(kube: Kube, helm: Helm, params: Mapping[str, Any], source: tuple[st
              check_mode: bool, diff: bool, result: dict[str, Any]) -> _helm_release.Plan:
     name, namespace = params["release_name"], params["namespace"]
     kind, chart = source
-    current = _helm_release.read(helm, name, namespace)
+    current = _helm_release.read_for_upgrade(kube, helm, name, namespace, check_mode)
     result["release"] = _helm_release.release_view(current.row, name, namespace)
     _helm_release.check_upgradable(current)  # before any probe pod runs
     deployed = current.values if current.row else None
@@ -158,7 +158,7 @@ def _install(kube: Kube, helm: Helm, params: Mapping[str, Any], source: tuple[st
     if check_mode:
         result["release_would_change"] = True
         return planned
-    result["release"] = _helm_release.apply(helm, planned, params["create_namespace"], params["atomic"],
+    result["release"] = _helm_release.apply(kube, helm, planned, params["create_namespace"], params["atomic"],
                                             helm_wait=params["wait"] or params["atomic"], timeout=params["timeout"])
     return planned
 

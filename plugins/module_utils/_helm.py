@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import tempfile
 from typing import Any, Callable
 
@@ -14,6 +15,11 @@ from ansible_collections.kubeinfer.llm.plugins.module_utils._errors import KubeI
 
 # module.run_command-compatible: (argv, environ_update=...) -> (rc, stdout, stderr)
 RunCommand = Callable[..., "tuple[int, str, str]"]
+
+
+_TRANSPORT = re.compile(r'(?:Get|Post|Put|Patch|Delete|Head) "(https?://[^"/]+)[^"]*": (.+)$')
+"""A failed request of Go's net/http client as helm quotes it: ``Post "https://host:port/...": <transport error>``. An
+HTTP error status has another shape, so this one means the API server did not answer (gone, reset, EOF, timeout)."""
 
 
 class Helm:
@@ -81,7 +87,12 @@ class Helm:
     def connection_problem(self, text: str) -> str | None:
         """helm's own words when it could not talk to the API server, led by the connection option to fix."""
         if "Kubernetes cluster unreachable" not in text:
-            return None
+            # The API server went away while helm worked: helm quotes the request that got no answer.
+            found = next((m for m in map(_TRANSPORT.search, text.splitlines()) if m), None)
+            if found is None:
+                return None
+            return (f"{self.origin['server']}: the API server at {found.group(1)} stopped answering while helm worked: "
+                    f"{found.string.strip().removeprefix('Error: ')}")
         line = next((x for x in text.splitlines() if "Kubernetes cluster unreachable" in x), text).strip()
         line = line.removeprefix("Error: ")
         if "x509" in line or "certificate" in line:

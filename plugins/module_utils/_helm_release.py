@@ -12,7 +12,14 @@ Every module that installs a chart goes through it:
 - ``apply`` runs the one ``helm upgrade --install``, then the caller's wait, and with ``atomic`` undoes a
   failure the one way: back to the revision before this run, or uninstall a release this run created;
 - ``result`` is the shape every such module returns: ``release`` (always a dict), ``helm_commands`` and
-  ``changed_values``.
+  ``changed_values``;
+- ``read_for_upgrade`` finds a release an interrupted run left pending-install, pending-upgrade or
+  pending-rollback, and recovers it. Helm itself cannot tell an operation that runs from one whose process
+  died (the kube-apiserver went away, the AWX job was killed): both look like a pending-* status. So
+  ``apply`` holds a coordination.k8s.io Lease (``kubeinfer-helm-<release>``, renewed every 10 s) while helm
+  works, naming the revision it makes. A pending revision whose Lease expired was left by a run of this
+  collection that died: the next run rolls it back (or uninstalls a pending first install) and goes on. A
+  pending revision without that Lease (a user's ``helm upgrade`` running now, or another tool's) is refused.
 
 Check mode never reaches ``apply``: a plan reads only.
 """
@@ -22,12 +29,19 @@ import copy
 import json
 import os
 import re
+import socket
 import tarfile
+import threading
+import time
 from dataclasses import dataclass, field
-from typing import Any, Callable, Mapping
+from datetime import datetime, timezone
+from typing import TYPE_CHECKING, Any, Callable, Mapping
 
 from ansible_collections.kubeinfer.llm.plugins.module_utils._errors import KubeInferError
 from ansible_collections.kubeinfer.llm.plugins.module_utils._helm import Helm
+
+if TYPE_CHECKING:  # pragma: no cover
+    from ansible_collections.kubeinfer.llm.plugins.module_utils._resources import Kube
 
 try:
     import yaml
@@ -37,6 +51,12 @@ except ImportError:  # pragma: no cover - PyYAML comes with ansible-core
 
 UPGRADABLE = ("deployed", "failed", "superseded")
 """``helm list`` statuses an upgrade may start from; the pending-* ones mean another operation runs or was cut off."""
+
+LEASE_API = "coordination.k8s.io/v1"
+LEASE_SECONDS = 30
+"""How long a helm operation's Lease outlives its last renewal; renewed every LEASE_SECONDS / 3."""
+LEASE_REVISION = "kubeinfer.io/helm-revision"
+LEASE_OPERATION = "kubeinfer.io/helm-operation"
 
 _CHART_COLUMN = re.compile(r"^(?P<name>.+)-(?P<version>v?\d+(\.\d+)*([-+][0-9A-Za-z.+-]*)?)$")
 
@@ -240,12 +260,17 @@ class Plan:
 
 @dataclass
 class Current:
-    """The release as helm has it now: its ``helm list`` row (None when not installed) and user values."""
+    """The release as helm has it now: its ``helm list`` row (None when not installed) and user values.
+
+    ``recovered`` says what read_for_upgrade did (or, in check mode, would do) about a pending revision an
+    interrupted run left; a plan lists it among its reasons."""
 
     name: str
     namespace: str
     row: dict[str, Any] | None
     values: dict[str, Any]
+    recovered: str | None = None
+    interrupted: bool = False
 
 
 def read(helm: Helm, name: str, namespace: str) -> Current:
@@ -255,12 +280,122 @@ def read(helm: Helm, name: str, namespace: str) -> Current:
 
 
 def check_upgradable(current: Current) -> None:
-    """Refuse a pending-* release: another helm operation runs or was interrupted."""
+    """Refuse a pending-* release that no interrupted run of this collection left (read_for_upgrade recovers those)."""
     status = (current.row or {}).get("status")
-    if current.row and status not in UPGRADABLE:
+    if current.row and status not in UPGRADABLE and not current.interrupted:
         raise KubeInferError(
-            f"release {current.namespace}/{current.name} is in status {status}: another helm operation runs or was interrupted; "
-            "wait for it, or roll the release back, then run again", release=release_view(current.row, current.name, current.namespace))
+            f"release {current.namespace}/{current.name} is in status {status}: another helm operation runs or was interrupted "
+            f"outside this collection (no Lease {current.namespace}/{lease_name(current.name)} of kubeinfer.llm names revision "
+            f"{release_view(current.row, current.name, current.namespace)['revision']}); wait for it, or roll the release back "
+            "(helm rollback), then run again", release=release_view(current.row, current.name, current.namespace))
+
+
+# -- the operation lease ---------------------------------------------------------------------
+def lease_name(release: str) -> str:
+    return f"kubeinfer-helm-{release}"
+
+
+def _now() -> str:
+    return datetime.now(timezone.utc).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+
+
+def _lease_expired(lease: Mapping[str, Any]) -> bool:
+    """Whether the Lease's holder stopped renewing it: renewTime (a MicroTime, read to the second) + duration < now."""
+    spec = lease.get("spec") or {}
+    renewed = str(spec.get("renewTime") or spec.get("acquireTime") or "")
+    try:
+        at = datetime.strptime(renewed[:19], "%Y-%m-%dT%H:%M:%S").replace(tzinfo=timezone.utc)
+    except ValueError:
+        return True
+    return (datetime.now(timezone.utc) - at).total_seconds() > int(spec.get("leaseDurationSeconds") or LEASE_SECONDS)
+
+
+class OperationLease:
+    """The Lease ``kubeinfer-helm-<release>`` held while this run's helm changes the release (see the module
+    docstring). It is deleted when the operation ends, failed or not; only a run that died leaves it, expired."""
+
+    def __init__(self, kube: Kube, name: str, namespace: str, revision: int, operation: str) -> None:
+        self.kube, self.name, self.namespace = kube, lease_name(name), namespace
+        self.holder = f"kubeinfer.llm/{socket.gethostname()}/{os.getpid()}"
+        self.body: dict[str, Any] = {"apiVersion": LEASE_API, "kind": "Lease",
+                     "metadata": {"name": self.name, "namespace": namespace,
+                                  "labels": {"app.kubernetes.io/managed-by": "kubeinfer.llm", "app.kubernetes.io/instance": name},
+                                  "annotations": {LEASE_REVISION: str(revision), LEASE_OPERATION: operation}},
+                     "spec": {"holderIdentity": self.holder, "leaseDurationSeconds": LEASE_SECONDS}}
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+
+    def __enter__(self) -> OperationLease:
+        now = _now()
+        body = copy.deepcopy(self.body)
+        body["spec"].update(acquireTime=now, renewTime=now)
+        self.kube.apply(body, force=True)
+        self._thread = threading.Thread(target=self._renew, name="helm-lease", daemon=True)
+        self._thread.start()
+        return self
+
+    def _renew(self) -> None:
+        while not self._stop.wait(LEASE_SECONDS / 3):
+            try:
+                self.kube.patch(LEASE_API, "Lease", self.name, {"spec": {"renewTime": _now()}}, self.namespace)
+            except Exception:  # pylint: disable=broad-except  # the API server is away: the Lease expires, which is the point
+                continue
+
+    def __exit__(self, *exc: Any) -> None:
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join(timeout=5)
+        try:
+            self.kube.delete(LEASE_API, "Lease", self.name, self.namespace)
+        except Exception:  # pylint: disable=broad-except  # unreachable now: it expires, and the next run reads it
+            pass
+
+
+def read_for_upgrade(kube: Kube, helm: Helm, name: str, namespace: str, check_mode: bool,
+                     wait_seconds: float = LEASE_SECONDS + 10) -> Current:
+    """``read``, then recover a pending revision an interrupted run of this collection left (see the module docstring).
+
+    A pending revision whose Lease is still renewed is another run of this collection at work: wait up to
+    ``wait_seconds`` for it to end or expire, then refuse naming its holder. An expired Lease naming the pending
+    revision: roll back to the revision before it (``helm rollback``), or uninstall a release whose first install
+    was cut off, delete the Lease and read again. In check mode nothing is done: ``recovered`` says what would be.
+    Any other pending release is left for check_upgradable to refuse."""
+    current = read(helm, name, namespace)
+    status = (current.row or {}).get("status")
+    if not current.row or status in UPGRADABLE:
+        return current
+    revision = release_view(current.row, name, namespace)["revision"]
+    deadline = time.monotonic() + wait_seconds
+    while True:
+        lease = kube.get(LEASE_API, "Lease", lease_name(name), namespace)
+        if lease is None or ((lease.get("metadata") or {}).get("annotations") or {}).get(LEASE_REVISION) != str(revision):
+            return current
+        if _lease_expired(lease):
+            break
+        if time.monotonic() > deadline:
+            spec = lease.get("spec") or {}
+            raise KubeInferError(f"release {namespace}/{name} is in status {status}: {spec.get('holderIdentity')} is running helm on it "
+                                 f"(Lease {namespace}/{lease_name(name)} renewed at {spec.get('renewTime')}); wait for that run, then run again",
+                                 release=release_view(current.row, name, namespace))
+        time.sleep(2)
+        current = read(helm, name, namespace)
+        if (current.row or {}).get("status") in UPGRADABLE or not current.row:
+            return current
+    spec = lease.get("spec") or {}
+    first_install = status == "pending-install" or revision <= 1
+    action = "uninstall the release" if first_install else f"roll back to revision {revision - 1}"
+    what = (f"release {namespace}/{name} was left {status} at revision {revision} by an interrupted run ({spec.get('holderIdentity')}, "
+            f"Lease last renewed {spec.get('renewTime')})")
+    if check_mode:
+        return Current(name, namespace, current.row, current.values, recovered=f"{what}: would {action}, then upgrade", interrupted=True)
+    if first_install:
+        helm.uninstall(name, namespace, wait=True, timeout=120)
+    else:
+        helm.rollback(name, namespace, revision - 1)
+    kube.delete(LEASE_API, "Lease", lease_name(name), namespace)
+    done = read(helm, name, namespace)
+    done.recovered = f"{what}: {'uninstalled it' if first_install else f'rolled back to revision {revision - 1}'}"
+    return done
 
 
 def plan(current: Current, chart: Chart, desired: dict[str, Any]) -> Plan:
@@ -270,7 +405,7 @@ def plan(current: Current, chart: Chart, desired: dict[str, Any]) -> Plan:
     row = current.row
     status = (row or {}).get("status")
     changes = value_changes(current.values, desired)
-    reasons: list[str] = []
+    reasons: list[str] = [current.recovered] if current.recovered else []
     if not row:
         reasons.append(f"release: (none) -> {chart.id}")
     else:
@@ -282,13 +417,23 @@ def plan(current: Current, chart: Chart, desired: dict[str, Any]) -> Plan:
     return Plan(current.name, current.namespace, chart, row, desired, reasons, [path for path, _old, _new in changes])
 
 
-def apply(helm: Helm, planned: Plan, create_namespace: bool, atomic: bool, helm_wait: bool = False, timeout: int = 300,
+def apply(kube: Kube, helm: Helm, planned: Plan, create_namespace: bool, atomic: bool, helm_wait: bool = False, timeout: int = 300,
           wait: Callable[[], Any] | None = None) -> dict[str, Any]:
-    """Run ``helm upgrade --install`` for ``planned``, then ``wait`` (the caller's readiness wait, if any).
+    """Run ``helm upgrade --install`` for ``planned``, then ``wait`` (the caller's readiness wait, if any), holding
+    the release's OperationLease throughout (the namespace is made first when ``create_namespace``: the Lease lives there).
 
     ``helm_wait`` makes helm itself wait up to ``timeout`` (``--wait``). With ``atomic`` a failure of either
     is undone (see undo) and the error carries ``rolled_back``. Returns the release view after the upgrade.
     """
+    if create_namespace and kube.get("v1", "Namespace", planned.namespace) is None:
+        kube.create({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": planned.namespace}})
+    revision = release_view(planned.row, planned.name, planned.namespace)["revision"]
+    with OperationLease(kube, planned.name, planned.namespace, revision + 1, "upgrade" if planned.row else "install"):
+        return _apply(helm, planned, create_namespace, atomic, helm_wait, timeout, wait)
+
+
+def _apply(helm: Helm, planned: Plan, create_namespace: bool, atomic: bool, helm_wait: bool, timeout: int,
+           wait: Callable[[], Any] | None) -> dict[str, Any]:
     chart = planned.chart
     try:
         helm.upgrade_install(planned.name, chart.ref, planned.namespace, planned.desired, version=chart.version_arg,

@@ -37,6 +37,7 @@ KNOWN: dict[tuple[str, str], tuple[str, bool]] = {
     ("apiregistration.k8s.io/v1", "APIService"): ("apiservices", False),
     ("apiextensions.k8s.io/v1", "CustomResourceDefinition"): ("customresourcedefinitions", False),
     ("nvidia.com/v1", "ClusterPolicy"): ("clusterpolicies", False),
+    ("coordination.k8s.io/v1", "Lease"): ("leases", True),
 }
 
 

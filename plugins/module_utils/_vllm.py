@@ -103,7 +103,7 @@ def _present(kube: Kube, helm: Helm, p: dict[str, Any], check_mode: bool, diff: 
                           "url": f"http://{host}:{workload['port']}"}
 
     # Idempotence: the chart version and the user-supplied values against the deployed release.
-    current = _helm_release.read(helm, name, namespace)
+    current = _helm_release.read_for_upgrade(kube, helm, name, namespace, check_mode)
     planned = _helm_release.plan(current, chart, desired)
     result.update(changed=bool(planned.reasons), change_reasons=planned.reasons,
                   release=_helm_release.release_view(current.row, name, namespace))
@@ -115,7 +115,7 @@ def _present(kube: Kube, helm: Helm, p: dict[str, Any], check_mode: bool, diff: 
         result["waited_seconds"] = _wait(kube, namespace, workload, timeout)
 
     if planned.reasons and not check_mode:
-        result["release"] = _helm_release.apply(helm, planned, p["create_namespace"], p["atomic"],
+        result["release"] = _helm_release.apply(kube, helm, planned, p["create_namespace"], p["atomic"],
                                                 wait=rolled_out if p["wait"] else None)
     elif p["wait"] and not check_mode and current.row is not None:
         rolled_out()  # nothing to change, but the caller asked for a rolled-out release: wait for it without writing

@@ -28,6 +28,7 @@ author:
 extends_documentation_fragment:
   - kubeinfer.llm.k8s_auth
   - kubeinfer.llm.k8s_auth.ATTRIBUTES
+  - kubeinfer.llm.helm_release
   - kubeinfer.llm.gpu_probe
 attributes:
   check_mode:

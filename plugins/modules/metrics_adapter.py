@@ -50,6 +50,7 @@ author:
 extends_documentation_fragment:
   - kubeinfer.llm.k8s_auth
   - kubeinfer.llm.k8s_auth.ATTRIBUTES
+  - kubeinfer.llm.helm_release
 attributes:
   check_mode:
     description:

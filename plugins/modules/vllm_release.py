@@ -34,6 +34,7 @@ requirements:
 extends_documentation_fragment:
   - kubeinfer.llm.k8s_auth
   - kubeinfer.llm.k8s_auth.ATTRIBUTES
+  - kubeinfer.llm.helm_release
 attributes:
   check_mode:
     description: Runs the whole preflight (reads and a local render only) and reports what would change; helm writes nothing.

@@ -193,12 +193,48 @@ scale_pool() { # scale_pool POOL COUNT ROLE CPU MEMORY POD_CIDR
     || { tail -5 "$STATE_DIR/kwokctl-scale.log" >&2; die "kwokctl scale of the $1 nodes failed"; }
 }
 
+# Pod IPs are loopback addresses of this host (kwok/node.yaml), and the pod network's relays (podnet.py)
+# listen on them: two clusters on one host must never hand out the same pod IP, or one cluster's relay
+# takes the address and the other's Prometheus scrapes the wrong simulator. So each cluster holds a slot
+# 1-15 of 127.0.0.0/8 (a /12, 127.<16*slot>.0.0), recorded in $KWOK_WORKDIR/pod-network-slots until
+# `down`; slot 0 (127.0.0.1) is never handed out.
+SLOTS_FILE=$KWOK_WORKDIR/pod-network-slots
+pod_slot() {
+  mkdir -p "$KWOK_WORKDIR"
+  (
+    flock 9
+    local slot used s
+    slot=$(awk -v n="$NAME" '$1 == n {print $2}' "$SLOTS_FILE" 2>/dev/null || true)
+    if [ -z "$slot" ]; then
+      used=" $(awk '{print $2}' "$SLOTS_FILE" 2>/dev/null | tr '\n' ' ') "
+      for s in $(seq 1 15); do
+        case "$used" in *" $s "*) ;; *) slot=$s; break ;; esac
+      done
+      [ -n "$slot" ] || die "all 15 pod network slots of 127.0.0.0/8 are taken ($SLOTS_FILE); bring a cluster down"
+      echo "$NAME $slot" >> "$SLOTS_FILE"
+    fi
+    echo "$slot"
+  ) 9>"$SLOTS_FILE.lock"
+}
+
+release_pod_slot() {
+  [ -f "$SLOTS_FILE" ] || return 0
+  (
+    flock 9
+    awk -v n="$NAME" '$1 != n' "$SLOTS_FILE" > "$SLOTS_FILE.tmp" && mv "$SLOTS_FILE.tmp" "$SLOTS_FILE"
+  ) 9>"$SLOTS_FILE.lock"
+}
+
 ensure_nodes() {
-  log "nodes: $GPU_NODES bare GPU + $GPU_DRIVER_NODES GPU with host driver (x $GPU_PER_NODE $GPU_PRODUCT), $CPU_NODES CPU"
-  # Each pool's nodes take consecutive /24s from its base (kwok/node.yaml); 1,000 GPU nodes end at 127.13.231.0/24.
-  scale_pool kwok-gpu "$GPU_NODES" gpu-worker "$GPU_NODE_CPU" "$GPU_NODE_MEMORY" 127.10.0.0/24
-  scale_pool kwok-gpudrv "$GPU_DRIVER_NODES" gpu-worker "$GPU_NODE_CPU" "$GPU_NODE_MEMORY" 127.20.0.0/24
-  scale_pool kwok-cpu "$CPU_NODES" cpu-worker "$CPU_NODE_CPU" "$CPU_NODE_MEMORY" 127.30.0.0/24
+  local base slot
+  slot=$(pod_slot) && [ -n "$slot" ] || die "no pod network slot for cluster $NAME"
+  base=$(( slot * 16 ))
+  log "nodes: $GPU_NODES bare GPU + $GPU_DRIVER_NODES GPU with host driver (x $GPU_PER_NODE $GPU_PRODUCT), $CPU_NODES CPU; pod IPs in 127.$base.0.0/12"
+  # Each pool's nodes take consecutive /24s from its base (kwok/node.yaml): the GPU pool has 2,048 of them
+  # (1,000 GPU nodes end at 127.<base+3>.231.0/24), the driver pool 1,024, the CPU pool 1,024.
+  scale_pool kwok-gpu "$GPU_NODES" gpu-worker "$GPU_NODE_CPU" "$GPU_NODE_MEMORY" "127.$base.0.0/24"
+  scale_pool kwok-gpudrv "$GPU_DRIVER_NODES" gpu-worker "$GPU_NODE_CPU" "$GPU_NODE_MEMORY" "127.$(( base + 8 )).0.0/24"
+  scale_pool kwok-cpu "$CPU_NODES" cpu-worker "$CPU_NODE_CPU" "$CPU_NODE_MEMORY" "127.$(( base + 12 )).0.0/24"
   write_hardware
 }
 
@@ -303,6 +339,7 @@ cmd_down() {
     ! ours "$pid" || die "process $pid of cluster $NAME still running"
   done
   rm -rf "$CLUSTER_DIR" "$STATE_DIR/created-with" "$STATE_DIR/gpu-hardware.json"
+  release_pod_slot
 }
 
 cmd_status() {

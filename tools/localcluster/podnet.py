@@ -2,7 +2,7 @@
 
 kwok gives every pod an IP from its node's ``spec.podCIDR`` (kwok v0.8.0
 ``pkg/kwok/controllers/pod_controller.go``: the node's podCIDRs, else ``--cidr``), and
-``kwok/node.yaml`` gives each node a /24 inside 127.0.0.0/8. So a pod IP such as 127.10.1.3 is a
+``kwok/node.yaml`` gives each node a /24 inside 127.0.0.0/8. So a pod IP such as 127.16.1.3 is a
 loopback address of this host, and Prometheus' real Kubernetes service discovery scrapes the pod
 at ``<pod IP>:<containerPort>`` as it would in a cluster, with no traffic leaving loopback.
 

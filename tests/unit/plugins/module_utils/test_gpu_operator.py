@@ -215,7 +215,7 @@ def test_fresh_install_probes_the_gpu_nodes_and_installs_the_driver_where_none_i
     assert result["driver_enabled"] is True
     assert result["driver_reason"] == "auto: no GPU node has a host driver (gpu-0), so the operator installs it"
     assert probe_pods(cluster) == [], "the probe pod is deleted"
-    pod = next(c["body"] for c in cluster.calls if c["method"] == "POST")
+    pod = next(c["body"] for c in cluster.calls if c["method"] == "POST" and c["body"]["kind"] == "Pod")
     assert pod["metadata"]["namespace"] == "kube-system" and pod["spec"]["containers"][0]["image"] == "validator:test"
     assert len(fake.upgrades) == 1
     argv = fake.upgrades[0]["argv"]
@@ -228,7 +228,10 @@ def test_fresh_install_probes_the_gpu_nodes_and_installs_the_driver_where_none_i
     assert any("upgrade --install" in c and "<values-file>" in c for c in result["helm_commands"])
     assert result["changes"] == ["release: (none) -> gpu-operator-v26.7.0"]
     assert result["changed_values"] == ["dcgmExporter", "devicePlugin", "driver", "mig", "toolkit"], "a new release: every top-level key"
-    assert result["api_requests"] == {"list": 2, "create": 1, "delete": 1}
+    # The probe pod (create, delete); the namespace and the operation Lease around the helm upgrade.
+    assert result["api_requests"] == {"list": 2, "create": 2, "delete": 2, "get": 1, "apply": 1}
+    assert [c["path"].rsplit("/", 1)[-1] for c in cluster.calls if c["method"] in ("PATCH", "DELETE") and "leases" in c["path"]] == \
+        ["kubeinfer-helm-gpu-operator", "kubeinfer-helm-gpu-operator"]
 
 
 def test_fresh_cluster_without_nfd_probes_every_node_and_keeps_a_host_driver() -> None:
@@ -264,11 +267,12 @@ def test_explicit_driver_or_check_mode_runs_no_probe() -> None:
     cluster = probed_cluster(gpu_node("gpu-0", **{NFD_3D: "true"}), gpu_0=HOSTED)
     explicit = run(cluster, FakeHelm(), driver_enabled="true")
     assert explicit["driver_enabled"] is True and "driver_probe" not in explicit
+    mark = len(cluster.calls)
     checked = run(cluster, FakeHelm(), check=True)
     assert checked["driver_enabled"] is True and "driver_probe" not in checked
     assert checked["driver_reason"].startswith("auto: not probed in check mode")
     assert checked["changed"] is True and checked["release_would_change"] is True
-    assert not [c for c in cluster.calls if c["method"] != "GET"] and probed_nodes(cluster) == []
+    assert not [c for c in cluster.calls[mark:] if c["method"] != "GET"] and probed_nodes(cluster) == []
 
 
 def test_rerun_with_same_values_runs_no_upgrade_and_no_api_request() -> None:

@@ -99,7 +99,8 @@ def test_plan_says_why_an_upgrade_is_needed() -> None:
                              "values.podLabels: (unset) -> {'a': 'b'}", "values.replicaCount: 1 -> 2"]
     assert stale.changed_values == ["podLabels", "replicaCount"]
     assert not CHART.matches("other-0.2.0") and not CHART.matches("vllm-0.2.1") and not CHART.matches(None)
-    with pytest.raises(KubeInferError, match="^release ns/r is in status pending-install: another helm operation") as err:
+    with pytest.raises(KubeInferError, match="^release ns/r is in status pending-install: another helm operation runs or was interrupted "
+                       "outside this collection") as err:
         _helm_release.plan(current(dict(row, status="pending-install")), CHART, desired)
     assert err.value.result["release"]["status"] == "pending-install"
 
@@ -119,6 +120,41 @@ def test_release_view_has_one_shape(row: dict[str, Any] | None, view: dict[str, 
     assert {k: shown[k] for k in view} == view and shown["name"] == "r" and shown["namespace"] == "ns"
 
 
+class LeaseKube:
+    """The few Kube calls the operation lease makes, on an in-memory store: {(kind, name): object}."""
+
+    def __init__(self, objects: dict[tuple[str, str], dict[str, Any]] | None = None) -> None:
+        self.objects = dict(objects or {})
+        self.calls: list[tuple[str, str]] = []
+
+    def get(self, api_version: str, kind: str, name: str, namespace: str | None = None) -> dict[str, Any] | None:
+        return self.objects.get((kind, name))
+
+    def create(self, body: dict[str, Any]) -> dict[str, Any]:
+        self.calls.append(("create", body["kind"]))
+        self.objects[(body["kind"], body["metadata"]["name"])] = body
+        return body
+
+    def apply(self, body: dict[str, Any], force: bool = False) -> dict[str, Any]:
+        self.calls.append(("apply", body["kind"]))
+        self.objects[(body["kind"], body["metadata"]["name"])] = body
+        return body
+
+    def patch(self, api_version: str, kind: str, name: str, patch: Any, namespace: str | None = None) -> dict[str, Any]:
+        self.calls.append(("patch", kind))
+        self.objects[(kind, name)]["spec"].update(patch["spec"])
+        return self.objects[(kind, name)]
+
+    def delete(self, api_version: str, kind: str, name: str, namespace: str | None = None) -> bool:
+        self.calls.append(("delete", kind))
+        return self.objects.pop((kind, name), None) is not None
+
+
+def lease(revision: int, renewed: str, holder: str = "kubeinfer.llm/ops/1") -> dict[tuple[str, str], dict[str, Any]]:
+    return {("Lease", "kubeinfer-helm-r"): {"metadata": {"name": "kubeinfer-helm-r", "annotations": {"kubeinfer.io/helm-revision": str(revision)}},
+                                            "spec": {"holderIdentity": holder, "leaseDurationSeconds": 30, "renewTime": renewed}}}
+
+
 class Release:
     """run_command for helm that keeps one release; ``fail`` makes the upgrade fail."""
 
@@ -134,6 +170,10 @@ class Release:
             self.row = {"chart": self.chart, "status": "failed" if self.fail else "deployed",
                         "revision": str(int((self.row or {}).get("revision", 0)) + 1)}
             return (1, "", "Error: UPGRADE FAILED") if self.fail else (0, "", "")
+        if argv[1] == "rollback" and self.row:
+            self.row = dict(self.row, status="deployed", revision=str(int(self.row["revision"]) + 1))
+        if argv[1] == "uninstall":
+            self.row = None
         return 0, "", ""
 
 
@@ -142,7 +182,7 @@ def test_apply_upgrades_then_waits() -> None:
     helm = Helm(cli, "helm", {})
     planned = _helm_release.plan(current(cli.row), CHART, {"a": 1})
     waited: list[bool] = []
-    after = _helm_release.apply(helm, planned, create_namespace=True, atomic=False, wait=lambda: waited.append(True))
+    after = _helm_release.apply(LeaseKube(), helm, planned, create_namespace=True, atomic=False, wait=lambda: waited.append(True))
     assert after["revision"] == 2 and after["status"] == "deployed" and waited == [True]
     assert cli.verbs[0][:4] == ["upgrade", "--install", "r", "./vllm"] and "--create-namespace" in cli.verbs[0]
     assert "--wait" not in cli.verbs[0], "the caller's wait, not helm's"
@@ -157,7 +197,7 @@ def test_atomic_undoes_a_failed_upgrade_or_wait(row: dict[str, Any] | None, undo
     cli = Release(row, fail=True)
     helm = Helm(cli, "helm", {})
     with pytest.raises(KubeInferError) as err:
-        _helm_release.apply(helm, _helm_release.plan(current(row), CHART, {"a": 1}), False, atomic=True)
+        _helm_release.apply(LeaseKube(), helm, _helm_release.plan(current(row), CHART, {"a": 1}), False, atomic=True)
     assert err.value.msg == f"helm upgrade failed (rc=1): Error: UPGRADE FAILED; {said}" and err.value.result["rolled_back"] == said
     assert cli.verbs[-1] == undo
 
@@ -166,18 +206,18 @@ def test_atomic_undoes_a_failed_upgrade_or_wait(row: dict[str, Any] | None, undo
 
     cli = Release(row)
     with pytest.raises(KubeInferError) as err:
-        _helm_release.apply(Helm(cli, "helm", {}), _helm_release.plan(current(row), CHART, {"a": 1}), False, atomic=True, wait=stuck)
+        _helm_release.apply(LeaseKube(), Helm(cli, "helm", {}), _helm_release.plan(current(row), CHART, {"a": 1}), False, atomic=True, wait=stuck)
     assert err.value.msg == f"timed out; {said}" and err.value.result["waited"] == 30 and cli.verbs[-1] == undo
     cli = Release(row, fail=True)
     with pytest.raises(KubeInferError):
-        _helm_release.apply(Helm(cli, "helm", {}), _helm_release.plan(current(row), CHART, {"a": 1}), False, atomic=False)
+        _helm_release.apply(LeaseKube(), Helm(cli, "helm", {}), _helm_release.plan(current(row), CHART, {"a": 1}), False, atomic=False)
     assert [v[0] for v in cli.verbs] == ["upgrade"], "without atomic nothing is undone"
 
 
 def test_apply_refuses_a_chart_other_than_the_planned_one() -> None:
     cli = Release(None, chart="vllm-0.1.0")
     with pytest.raises(KubeInferError, match="^chart_ref: helm installed vllm-0.1.0, but vllm-0.2.0 was asked for"):
-        _helm_release.apply(Helm(cli, "helm", {}), _helm_release.plan(current(None), CHART, {}), False, atomic=False)
+        _helm_release.apply(LeaseKube(), Helm(cli, "helm", {}), _helm_release.plan(current(None), CHART, {}), False, atomic=False)
 
 
 def test_read_chart_reads_local_charts_and_asks_helm_for_the_rest(tmp_path: Path) -> None:
@@ -202,3 +242,51 @@ def test_read_chart_reads_local_charts_and_asks_helm_for_the_rest(tmp_path: Path
 
     assert _helm_release.read_chart(Helm(show, "helm", {}), "oci://example.com/charts/vllm", "0.2.0") == Chart(
         ref="oci://example.com/charts/vllm", name="vllm", version="0.2.0", version_arg="0.2.0")
+
+
+def test_apply_holds_the_operation_lease_while_helm_runs() -> None:
+    kube = LeaseKube()
+    seen: list[Any] = []
+    cli = Release({"chart": "vllm-0.1.0", "status": "deployed", "revision": "3"})
+    helm = Helm(cli, "helm", {})
+    _helm_release.apply(kube, helm, _helm_release.plan(current(cli.row), CHART, {"a": 1}), create_namespace=True, atomic=False,  # type: ignore[arg-type]
+                        wait=lambda: seen.append(kube.objects.get(("Lease", "kubeinfer-helm-r"))))
+    (held,) = seen
+    assert held["metadata"]["annotations"] == {"kubeinfer.io/helm-revision": "4", "kubeinfer.io/helm-operation": "upgrade"}
+    assert held["spec"]["holderIdentity"].startswith("kubeinfer.llm/") and held["spec"]["leaseDurationSeconds"] == 30
+    assert ("Lease", "kubeinfer-helm-r") not in kube.objects, "the Lease goes when the operation ends"
+    assert kube.calls[0] == ("create", "Namespace"), "the namespace is made first: the Lease lives there"
+
+
+@pytest.mark.parametrize(("status", "revision", "verb"), [("pending-upgrade", 5, ["rollback", "r", "4"]),
+                                                          ("pending-rollback", 5, ["rollback", "r", "4"]),
+                                                          ("pending-install", 1, ["uninstall", "r"])])
+def test_an_interrupted_run_is_recovered(status: str, revision: int, verb: list[str]) -> None:
+    row = {"chart": "vllm-0.2.0", "status": status, "revision": str(revision)}
+    # Check mode: nothing is done; the plan says what would be, and goes on.
+    kube, cli = LeaseKube(lease(revision, "2020-01-01T00:00:00.000000Z")), Release(dict(row))
+    seen = _helm_release.read_for_upgrade(kube, Helm(cli, "helm", {}), "r", "ns", check_mode=True)  # type: ignore[arg-type]
+    assert seen.interrupted and "by an interrupted run (kubeinfer.llm/ops/1" in str(seen.recovered) and "would" in str(seen.recovered)
+    assert {v[0] for v in cli.verbs} == {"list", "get"} and kube.calls == []
+    assert _helm_release.plan(seen, CHART, {}).reasons[0] == seen.recovered
+    # A real run rolls back (or uninstalls the first install), deletes the Lease and plans from what is left.
+    done = _helm_release.read_for_upgrade(kube, Helm(cli, "helm", {}), "r", "ns", check_mode=False)  # type: ignore[arg-type]
+    (write,) = [v for v in cli.verbs if v[0] not in ("list", "get")]
+    assert write[:len(verb)] == verb and kube.calls == [("delete", "Lease")]
+    assert not done.interrupted and (done.row is None or done.row["status"] == "deployed")
+    _helm_release.check_upgradable(done)
+
+
+def test_a_pending_release_without_our_lease_or_with_a_live_one_is_refused() -> None:
+    row = {"chart": "vllm-0.2.0", "status": "pending-upgrade", "revision": "5"}
+    for objects in ({}, lease(4, "2020-01-01T00:00:00.000000Z")):  # none, or one naming another revision
+        cli = Release(dict(row))
+        seen = _helm_release.read_for_upgrade(LeaseKube(objects), Helm(cli, "helm", {}), "r", "ns", check_mode=False)  # type: ignore[arg-type]
+        with pytest.raises(KubeInferError, match="outside this collection"):
+            _helm_release.check_upgradable(seen)
+        assert {v[0] for v in cli.verbs} == {"list", "get"}
+    live = lease(5, _helm_release._now(), holder="kubeinfer.llm/awx-7/42")  # pylint: disable=protected-access
+    cli = Release(dict(row))
+    with pytest.raises(KubeInferError, match="kubeinfer.llm/awx-7/42 is running helm on it"):
+        _helm_release.read_for_upgrade(LeaseKube(live), Helm(cli, "helm", {}), "r", "ns", check_mode=False, wait_seconds=0)  # type: ignore[arg-type]
+    assert "rollback" not in [v[0] for v in cli.verbs]

@@ -496,7 +496,24 @@ class FakeKube:
         self.requests["get"] += 1
         if kind == "Secret":
             return self.secrets.get(name)
+        if kind == "Namespace":
+            return {"metadata": {"name": name}}
         return self.deployment
+
+    # The operation Lease helm upgrades hold (_helm_release.OperationLease): counted, not kept.
+    def apply(self, body: dict[str, Any], **kwargs: Any) -> dict[str, Any]:
+        assert body["kind"] == "Lease"
+        self.requests["apply"] += 1
+        return body
+
+    def patch(self, *args: Any, **kwargs: Any) -> dict[str, Any]:
+        self.requests["patch"] += 1
+        return {}
+
+    def delete(self, api_version: str, kind: str, name: str, namespace: str | None = None) -> bool:
+        assert kind == "Lease"
+        self.requests["delete"] += 1
+        return True
 
 
 RENDERED = """

@@ -78,7 +78,7 @@ def test_gpu_operator_auto_runs_the_probe_with_its_options(monkeypatch: pytest.M
                       {"probe_image": "mirror.example/validator:v26.7.0", "probe_namespace": "gpu-probes"}, fake)
     assert result["changed"] is True and result["driver_enabled"] is False
     assert result["driver_probe"] == {"gpu-0": {"nvidia_pci": ["0302"], "nvidia_smi": "/usr/bin/nvidia-smi", "driver": "550.54.15"}}
-    (pod,) = [c["body"] for c in cluster.calls if c["method"] == "POST"]
+    (pod,) = [c["body"] for c in cluster.calls if c["method"] == "POST" and c["body"]["kind"] == "Pod"]
     assert pod["metadata"]["namespace"] == "gpu-probes" and pod["spec"]["containers"][0]["image"] == "mirror.example/validator:v26.7.0"
     assert probe_pods(cluster, "gpu-probes") == []
     assert fake.upgrades[0]["values"]["driver"] == {"enabled": False}
