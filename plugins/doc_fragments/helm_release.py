@@ -14,7 +14,7 @@ notes:
     records the revision helm is making. The identity needs C(get), C(create), C(patch) and C(delete) on C(leases).
   - A release left C(pending-install), C(pending-upgrade) or C(pending-rollback) by a run that died (the API server went
     away, the job was killed) is recovered by the next run once that Lease has expired (30 seconds after its last
-    renewal; the module waits for it): rolled back to the revision before, or uninstalled when its first install was cut
+    renewal; the module waits for it) - rolled back to the revision before, or uninstalled when its first install was cut
     off, then upgraded. A pending release that no such Lease names (a C(helm) command running now, another tool) is
     refused with the status, and nothing is changed. Check mode only reports the recovery it would make.
 """

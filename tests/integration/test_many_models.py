@@ -17,7 +17,7 @@ In order, on the local cluster of KUBEINFER_CLUSTER, with the GPU stack that sit
 4. Real load on a's simulator (6 requests in flight, 5 waiting, target 2) raises a's HPA; b's and c's HPAs
    stay at 1 replica, reading a value, for two HPA sync periods after a scaled.
 5. c taken out of the list: site.yml removes c's release, HPA and rule share, and writes nothing to a or b
-   (their Deployments, HPAs and release Secrets are not among the writes; a still has the replicas its HPA set).
+   (their Deployments, HPAs and release Secrets are not among the writes, so a's replicas stay its HPA's).
 6. verify.yml with the two left passes and writes nothing.
 7. teardown.yml with the two left removes them, their rule shares and the namespace.
 
@@ -172,10 +172,14 @@ def test_many_models_from_one_inventory(site: Inventory, audit: Audit, api: clie
     three = [site.entry("a"), site.entry("b"), site.entry("c", gpus_per_replica=2)]
     timings: dict[str, float] = {}
 
+    def took(what: str, since: float, until: float | None = None) -> None:
+        timings[what] = (time.monotonic() if until is None else until) - since
+        print(f"\n[many-models] {what}: {timings[what]:.1f} s", flush=True)
+
     # 1. Bring up the three.
     start = time.monotonic()
     first = site.run("site.yml", three)
-    timings["site.yml, 3 models, fresh"] = time.monotonic() - start
+    took("site.yml, 3 models, fresh", start)
     assert first.returncode == 0, first.stdout[-8000:] + first.stderr[-2000:]
     deployments = {d.metadata.name: d for d in apps.list_namespaced_deployment(NAMESPACE).items}
     assert set(deployments) >= {"a", "b", "c"}
@@ -197,7 +201,7 @@ def test_many_models_from_one_inventory(site: Inventory, audit: Audit, api: clie
     # 2. A re-run writes nothing.
     mark, start = audit.mark(), time.monotonic()
     again = site.run("site.yml", three)
-    timings["site.yml again"] = time.monotonic() - start
+    took("site.yml again", start)
     rerun_writes = writes(audit, mark)
     assert again.returncode == 0, again.stdout[-6000:]
     assert recap(again.stdout)["changed"] == 0, again.stdout[-6000:]
@@ -207,7 +211,7 @@ def test_many_models_from_one_inventory(site: Inventory, audit: Audit, api: clie
     versions = {n: d.metadata.resource_version for n, d in deployments.items()}
     mark, start = audit.mark(), time.monotonic()
     too_big = site.run("site.yml", [site.entry("a", replicas=2), site.entry("b"), site.entry("c", replicas=2, gpus_per_replica=8)])
-    timings["site.yml, list too big"] = time.monotonic() - start
+    took("site.yml, list too big", start)
     refused_writes = writes(audit, mark)
     assert too_big.returncode != 0
     assert "fleet: not enough GPU capacity for the 3 releases together" in too_big.stdout, too_big.stdout[-5000:]
@@ -234,7 +238,7 @@ def test_many_models_from_one_inventory(site: Inventory, audit: Audit, api: clie
     finally:
         load.stop()
     assert scaled_at is not None, f"a's HPA never scaled under load: {hpa_state(autoscaling)}"
-    timings["load -> a's HPA raised desiredReplicas"] = scaled_at - start
+    took("load -> a's HPA raised desiredReplicas", start, scaled_at)
     moved = [s for s in others if any(desired != 1 or current != 1 or not read for desired, current, read in s.values())]
     assert others and not moved, f"b's or c's HPA moved (or lost its value) with load on a only: {moved[:3]}"
     a_desired = hpa_state(autoscaling)["a"][0]
@@ -243,7 +247,7 @@ def test_many_models_from_one_inventory(site: Inventory, audit: Audit, api: clie
     # 5. c taken out of the list: c goes, and nothing of a or b is written.
     mark, start = audit.mark(), time.monotonic()
     two = site.run("site.yml", [site.entry("a"), site.entry("b")])
-    timings["site.yml without c"] = time.monotonic() - start
+    took("site.yml without c", start)
     removal_writes = writes(audit, mark)
     assert two.returncode == 0, two.stdout[-8000:]
     left = {d.metadata.name for d in apps.list_namespaced_deployment(NAMESPACE).items}
@@ -258,12 +262,13 @@ def test_many_models_from_one_inventory(site: Inventory, audit: Audit, api: clie
                        or ".a.v" in w or ".b.v" in w]
     assert touching_a_or_b == [], touching_a_or_b
     assert any(w.endswith(f"{NAMESPACE}/c") for w in removal_writes), removal_writes
-    assert apps.read_namespaced_deployment("a", NAMESPACE).spec.replicas == a_desired, "a keeps what its HPA set"
+    # a's replicas belong to its HPA now (the scale-up above, or the scale-down once the window after the load passed):
+    # the run wrote no Deployment, Service or HPA of a or b (above), so whatever it is, the HPA set it.
 
     # 6. verify.yml follows the list: a and b check out, with a at the replicas its HPA set, and nothing is written.
     mark, start = audit.mark(), time.monotonic()
     verified = site.run("verify.yml", [site.entry("a"), site.entry("b")])
-    timings["verify.yml, 2 models"] = time.monotonic() - start
+    took("verify.yml, 2 models", start)
     assert verified.returncode == 0, verified.stdout[-6000:]
     assert "every step reads back as converged" in verified.stdout
     assert writes(audit, mark) == []
@@ -271,7 +276,7 @@ def test_many_models_from_one_inventory(site: Inventory, audit: Audit, api: clie
     # 7. teardown.yml follows the list: a and b go, with their HPAs and rule shares, and the namespace.
     start = time.monotonic()
     down = site.run("teardown.yml", [site.entry("a"), site.entry("b")])
-    timings["teardown.yml, 2 models"] = time.monotonic() - start
+    took("teardown.yml, 2 models", start)
     assert down.returncode == 0, down.stdout[-6000:]
     assert adapter_releases(core) == []
     assert NAMESPACE not in {n.metadata.name for n in core.list_namespace().items if n.status.phase == "Active"}
