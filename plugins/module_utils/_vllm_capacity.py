@@ -146,7 +146,7 @@ def plan_capacity(nodes: list[dict[str, Any]], pods: list[dict[str, Any]], repli
         slots += node_slots
         report[name] = {"allocatable": allocatable, "requested": used.get(name, 0), "free": free, "replica_slots": node_slots}
     plan: dict[str, Any] = {"replicas": replicas, "gpus_per_replica": gpus_per_replica, "replica_slots": slots,
-            "fits": slots >= replicas, "nodes": report, "ineligible_nodes": ineligible}
+                            "fits": slots >= replicas, "nodes": report, "ineligible_nodes": ineligible}
     if fleet is not None:
         plan["fleet"] = pack_fleet({n: v["free"] for n, v in report.items()}, members)
         plan["fits"] = plan["fits"] and plan["fleet"]["fits"]

@@ -285,7 +285,7 @@ options:
     description:
       - Mark the release as managed by the model list named so - the pod label C(kubeinfer.io/inventory=<inventory>) - and
         return, in RV(inventory), the other releases that carry the mark but are neither this release nor in O(fleet).
-      - The vllm role removes those: an entry taken out of C(vllm_models) is a model to remove. The module itself never
+      - The vllm role removes those, since an entry taken out of C(vllm_models) is a model to remove. The module itself never
         removes anything for this option.
     type: str
     version_added: 0.2.0
