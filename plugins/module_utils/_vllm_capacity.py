@@ -169,7 +169,7 @@ def pack_fleet(free: dict[str, int], members: list[dict[str, Any]]) -> dict[str,
     for i in order:
         member = members[i]
         key, gpus = f"{member['namespace']}/{member['name']}", int(member["gpus_per_replica"])
-        for _ in range(int(member["replicas"])):
+        for _replica in range(int(member["replicas"])):
             fitting = sorted((n for n, f in left.items() if f >= gpus), key=lambda n: (left[n], n))
             if not fitting:
                 unplaced[key] = unplaced.get(key, 0) + 1

@@ -191,7 +191,7 @@ def test_many_models_from_one_inventory(site: Inventory, audit: Audit, api: clie
     assert deployments["c"].spec.template.spec.containers[0].resources.limits["nvidia.com/gpu"] == "2"
     assert adapter_releases(core) == ["a", "b", "c"], "one rule, a share for each model"
     hpas = hpa_state(autoscaling)
-    assert set(hpas) == {"a", "b", "c"} and all(read for _, _, read in hpas.values()), hpas
+    assert set(hpas) == {"a", "b", "c"} and all(state[2] for state in hpas.values()), hpas
     for name in ("a", "b", "c"):
         row = next((x for x in first.stdout.splitlines() if f"Model {name} : {MODELS[name]}" in x), None)
         assert row is not None, f"no summary row for {name}: {first.stdout[-4000:]}"
