@@ -21,8 +21,9 @@ In order, on the local cluster of KUBEINFER_CLUSTER, with the GPU stack that sit
 6. verify.yml with the two left passes and writes nothing.
 7. teardown.yml with the two left removes them, their rule shares and the namespace.
 
-The fixture's teardown.yml (all three listed) removes whatever a failure left. Measured: 282 s on 2 cores, of which 117 s is the first site.yml on
-bare GPU nodes (2026-12-02).
+The fixture's teardown.yml (all three listed) removes whatever a failure left. Measured on 2 cores shared with
+other agents (load 7-9): 396 s, of which 133 s is the first site.yml on bare GPU nodes (2026-12-02); each step
+prints its time.
 """
 from __future__ import annotations
 
