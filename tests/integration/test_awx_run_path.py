@@ -117,7 +117,7 @@ def sa_writes(audit: Audit, since: int) -> list[str]:
 
 
 def test_the_awx_run_path(job: Job, audit: Audit, core: client.CoreV1Api, api: client.ApiClient, kubeconfig: str) -> None:
-    mark = audit.mark()
+    start = mark = audit.mark()
     first = job.run("playbooks/site.yml")
     assert first["rc"] == 0 and first["status"] == "successful", first["stdout"][-5000:]
     assert first["changed"] > 0
@@ -176,3 +176,93 @@ def test_the_awx_run_path(job: Job, audit: Audit, core: client.CoreV1Api, api: c
     down = job.run("playbooks/teardown.yml")
     assert down["rc"] == 0, down["stdout"][-5000:]
     assert NAMESPACE not in {n.metadata.name for n in core.list_namespace().items if n.status.phase == "Active"}
+
+    # Least privilege: every rule of the ClusterRole authorized some request of site, verify and teardown that no other
+    # rule would have, or is one that only another configuration uses (OPTIONAL_RULES, with the option). So removing any
+    # single rule makes some request of this flow, or of that configuration, fail with a 403.
+    rules = rbac_rules()
+    used = [e for e in audit.events(start, "") if e["user"]["username"] == SA]
+    sole: dict[int, list[str]] = {i: [] for i in range(len(rules))}
+    unmatched = []
+    for event in used:
+        matching = [i for i, rule in enumerate(rules) if rule_allows(rule, event)]
+        if len(matching) == 1:
+            sole[matching[0]].append(request_line(event))
+        elif not matching:
+            unmatched.append(request_line(event))
+    print(f"\nClusterRole kubeinfer-llm: of {len(used)} requests of site + verify + teardown "
+          f"({used[0]['requestReceivedTimestamp']} to {used[-1]['requestReceivedTimestamp']}), those only each rule allows")
+    for i, rule in enumerate(rules):
+        key = rule_key(rule)
+        print(f"  {key:<90} {len(sole[i]):>4}  {sole[i][0] if sole[i] else OPTIONAL_RULES.get(key, 'UNUSED')}")
+    assert not [rule_key(r) for i, r in enumerate(rules) if not sole[i] and rule_key(r) not in OPTIONAL_RULES], "rules nothing needs"
+    assert not [k for i, r in enumerate(rules) if sole[i] and (k := rule_key(r)) in OPTIONAL_RULES], "an optional rule this flow uses"
+    # What no rule of ours allows is what every authenticated identity may do (system:discovery, system:basic-user).
+    assert all(line.split()[1].startswith(("/api", "/apis", "/version", "/openapi")) and line.split()[0] == "get"
+               or "selfsubject" in line for line in unmatched), unmatched
+
+
+# Rules the demo flow (kind hpa, no NetworkPolicy, no model cache, the GPU Operator's default driver handling) does not
+# use, with what does. Each is still refused without its rule: the reason names the option to turn on to see it.
+OPTIONAL_RULES = {
+    "keda.sh scaledobjects": "autoscaling_kind: keda (inference_hpa kind=keda)",
+    " services/proxy": "autoscaling_kind: keda (inference_hpa runs the trigger's query through the service proxy)",
+    "networking.k8s.io networkpolicies": "vllm_network_policy (the chart's NetworkPolicy)",
+    "policy poddisruptionbudgets": "vllm_replicas above 1 (the chart's PodDisruptionBudget)",
+    " events": "a rollout that times out (vllm_release names the scheduler's reason); the audit policy never logs Events",
+}
+
+
+def rbac_rules() -> list[dict[str, Any]]:
+    doc = yaml.safe_load((REPO / "meta" / "rbac.yml").read_text())
+    (role,) = [i for i in doc["items"] if i["kind"] == "ClusterRole"]
+    return list(role["rules"])
+
+
+def rule_key(rule: dict[str, Any]) -> str:
+    return f"{','.join(rule.get('apiGroups') or [])} {','.join(rule.get('resources') or rule.get('nonResourceURLs') or [])}"
+
+
+def rule_allows(rule: dict[str, Any], event: dict[str, Any]) -> bool:
+    """Whether an RBAC PolicyRule allows the request an audit event records (k8s.io/kubernetes
+    plugin/pkg/auth/authorizer/rbac/rbac.go RuleAllows: verbs, API groups, resource or resource/subresource, names)."""
+    verbs = rule.get("verbs") or []
+    if event["verb"] not in verbs and "*" not in verbs:
+        return False
+    ref = event.get("objectRef")
+    if not ref:
+        path = event["requestURI"].split("?", 1)[0]
+        return any(u == path or (u.endswith("*") and path.startswith(u[:-1])) for u in rule.get("nonResourceURLs") or [])
+    groups = rule.get("apiGroups") or []
+    if ref.get("apiGroup", "") not in groups and "*" not in groups:
+        return False
+    resource = ref["resource"] + (f"/{ref['subresource']}" if ref.get("subresource") else "")
+    resources = rule.get("resources") or []
+    if resource not in resources and "*" not in resources and not (ref.get("subresource") and f"{ref['resource']}/*" in resources):
+        return False
+    names = rule.get("resourceNames") or []
+    return not names or ref.get("name") in names
+
+
+def request_line(event: dict[str, Any]) -> str:
+    return f"{event['verb']} {event['requestURI'].split('?', 1)[0]}"
+
+
+def test_a_missing_rule_fails_the_step_naming_the_permission(job: Job, kubeconfig: str, tmp_path: Path) -> None:
+    """One removal run for real (the analysis above covers every rule): the ClusterRole without its leases rule."""
+    doc = yaml.safe_load((REPO / "meta" / "rbac.yml").read_text())
+    role = next(i for i in doc["items"] if i["kind"] == "ClusterRole")
+    role["rules"] = [r for r in role["rules"] if r.get("apiGroups") != ["coordination.k8s.io"]]
+    reduced = tmp_path / "rbac-without-leases.yml"
+    reduced.write_text(yaml.safe_dump(role))
+    kubectl(kubeconfig, "apply", "--server-side", "--field-manager=kubeinfer-test", "--force-conflicts", "-f", str(reduced))
+    try:
+        cut = job.run("playbooks/site.yml")
+        assert cut["rc"] != 0
+        failures = [e["event_data"]["res"].get("msg", "") for e in cut["events"] if e.get("event") == "runner_on_failed"]
+        print(f"\nwithout the leases rule: {failures}")
+        assert len(failures) == 1 and 'cannot patch resource "leases" in API group "coordination.k8s.io"' in failures[0], failures
+    finally:
+        kubectl(kubeconfig, "apply", "--server-side", "--field-manager=kubeinfer-test", "--force-conflicts", "-f", str(REPO / "meta" / "rbac.yml"))
+        down = job.run("playbooks/teardown.yml")
+        assert down["rc"] == 0, down["stdout"][-5000:]

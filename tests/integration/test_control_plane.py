@@ -11,6 +11,7 @@ Run: ``pytest tests/integration/test_control_plane.py`` with the venv python.
 from __future__ import annotations
 
 import http.server
+import ipaddress
 import socket
 import subprocess
 import threading
@@ -100,6 +101,19 @@ def _sim_nodes(core: client.CoreV1Api) -> set[str]:
 def test_server_version_is_the_pinned_build(api: client.ApiClient) -> None:
     info = client.VersionApi(api).get_code()
     assert info.git_version == pinned("KUBERNETES_VERSION")
+
+
+def test_pod_ips_are_in_this_clusters_own_slot_of_loopback(core: client.CoreV1Api, kubeconfig: str) -> None:
+    """Every cluster on the host has its own /12 of 127.0.0.0/8 (cluster.sh pod_slot): no two clusters hand out one pod IP."""
+    cluster = Path(kubeconfig).parent
+    rows = [line.split() for line in Path("/tmp/kubeinfer-pod-network-slots").read_text().splitlines() if line.strip()]
+    slots = {where: int(slot) for where, slot in rows}
+    assert len(set(slots.values())) == len(slots), f"two clusters share a slot: {slots}"
+    mine = ipaddress.ip_network(f"127.{16 * slots[str(cluster)]}.0.0/12")
+    nodes = core.list_node(label_selector="kubeinfer.io/sim-node=true").items
+    assert nodes and all(ipaddress.ip_network(n.spec.pod_cidr).subnet_of(mine) for n in nodes), [(n.metadata.name, n.spec.pod_cidr) for n in nodes]
+    pods = [p for p in core.list_pod_for_all_namespaces().items if p.status.pod_ip and not p.spec.host_network]
+    assert all(ipaddress.ip_address(p.status.pod_ip) in mine for p in pods), [(p.metadata.name, p.status.pod_ip) for p in pods]
 
 
 def test_gpu_nodes_advertise_gpus_once_the_gpu_stack_runs(core: client.CoreV1Api, gpu_stack: None) -> None:

@@ -196,22 +196,28 @@ scale_pool() { # scale_pool POOL COUNT ROLE CPU MEMORY POD_CIDR
 # Pod IPs are loopback addresses of this host (kwok/node.yaml), and the pod network's relays (podnet.py)
 # listen on them: two clusters on one host must never hand out the same pod IP, or one cluster's relay
 # takes the address and the other's Prometheus scrapes the wrong simulator. So each cluster holds a slot
-# 1-15 of 127.0.0.0/8 (a /12, 127.<16*slot>.0.0), recorded in $KWOK_WORKDIR/pod-network-slots until
-# `down`; slot 0 (127.0.0.1) is never handed out.
-SLOTS_FILE=$KWOK_WORKDIR/pod-network-slots
+# 1-15 of 127.0.0.0/8 (a /12, 127.<16*slot>.0.0) until `down`, in one file for the whole host (clusters
+# of every cache and user share loopback): lines "<cluster dir> <slot>". A slot whose cluster directory
+# is gone (deleted without `down`) is taken back. Slot 0 (127.0.0.1) is never handed out.
+SLOTS_FILE=${KUBEINFER_POD_SLOTS:-/tmp/kubeinfer-pod-network-slots}
 pod_slot() {
-  mkdir -p "$KWOK_WORKDIR"
   (
     flock 9
-    local slot used s
-    slot=$(awk -v n="$NAME" '$1 == n {print $2}' "$SLOTS_FILE" 2>/dev/null || true)
+    local slot used s d
+    if [ -f "$SLOTS_FILE" ]; then
+      while read -r d s; do
+        [ "$d" = "$CLUSTER_DIR" ] || [ -d "$d" ] && echo "$d $s"
+      done < "$SLOTS_FILE" > "$SLOTS_FILE.tmp"
+      mv "$SLOTS_FILE.tmp" "$SLOTS_FILE"
+    fi
+    slot=$(awk -v d="$CLUSTER_DIR" '$1 == d {print $2}' "$SLOTS_FILE" 2>/dev/null || true)
     if [ -z "$slot" ]; then
       used=" $(awk '{print $2}' "$SLOTS_FILE" 2>/dev/null | tr '\n' ' ') "
       for s in $(seq 1 15); do
         case "$used" in *" $s "*) ;; *) slot=$s; break ;; esac
       done
       [ -n "$slot" ] || die "all 15 pod network slots of 127.0.0.0/8 are taken ($SLOTS_FILE); bring a cluster down"
-      echo "$NAME $slot" >> "$SLOTS_FILE"
+      echo "$CLUSTER_DIR $slot" >> "$SLOTS_FILE"
     fi
     echo "$slot"
   ) 9>"$SLOTS_FILE.lock"
@@ -221,7 +227,7 @@ release_pod_slot() {
   [ -f "$SLOTS_FILE" ] || return 0
   (
     flock 9
-    awk -v n="$NAME" '$1 != n' "$SLOTS_FILE" > "$SLOTS_FILE.tmp" && mv "$SLOTS_FILE.tmp" "$SLOTS_FILE"
+    awk -v d="$CLUSTER_DIR" '$1 != d' "$SLOTS_FILE" > "$SLOTS_FILE.tmp" && mv "$SLOTS_FILE.tmp" "$SLOTS_FILE"
   ) 9>"$SLOTS_FILE.lock"
 }
 
