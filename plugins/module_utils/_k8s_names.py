@@ -21,6 +21,8 @@ MANAGED_BY = "kubeinfer.llm"
 INSTANCE_LABEL = "app.kubernetes.io/instance"
 COMPONENT_LABEL = "app.kubernetes.io/component"
 RELEASE_POD_LABEL = "kubeinfer.io/release"
+INVENTORY_LABEL = "kubeinfer.io/inventory"
+"""On the pods of a release that an inventory's model list manages (vllm_release inventory=); its value names the list."""
 GPU_RESOURCE = "nvidia.com/gpu"
 
 _DNS_LABEL = re.compile(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$")

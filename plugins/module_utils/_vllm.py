@@ -9,7 +9,14 @@ from typing import Any
 from ansible_collections.kubeinfer.llm.plugins.module_utils import _helm_release
 from ansible_collections.kubeinfer.llm.plugins.module_utils._errors import KubeInferError
 from ansible_collections.kubeinfer.llm.plugins.module_utils._helm import Helm
-from ansible_collections.kubeinfer.llm.plugins.module_utils._k8s_names import GPU_RESOURCE
+from ansible_collections.kubeinfer.llm.plugins.module_utils._k8s_names import (
+    GPU_RESOURCE,
+    INSTANCE_LABEL,
+    INVENTORY_LABEL,
+    check_dns_label,
+    check_namespace,
+    label_value_error,
+)
 from ansible_collections.kubeinfer.llm.plugins.module_utils._manifests import parse_manifests, served_workload, validate_manifests
 from ansible_collections.kubeinfer.llm.plugins.module_utils._resources import Kube
 from ansible_collections.kubeinfer.llm.plugins.module_utils._vllm_capacity import allocatable_gpus, check_capacity, eligible_nodes, plan_capacity
@@ -31,6 +38,7 @@ def run(kube: Kube, helm: Helm, params: dict[str, Any], check_mode: bool, diff: 
     result: dict[str, Any] = {"changed": False}
     planned = None
     try:
+        params = with_fleet(params)
         validate(params)
         if params["state"] == "absent":
             current = _helm_release.read(helm, params["name"], params["namespace"])
@@ -72,11 +80,14 @@ def _present(kube: Kube, helm: Helm, p: dict[str, Any], check_mode: bool, diff: 
     desired = build_values(p, budget["seconds"])
     result["values"] = desired
     capacity = plan_capacity(nodes, pods, int(desired.get("replicaCount", 1)), int(desired.get("gpusPerReplica", 1)),
-                             desired, namespace, name)
+                             desired, namespace, name, fleet=p["fleet"])
     capacity["checked"] = p["preflight_capacity"] and not gpus_pending
     result["capacity"] = capacity
     if capacity["checked"]:
         check_capacity(capacity)
+    if p["inventory"]:
+        result["inventory"] = inventory_view(kube.list("apps/v1", "Deployment", label_selector=INFERENCE_SERVER_SELECTOR),
+                                             p["inventory"], p["fleet"] or [], namespace, name)
     try:
         rendered = helm.template(name, chart.ref, namespace, desired, version=chart.version_arg, repo=chart.repo, kube_version=kube_version)
     except KubeInferError as e:
@@ -114,6 +125,65 @@ def _present(kube: Kube, helm: Helm, p: dict[str, Any], check_mode: bool, diff: 
     result["placement"] = placement(pods_now)
     result["rollout"] = _rollout_status(kube.get("apps/v1", "Deployment", workload["deployment"], namespace))
     return planned
+
+
+INFERENCE_SERVER_SELECTOR = "app.kubernetes.io/part-of=kubeinfer,app.kubernetes.io/component=inference-server"
+"""The labels the collection's chart puts on every Deployment it renders (vllm.labels)."""
+
+
+def with_fleet(p: dict[str, Any]) -> dict[str, Any]:
+    """Check ``fleet`` and ``inventory`` (before any request) and return the parameters with both resolved.
+
+    Fleet members default to this release's namespace; the inventory label joins ``pod_labels``.
+    """
+    if p["state"] == "absent":
+        return p
+    fleet = None
+    if p.get("fleet") is not None:
+        fleet, seen = [], set()
+        for i, member in enumerate(p["fleet"]):
+            ns = member.get("namespace") or p["namespace"]
+            check_dns_label(member["name"], f"fleet[{i}].name", "release name", 53)
+            check_namespace(ns, f"fleet[{i}].namespace")
+            for option in ("replicas", "gpus_per_replica"):
+                minimum = 0 if option == "replicas" else 1
+                if member[option] < minimum:
+                    raise KubeInferError(f"fleet[{i}].{option}: must be >= {minimum}, got {member[option]}")
+            if (ns, member["name"]) in seen:
+                raise KubeInferError(f"fleet[{i}].name: {ns}/{member['name']} is listed twice")
+            seen.add((ns, member["name"]))
+            fleet.append({"name": member["name"], "namespace": ns, "replicas": member["replicas"],
+                          "gpus_per_replica": member["gpus_per_replica"]})
+    labels = dict(p["pod_labels"] or {})
+    if p.get("inventory") is not None:
+        err = label_value_error(p["inventory"])
+        if err or not p["inventory"]:
+            raise KubeInferError(f"inventory: {p['inventory']!r} is not a valid label value ({err or 'empty'})")
+        if str(labels.get(INVENTORY_LABEL, p["inventory"])) != p["inventory"]:
+            raise KubeInferError(f"pod_labels: {INVENTORY_LABEL} is set by inventory; do not set it in pod_labels")
+        labels[INVENTORY_LABEL] = p["inventory"]
+    return dict(p, fleet=fleet, inventory=p.get("inventory"), pod_labels=labels)
+
+
+def inventory_view(deployments: list[dict[str, Any]], inventory: str, fleet: list[dict[str, Any]],
+                   namespace: str, name: str) -> dict[str, Any]:
+    """The releases whose pods carry ``kubeinfer.io/inventory=<inventory>``, split into listed and unlisted.
+
+    Listed means this release or a fleet member. An unlisted one was deployed from the same model list and has
+    since been taken out of it: the vllm role removes it. Releases are found by their Deployment's pod template,
+    which is where the chart puts the label (the Deployment is named after the release, labelled with its instance).
+    """
+    listed = {(namespace, name)} | {(m["namespace"], m["name"]) for m in fleet}
+    found = []
+    for dep in deployments:
+        meta = dep.get("metadata") or {}
+        template_labels = (((dep.get("spec") or {}).get("template") or {}).get("metadata") or {}).get("labels") or {}
+        if template_labels.get(INVENTORY_LABEL) != inventory:
+            continue
+        found.append((meta.get("namespace", ""), (meta.get("labels") or {}).get(INSTANCE_LABEL) or meta.get("name", "")))
+    return {"name": inventory, "label": f"{INVENTORY_LABEL}={inventory}",
+            "listed": [{"namespace": ns, "name": n} for ns, n in sorted(listed)],
+            "unlisted": [{"namespace": ns, "name": n} for ns, n in sorted(set(found) - listed)]}
 
 
 def _token_secret(kube: Kube, secret: dict[str, Any] | None, namespace: str, check_mode: bool) -> dict[str, Any] | None:

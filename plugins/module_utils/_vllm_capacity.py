@@ -108,18 +108,26 @@ def pod_gpus(pod: dict[str, Any]) -> int:
 
 
 def plan_capacity(nodes: list[dict[str, Any]], pods: list[dict[str, Any]], replicas: int, gpus_per_replica: int,
-                  values: dict[str, Any], namespace: str, release: str) -> dict[str, Any]:
+                  values: dict[str, Any], namespace: str, release: str,
+                  fleet: list[dict[str, Any]] | None = None) -> dict[str, Any]:
     """How many replicas fit on the eligible GPU nodes, each replica needing all its GPUs on one node.
 
     Free GPUs per node are allocatable minus what bound, unfinished pods request; the release's own
     pods are not counted, since an upgrade replaces them. Replica slots per node are free // gpus_per_replica.
+
+    ``fleet`` lists the other releases deployed together with this one (``name``, ``namespace``,
+    ``replicas``, ``gpus_per_replica``; placed like this release). Their pods are not counted either,
+    and every replica of every member must then fit at once: see ``pack_fleet``.
     """
+    members = [{"name": release, "namespace": namespace, "replicas": replicas, "gpus_per_replica": gpus_per_replica}]
+    members += [dict(m) for m in fleet or [] if (m["namespace"], m["name"]) != (namespace, release)]
+    replaced = {(m["namespace"], m["name"]) for m in members}
     used: dict[str, int] = {}
     for pod in pods:
         meta, node_name = pod.get("metadata", {}), pod.get("spec", {}).get("nodeName")
         if not node_name or pod.get("status", {}).get("phase") in ("Succeeded", "Failed"):
             continue
-        if meta.get("namespace") == namespace and (meta.get("labels") or {}).get(INSTANCE_LABEL) == release:
+        if (meta.get("namespace"), (meta.get("labels") or {}).get(INSTANCE_LABEL)) in replaced:
             continue
         used[node_name] = used.get(node_name, 0) + pod_gpus(pod)
     report: dict[str, Any] = {}
@@ -137,14 +145,61 @@ def plan_capacity(nodes: list[dict[str, Any]], pods: list[dict[str, Any]], repli
         node_slots = free // gpus_per_replica
         slots += node_slots
         report[name] = {"allocatable": allocatable, "requested": used.get(name, 0), "free": free, "replica_slots": node_slots}
-    return {"replicas": replicas, "gpus_per_replica": gpus_per_replica, "replica_slots": slots,
-            "fits": slots >= replicas, "nodes": report, "ineligible_nodes": ineligible}
+    plan: dict[str, Any] = {"replicas": replicas, "gpus_per_replica": gpus_per_replica, "replica_slots": slots,
+                            "fits": slots >= replicas, "nodes": report, "ineligible_nodes": ineligible}
+    if fleet is not None:
+        plan["fleet"] = pack_fleet({n: v["free"] for n, v in report.items()}, members)
+        plan["fits"] = plan["fits"] and plan["fleet"]["fits"]
+    return plan
+
+
+def pack_fleet(free: dict[str, int], members: list[dict[str, Any]]) -> dict[str, Any]:
+    """Place every replica of every member on the free GPUs, all GPUs of a replica on one node.
+
+    Best fit decreasing: the replicas with the most GPUs first (members in their order on ties),
+    each on the node with the fewest free GPUs that still holds it, names breaking ties. The
+    scheduler places pods one at a time, so a fleet this cannot place may still not fit there;
+    one this places fits whenever the scheduler packs as tightly (it scores by least allocated
+    by default, so a fleet near the limit can still strand GPUs).
+    """
+    left = dict(free)
+    placed: dict[str, dict[str, int]] = {}
+    unplaced: dict[str, int] = {}
+    order = sorted(range(len(members)), key=lambda i: (-int(members[i]["gpus_per_replica"]), i))
+    for i in order:
+        member = members[i]
+        key, gpus = f"{member['namespace']}/{member['name']}", int(member["gpus_per_replica"])
+        for _replica in range(int(member["replicas"])):
+            fitting = sorted((n for n, f in left.items() if f >= gpus), key=lambda n: (left[n], n))
+            if not fitting:
+                unplaced[key] = unplaced.get(key, 0) + 1
+                continue
+            left[fitting[0]] -= gpus
+            node_count = placed.setdefault(key, {})
+            node_count[fitting[0]] = node_count.get(fitting[0], 0) + 1
+    requested = sum(int(m["replicas"]) * int(m["gpus_per_replica"]) for m in members)
+    return {"members": [{"name": m["name"], "namespace": m["namespace"], "replicas": int(m["replicas"]),
+                         "gpus_per_replica": int(m["gpus_per_replica"]),
+                         "placed": placed.get(f"{m['namespace']}/{m['name']}", {})} for m in members],
+            "requested_gpus": requested, "free_gpus": sum(free.values()), "fits": not unplaced, "unplaced": unplaced}
 
 
 def check_capacity(plan: dict[str, Any]) -> None:
-    """Raise with the per-node numbers when the replicas do not fit."""
+    """Raise with the per-node numbers when the replicas (of this release, then of the whole fleet) do not fit."""
     if plan["fits"]:
         return
+    if plan["replica_slots"] >= plan["replicas"] and "fleet" in plan:
+        fleet = plan["fleet"]
+        asked = ", ".join(f"{m['namespace']}/{m['name']} {m['replicas']} x {m['gpus_per_replica']}" for m in fleet["members"])
+        per_node = ", ".join(f"{n}: {v['free']} of {v['allocatable']} free" for n, v in plan["nodes"].items())
+        short = ", ".join(f"{k}: {v} replica(s)" for k, v in fleet["unplaced"].items())
+        allocatable = sum(v["allocatable"] for v in plan["nodes"].values())
+        raise KubeInferError(
+            f"fleet: not enough GPU capacity for the {len(fleet['members'])} releases together ({asked} GPUs, each replica on one "
+            f"node: {fleet['requested_gpus']} GPUs), but the eligible GPU nodes have {fleet['free_gpus']} free of {allocatable} "
+            f"allocatable {GPU_RESOURCE} ({per_node or 'no eligible GPU node'}); no room for {short}. Nothing was installed or "
+            "changed: serve fewer replicas or GPUs, or add GPU nodes.",
+            capacity=plan)
     largest = max((v["allocatable"] for v in plan["nodes"].values()), default=0)
     if plan["nodes"] and plan["gpus_per_replica"] > largest:
         raise KubeInferError(

@@ -13,7 +13,8 @@ description:
     the collection under C(charts/vllm), or of the chart in O(chart_ref).
   - "Preflight, before any write: the VRAM estimate of the model at the requested tensor parallelism (the module fails with
     the numbers when the GPUs are too small); the GPU capacity check (every replica needs O(gpus_per_replica) free GPUs on
-    one node: allocatable C(nvidia.com/gpu) minus what bound pods already request, counted from one pod list); and
+    one node: allocatable C(nvidia.com/gpu) minus what bound pods already request, counted from one pod list; with
+    O(fleet), for every release of the fleet together); and
     C(helm template --kube-version <server version>) with every rendered object validated by the C(kubernetes-validate)
     library in strict mode. When the preflight fails, nothing is installed."
   - The startup probe budget is derived from the model size and a load throughput assumption (O(load_throughput_gib_s),
@@ -252,6 +253,42 @@ options:
         that does not fit then stays Pending, and O(wait) fails with the scheduler's reason.
     type: bool
     default: true
+  fleet:
+    description:
+      - The releases served together with this one, for the GPU capacity check (O(preflight_capacity)). When set, their
+        pods are not counted as used (like the release's own, they are the ones being served), and every replica of every
+        member, this release included, must fit on the eligible GPU nodes at once, each on one node; otherwise the module
+        fails before any write, naming every member and the free GPUs per node.
+      - Members are placed like this release (its node selector, GPU products and tolerations). This release may be
+        listed; its own options win. The vllm role passes its whole model list here, so that the first release of the
+        list already refuses a list that does not fit.
+    type: list
+    elements: dict
+    version_added: 0.2.0
+    suboptions:
+      name:
+        description: Release name.
+        type: str
+        required: true
+      namespace:
+        description: Namespace of the release; defaults to O(namespace).
+        type: str
+      replicas:
+        description: Its replicas.
+        type: int
+        default: 1
+      gpus_per_replica:
+        description: GPUs per replica, all on one node.
+        type: int
+        default: 1
+  inventory:
+    description:
+      - Mark the release as managed by the model list named so - the pod label C(kubeinfer.io/inventory=<inventory>) - and
+        return, in RV(inventory), the other releases that carry the mark but are neither this release nor in O(fleet).
+      - The vllm role removes those, since an entry taken out of C(vllm_models) is a model to remove. The module itself never
+        removes anything for this option.
+    type: str
+    version_added: 0.2.0
   params_billion:
     description:
       - Parameter count of the model in billions, for the VRAM estimate and the startup budget. Defaults to the size in the
@@ -393,7 +430,10 @@ startup_budget:
   returned: when O(state=present)
   sample: {seconds: 135, weights_gib: 14.901, load_throughput_gib_s: 0.5, base_seconds: 60, safety_factor: 1.5, source: model size / load throughput}
 capacity:
-  description: Free GPUs and replica slots per eligible GPU node, and whether the replicas fit.
+  description:
+    - Free GPUs and replica slots per eligible GPU node, and whether the replicas fit.
+    - With O(fleet), C(fleet) holds every member's replicas placed per node, the GPUs requested by all of them, the free
+      ones, and C(unplaced) (member -> replicas without room); C(fits) is then true only when the whole fleet fits.
   type: dict
   returned: when O(state=present)
   sample:
@@ -404,6 +444,24 @@ capacity:
     checked: true
     nodes: {gpu-0: {allocatable: 8, requested: 0, free: 8, replica_slots: 2}}
     ineligible_nodes: {}
+    fleet:
+      members:
+        - {name: llama, namespace: vllm, replicas: 4, gpus_per_replica: 4, placed: {gpu-0: 2, gpu-1: 2}}
+      requested_gpus: 16
+      free_gpus: 16
+      fits: true
+      unplaced: {}
+inventory:
+  description:
+    - With O(inventory), the releases that carry its pod label, as C(namespace) and C(name). C(listed) are this release
+      and the O(fleet) members; C(unlisted) were deployed from the same list and are no longer in it.
+  type: dict
+  returned: when O(state=present) and O(inventory) is set, once the preflight passed
+  sample:
+    name: default
+    label: kubeinfer.io/inventory=default
+    listed: [{namespace: vllm, name: llama}]
+    unlisted: [{namespace: vllm, name: mistral}]
 preflight_pending:
   description:
     - Check mode only, when no node has allocatable C(nvidia.com/gpu) yet (the GPU Operator is not installed, as in
@@ -560,6 +618,13 @@ ARGUMENT_SPEC = argument_spec(
     timeout={"type": "int"},
     atomic={"type": "bool", "default": False},
     preflight_capacity={"type": "bool", "default": True},
+    fleet={"type": "list", "elements": "dict", "options": {
+        "name": {"type": "str", "required": True},
+        "namespace": {"type": "str"},
+        "replicas": {"type": "int", "default": 1},
+        "gpus_per_replica": {"type": "int", "default": 1},
+    }},
+    inventory={"type": "str"},
     params_billion={"type": "float"},
     gpu_memory_mib={"type": "int"},
     load_throughput_gib_s={"type": "float"},

@@ -363,11 +363,13 @@ def test_roles_configure_and_verify(playbook: PlaybookRunner,
     ]
     run = playbook(roles, results=True)
     assert run.returncode == 0, run.output[-4000:]
-    served = [r["served"] for r in run.results if isinstance(r.get("served"), dict) and r["served"]]
+    # The roles loop over their releases (here the one of the single-release variables): one item per release.
+    items = [item for r in run.results for item in r.get("results") or [r]]
+    served = [r["served"] for r in items if isinstance(r.get("served"), dict) and r["served"]]
     assert served and float(served[-1][pod]) == QUEUE, "the role's verify step saw the value"
-    hpa_reads = [r for r in run.results if r.get("current_value") is not None]
+    hpa_reads = [r for r in items if r.get("current_value") is not None]
     assert hpa_reads and float(hpa_reads[-1]["current_value"]) == QUEUE
-    assert any(r.get("scale_down_window_seconds") == BUDGET + 30 for r in run.results)
+    assert any(r.get("scale_down_window_seconds") == BUDGET + 30 for r in items)
     # The whole chain again, in check mode: nothing would change and the checks still pass.
     run = playbook(roles, check=True, results=True)
     assert run.returncode == 0, run.output[-4000:]

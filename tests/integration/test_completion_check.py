@@ -178,7 +178,8 @@ def test_validate_role_prints_the_completion(
                  "validate_max_tokens": 6, "validate_ready_timeout": 30},
     }], results=True)
     assert run.returncode == 0, run.output[-3000:]
-    printed = [r for r in run.results if "validate_result.response" in r]
+    # One debug item per release checked (validate_targets, here the one of validate_release).
+    printed = [item for r in run.results for item in r.get("results", []) if "__validate_item.response" in item]
     assert len(printed) == 1
-    response = printed[0]["validate_result.response"]
+    response = printed[0]["__validate_item.response"]
     assert response["choices"] and response["usage"]["completion_tokens"] > 0

@@ -54,7 +54,8 @@ class Runner:
 
     def role(self, role_vars: dict[str, Any], *extra: str) -> tuple[PlaybookRun, dict[str, Any]]:
         tasks = [{"name": "Apply the role", "ansible.builtin.include_role": {"name": "kubeinfer.llm.vllm"}, "vars": role_vars}]
-        proc = self._play(tasks, "vllm_result", extra)
+        # The role registers one loop result per model; the single-model variables make one.
+        proc = self._play(tasks, "vllm_result.results[0]", extra)
         return proc, proc.saved if proc.saved is not None else {}
 
 

@@ -341,7 +341,34 @@ def sync_prometheus(api: Api, ports: dict[str, int]) -> str:
 
 
 def sync_pods(api: Api) -> list[str]:
-    return podnet.sync(api.get("/api/v1/pods?resourceVersion=0")["items"], STATE)
+    pods = api.get("/api/v1/pods?resourceVersion=0")["items"]
+    return podnet.sync(pods, STATE) + sync_forwards(api, pods)
+
+
+PORTFORWARDS = "/apis/kwok.x-k8s.io/v1alpha1"
+
+
+def sync_forwards(api: Api, pods: list[dict[str, Any]]) -> list[str]:
+    """Keep a kwok PortForward per opted-in pod (podnet.wanted_forwards); never touch one the loop did not create."""
+    want = podnet.wanted_forwards(pods)
+    have = {(f["metadata"]["namespace"], f["metadata"]["name"]): f
+            for f in api.items(f"{PORTFORWARDS}/portforwards?resourceVersion=0")}
+    changes = []
+    for (ns, name), forward in sorted(have.items()):
+        own = (forward["metadata"].get("labels") or {}).get(podnet.OWNED_LABEL) == "true"
+        if own and (ns, name) not in want:
+            api.call("DELETE", f"{PORTFORWARDS}/namespaces/{ns}/portforwards/{name}")
+            changes.append(f"port-forward {ns}/{name} removed")
+    for (ns, name), backend in sorted(want.items()):
+        current = have.get((ns, name))
+        body = podnet.forward_object(ns, name, backend)
+        if current is None:
+            api.call("POST", f"{PORTFORWARDS}/namespaces/{ns}/portforwards", body, content_type="application/json")
+            changes.append(f"port-forward {ns}/{name} -> 127.0.0.1:{backend}")
+        elif (current["metadata"].get("labels") or {}).get(podnet.OWNED_LABEL) == "true" and current.get("spec") != body["spec"]:
+            api.call("PATCH", f"{PORTFORWARDS}/namespaces/{ns}/portforwards/{name}", {"spec": body["spec"]})
+            changes.append(f"port-forward {ns}/{name} -> 127.0.0.1:{backend} (updated)")
+    return changes
 
 
 # --- the sync loop ---------------------------------------------------------------------------

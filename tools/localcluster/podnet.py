@@ -29,6 +29,9 @@ from typing import Any
 from hostproc import HostProcess
 
 SIM_PORT_ANNOTATION = "kubeinfer.io/sim-metrics-port"
+FORWARD_LABEL = "kubeinfer.io/sim-forward"
+"""Opt-in pod label: the port-forward API reaches the pod's own simulator too (``wanted_forwards``)."""
+OWNED_LABEL = "kubeinfer.io/localcluster-podnet"
 
 
 def wanted_relays(pods: list[dict[str, Any]]) -> dict[str, tuple[str, int, int]]:
@@ -52,6 +55,36 @@ def wanted_relays(pods: list[dict[str, Any]]) -> dict[str, tuple[str, int, int]]
                 p = int(port["containerPort"])
                 out[f"{meta['namespace']}_{meta['name']}_{p}"] = (ip, p, int(backend))
     return out
+
+
+def wanted_forwards(pods: list[dict[str, Any]]) -> dict[tuple[str, str], int]:
+    """(namespace, pod) -> simulator port, for every Running pod labelled ``kubeinfer.io/sim-forward=true`` that a simulator plays.
+
+    A kubelet answers a port-forward with the pod's own container; kwok answers it from a PortForward named
+    after the pod, else from a ClusterPortForward that matches its namespace (kwok v0.8.0
+    pkg/kwok/server/debugging_port_forword.go, getPodsForward). A per-namespace ClusterPortForward sends every
+    pod of the namespace to one simulator, so several models in one namespace would all answer as one. For
+    pods that opt in, the sync loop keeps a PortForward per pod pointing at the simulator of its
+    ``kubeinfer.io/sim-metrics-port`` annotation: a port-forward then reaches the model the pod serves, as
+    on a real cluster. Opt-in, so that tests which point a pod's forward elsewhere (cluster.sh forward) keep it.
+    """
+    out: dict[tuple[str, str], int] = {}
+    for pod in pods:
+        meta, status = pod["metadata"], pod.get("status") or {}
+        backend = (meta.get("annotations") or {}).get(SIM_PORT_ANNOTATION, "")
+        if (meta.get("labels") or {}).get(FORWARD_LABEL) != "true" or not backend.isdigit() or status.get("phase") != "Running":
+            continue
+        if meta.get("deletionTimestamp"):
+            continue
+        out[(meta["namespace"], meta["name"])] = int(backend)
+    return out
+
+
+def forward_object(namespace: str, name: str, backend: int) -> dict[str, Any]:
+    """The kwok PortForward of one pod: every port of it to 127.0.0.1:<backend>, labelled as the sync loop's own."""
+    return {"apiVersion": "kwok.x-k8s.io/v1alpha1", "kind": "PortForward",
+            "metadata": {"name": name, "namespace": namespace, "labels": {OWNED_LABEL: "true"}},
+            "spec": {"forwards": [{"target": {"address": "127.0.0.1", "port": backend}}]}}
 
 
 def sync(pods: list[dict[str, Any]], state: Path) -> list[str]:

@@ -342,6 +342,88 @@ def test_plan_capacity_lists_ineligible_gpu_nodes() -> None:
         _vllm_capacity.check_capacity(plan)
 
 
+def member(name: str, replicas: int, gpus: int, namespace: str = "serve") -> dict[str, Any]:
+    return {"name": name, "namespace": namespace, "replicas": replicas, "gpus_per_replica": gpus}
+
+
+def test_fleet_capacity_counts_every_member_and_ignores_their_pods() -> None:
+    nodes = [node("g1", gpus=4), node("g2", gpus=4)]
+    # b's and c's running pods are replaced like the release's own; the foreign pod holds 2 GPUs of g1.
+    pods = [pod("b-1", "g2", 2, namespace="serve", labels={"app.kubernetes.io/instance": "b"}),
+            pod("c-1", "g1", 1, namespace="serve", labels={"app.kubernetes.io/instance": "c"}),
+            pod("foreign", "g1", 2)]
+    fleet = [member("a", 1, 1), member("b", 1, 2), member("c", 2, 1)]
+    plan = _vllm_capacity.plan_capacity(nodes, pods, 1, 1, {}, "serve", "a", fleet=fleet)
+    assert plan["nodes"]["g1"]["free"] == 2 and plan["nodes"]["g2"]["free"] == 4
+    assert plan["fleet"]["requested_gpus"] == 5 and plan["fleet"]["free_gpus"] == 6
+    assert plan["fits"] and plan["fleet"]["fits"] and plan["fleet"]["unplaced"] == {}
+    placed = {m["name"]: m["placed"] for m in plan["fleet"]["members"]}
+    assert placed["b"] == {"g1": 1} or placed["b"] == {"g2": 1}
+    assert sum(sum(p.values()) for p in placed.values()) == 4, "4 replicas placed"
+    _vllm_capacity.check_capacity(plan)
+
+
+def test_fleet_capacity_refuses_the_whole_list_naming_every_member() -> None:
+    nodes = [node("g1", gpus=4), node("g2", gpus=4)]
+    # Each release alone fits; together they need 9 of 8 GPUs.
+    fleet = [member("a", 2, 2), member("b", 1, 4), member("c", 1, 1)]
+    plan = _vllm_capacity.plan_capacity(nodes, [], 2, 2, {}, "serve", "a", fleet=fleet)
+    assert plan["replica_slots"] >= plan["replicas"], "a alone fits"
+    assert not plan["fits"] and plan["fleet"]["unplaced"] == {"serve/c": 1}
+    with pytest.raises(KubeInferError) as info:
+        _vllm_capacity.check_capacity(plan)
+    msg = info.value.msg
+    assert msg.startswith("fleet: not enough GPU capacity for the 3 releases together")
+    assert "serve/a 2 x 2, serve/b 1 x 4, serve/c 1 x 1 GPUs" in msg and "9 GPUs" in msg and "8 free of 8" in msg
+    assert "no room for serve/c: 1 replica(s)" in msg and "Nothing was installed" in msg
+
+
+def test_fleet_packing_keeps_whole_replicas_on_one_node_biggest_first() -> None:
+    # 4 + 4 free: a 4-GPU replica and four 1-GPU replicas fit only when the 4-GPU one goes first.
+    packed = _vllm_capacity.pack_fleet({"g1": 4, "g2": 4}, [member("small", 4, 1), member("big", 1, 4)])
+    assert packed["fits"], packed
+    three = _vllm_capacity.pack_fleet({"g1": 3, "g2": 3}, [member("two", 3, 2)])
+    assert not three["fits"] and three["unplaced"] == {"serve/two": 1}, "6 free GPUs split 3 + 3 hold two 2-GPU replicas, not three"
+
+
+def test_a_fleet_member_listed_as_the_release_itself_takes_the_release_options() -> None:
+    plan = _vllm_capacity.plan_capacity([node("g1", gpus=2)], [], 2, 1, {}, "serve", "a", fleet=[member("a", 5, 1)])
+    assert plan["fleet"]["requested_gpus"] == 2 and plan["fits"]
+
+
+def test_inventory_view_lists_releases_taken_out_of_the_model_list() -> None:
+    def dep(ns: str, name: str, inventory: str | None) -> dict[str, Any]:
+        labels = {"kubeinfer.io/inventory": inventory} if inventory else {}
+        return {"metadata": {"namespace": ns, "name": name, "labels": {"app.kubernetes.io/instance": name}},
+                "spec": {"template": {"metadata": {"labels": labels}}}}
+    deps = [dep("serve", "a", "prod"), dep("serve", "b", "prod"), dep("serve", "gone", "prod"), dep("other", "x", "dev"),
+            dep("serve", "manual", None)]
+    view = _vllm.inventory_view(deps, "prod", [member("b", 1, 1)], "serve", "a")
+    assert view["listed"] == [{"namespace": "serve", "name": "a"}, {"namespace": "serve", "name": "b"}]
+    assert view["unlisted"] == [{"namespace": "serve", "name": "gone"}], "another inventory and unlabelled releases are left alone"
+
+
+@pytest.mark.parametrize("over, fragment", [
+    ({"fleet": [{"name": "Bad", "namespace": None, "replicas": 1, "gpus_per_replica": 1}]}, "fleet[0].name: 'Bad'"),
+    ({"fleet": [{"name": "a", "namespace": None, "replicas": 1, "gpus_per_replica": 0}]}, "fleet[0].gpus_per_replica: must be >= 1"),
+    ({"fleet": [{"name": "a", "namespace": None, "replicas": 1, "gpus_per_replica": 1},
+                {"name": "a", "namespace": "serve", "replicas": 1, "gpus_per_replica": 1}]}, "fleet[1].name: serve/a is listed twice"),
+    ({"inventory": "not valid!"}, "inventory: 'not valid!'"),
+    ({"inventory": "prod", "pod_labels": {"kubeinfer.io/inventory": "dev"}}, "pod_labels: kubeinfer.io/inventory is set by inventory"),
+])
+def test_fleet_and_inventory_are_checked_naming_the_option(over: dict[str, Any], fragment: str) -> None:
+    with pytest.raises(KubeInferError) as info:
+        _vllm.with_fleet(params(namespace="serve", **over))
+    assert fragment in info.value.msg
+
+
+def test_inventory_joins_the_pod_labels_and_fleet_members_default_to_the_namespace() -> None:
+    p = _vllm.with_fleet(params(namespace="serve", inventory="prod", pod_labels={"team": "ml"},
+                                fleet=[{"name": "b", "namespace": None, "replicas": 2, "gpus_per_replica": 1}]))
+    assert p["pod_labels"] == {"team": "ml", "kubeinfer.io/inventory": "prod"}
+    assert p["fleet"] == [{"name": "b", "namespace": "serve", "replicas": 2, "gpus_per_replica": 1}]
+
+
 # -- manifests ----------------------------------------------------------------------
 DEPLOYMENT = """
 apiVersion: apps/v1
