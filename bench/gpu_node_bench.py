@@ -258,7 +258,7 @@ def measured(name: str, kubeconfig: str, extra: dict[str, Any]) -> dict[str, Any
     audit = audit_window(offset, start, end)
     results = task_results(output)
     if rc != 0:
-        failed = next((r for r in results if r.get("failed")), {})
+        failed: dict[str, Any] = next((r for r in results if r.get("failed")), {})
         msg = failed.get("msg") or next((i.get("msg") for i in failed.get("results", []) if i.get("failed")), "")
         log(f"playbook {name} FAILED after {wall:.1f} s: {msg}")
         log(f"requests up to the failure: {fmt_counts(audit['by_verb'])}; module counters: "
