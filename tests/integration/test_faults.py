@@ -342,15 +342,16 @@ def test_a_rollout_that_cannot_finish_is_rolled_back_and_ready_replicas_never_dr
 
 # -- the metrics chain: the adapter down, Prometheus down ---------------------------------------------------------
 
-def adapter_task(ns: str, prometheus: str) -> dict[str, Any]:
+def adapter_task(ns: str, prometheus: str, verify_timeout: int = 20) -> dict[str, Any]:
     return {"name": "Serve the queue depth", "kubeinfer.llm.metrics_adapter": {
-        "release": "asim", "namespace": ns, "prometheus_url": prometheus, "verify_timeout": 20}}
+        "release": "asim", "namespace": ns, "prometheus_url": prometheus, "verify_timeout": verify_timeout}}
 
 
 def test_verification_names_the_missing_link(playbook: PlaybookRunner, kubeconfig: str, api: client.ApiClient,
                                              prometheus_url: str, release: tuple[str, str]) -> None:  # noqa: F811
     ns, pod = release
-    up = playbook([adapter_task(ns, prometheus_url)], results=True)
+    # Registering the release rolls the adapter, which needs a relist before it serves: the healthy runs wait longer.
+    up = playbook([adapter_task(ns, prometheus_url, 180)], results=True)
     assert up.returncode == 0 and float(up.results[0]["served"][pod]) == QUEUE, up.output[-3000:]
     apps = client.AppsV1Api(api)
     adapters = apps.list_deployment_for_all_namespaces(label_selector="app.kubernetes.io/name=prometheus-adapter").items
@@ -372,7 +373,7 @@ def test_verification_names_the_missing_link(playbook: PlaybookRunner, kubeconfi
         assert "APIService v1beta1.custom.metrics.k8s.io not Available" in msg, msg
     finally:
         apps.patch_namespaced_deployment_scale(adapter.metadata.name, adapter.metadata.namespace, {"spec": {"replicas": 1}})
-    back = playbook([adapter_task(ns, prometheus_url)], results=True)
+    back = playbook([adapter_task(ns, prometheus_url, 180)], results=True)
     assert back.returncode == 0, back.output[-3000:]
 
     # Prometheus down: the adapter still answers, but has nothing to serve; the message names Prometheus.
