@@ -18,6 +18,7 @@ Fixtures:
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import os
 import subprocess
@@ -27,6 +28,7 @@ import uuid
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from types import ModuleType
 from typing import Any
 
 import pytest
@@ -215,6 +217,17 @@ def playbook(tmp_path: Path, playbook_runner: Callable[[Path], PlaybookRunner]) 
 
 
 # -- the GPU stack, the simulated hardware and the audit log ---------------------------------------------------------
+
+def load_bench() -> ModuleType:
+    """bench/autoscale_bench.py as a module: the scenario code, the simulator flags that make a real queue, the load threads."""
+    spec = importlib.util.spec_from_file_location("autoscale_bench", REPO / "bench" / "autoscale_bench.py")
+    if spec is None or spec.loader is None:
+        raise AssertionError("bench/autoscale_bench.py not found")
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module
+    spec.loader.exec_module(module)
+    return module
+
 
 def helm_binary() -> str:
     """HELM_BINARY, else the helm that tools/localcluster/build.sh built."""

@@ -20,27 +20,16 @@ namespace, its simulators and its releases from the adapter rule at the end. Abo
 
 from __future__ import annotations
 
-import importlib.util
 import os
-import sys
-from pathlib import Path
 from types import ModuleType
 
 import pytest
+from conftest import load_bench
 
-REPO = Path(__file__).resolve().parents[2]
 BUDGET = 15  # startup_budget_seconds of both releases
 WINDOW = 20  # scale-down stabilization window (inference_hpa refuses less than BUDGET)
 
 
-def load_bench() -> ModuleType:
-    spec = importlib.util.spec_from_file_location("autoscale_bench", REPO / "bench" / "autoscale_bench.py")
-    if spec is None or spec.loader is None:
-        raise AssertionError("bench/autoscale_bench.py not found")
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module  # dataclasses look their module up
-    spec.loader.exec_module(module)
-    return module
 
 
 @pytest.fixture(scope="module")

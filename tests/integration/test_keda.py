@@ -16,11 +16,9 @@ Not part of ``make integration``: ``make test-keda`` builds KEDA and runs this f
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import os
 import subprocess
-import sys
 import time
 import uuid
 from collections.abc import Callable, Iterator
@@ -33,7 +31,7 @@ from kubernetes import client
 from kubernetes.client.rest import ApiException
 
 if TYPE_CHECKING:
-    from conftest import Audit, PlaybookRunner
+    from conftest import Audit, PlaybookRunner, load_bench
 
 REPO = Path(__file__).resolve().parents[2]
 TOOLS = REPO / "tools" / "localcluster"
@@ -51,15 +49,6 @@ def tool(script: str, *args: str, timeout: float = 300) -> str:
     return proc.stdout.strip()
 
 
-def load_bench() -> ModuleType:
-    """bench/autoscale_bench.py: the simulator flags that make a real queue, and the load threads."""
-    spec = importlib.util.spec_from_file_location("autoscale_bench", REPO / "bench" / "autoscale_bench.py")
-    if spec is None or spec.loader is None:
-        raise AssertionError("bench/autoscale_bench.py not found")
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module
-    spec.loader.exec_module(module)
-    return module
 
 
 @pytest.fixture(scope="module")

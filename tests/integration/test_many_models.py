@@ -27,7 +27,6 @@ prints its time.
 """
 from __future__ import annotations
 
-import importlib.util
 import json
 import os
 import subprocess
@@ -35,12 +34,11 @@ import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
-from types import ModuleType
 from typing import Any
 
 import pytest
 import yaml
-from conftest import BIN, REPO, TOOLS, Audit, helm_binary
+from conftest import BIN, REPO, TOOLS, Audit, helm_binary, load_bench
 from kubernetes import client
 
 NAMESPACE = "it-models"
@@ -52,14 +50,6 @@ WINDOW = 20  # scale-down window (inference_hpa refuses less than the budget)
 MODELS = {"a": "Qwen/Qwen2.5-0.5B-Instruct", "b": "Qwen/Qwen2.5-1.5B-Instruct", "c": "Qwen/Qwen2.5-3B-Instruct"}
 
 
-def load_bench() -> ModuleType:
-    spec = importlib.util.spec_from_file_location("autoscale_bench", REPO / "bench" / "autoscale_bench.py")
-    if spec is None or spec.loader is None:
-        raise AssertionError("bench/autoscale_bench.py not found")
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module
-    spec.loader.exec_module(module)
-    return module
 
 
 bench = load_bench()
