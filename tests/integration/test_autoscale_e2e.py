@@ -30,8 +30,6 @@ BUDGET = 15  # startup_budget_seconds of both releases
 WINDOW = 20  # scale-down stabilization window (inference_hpa refuses less than BUDGET)
 
 
-
-
 @pytest.fixture(scope="module")
 def bench() -> ModuleType:
     return load_bench()

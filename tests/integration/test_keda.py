@@ -27,11 +27,12 @@ from types import ModuleType
 from typing import TYPE_CHECKING, Any
 
 import pytest
+from conftest import load_bench
 from kubernetes import client
 from kubernetes.client.rest import ApiException
 
 if TYPE_CHECKING:
-    from conftest import Audit, PlaybookRunner, load_bench
+    from conftest import Audit, PlaybookRunner
 
 REPO = Path(__file__).resolve().parents[2]
 TOOLS = REPO / "tools" / "localcluster"
@@ -47,8 +48,6 @@ def tool(script: str, *args: str, timeout: float = 300) -> str:
     if proc.returncode != 0:
         pytest.fail(f"{script} {' '.join(args)} failed ({proc.returncode}): {proc.stderr[-3000:]}", pytrace=False)
     return proc.stdout.strip()
-
-
 
 
 @pytest.fixture(scope="module")

@@ -50,8 +50,6 @@ WINDOW = 20  # scale-down window (inference_hpa refuses less than the budget)
 MODELS = {"a": "Qwen/Qwen2.5-0.5B-Instruct", "b": "Qwen/Qwen2.5-1.5B-Instruct", "c": "Qwen/Qwen2.5-3B-Instruct"}
 
 
-
-
 bench = load_bench()
 
 
