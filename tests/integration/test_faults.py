@@ -137,6 +137,20 @@ def helm_processes(name: str) -> list[int]:
     return out
 
 
+def wait_exited(pids: list[int], timeout: float) -> None:
+    """Wait until none of ``pids`` runs (gone, or a zombie its parent has not reaped yet)."""
+    deadline = time.monotonic() + timeout
+    for pid in pids:
+        while True:
+            try:
+                if Path(f"/proc/{pid}/stat").read_text().split()[2] == "Z":
+                    break
+            except OSError:
+                break
+            assert time.monotonic() < deadline, f"helm (pid {pid}) still runs {timeout:.0f}s after the API server went away"
+            time.sleep(0.05)
+
+
 def harness_pid(kubeconfig: str, name: str) -> int:
     """The PID of a host process of the metrics chain (tools/localcluster/hostproc.py: ``<pid> <start time>``)."""
     cluster = Path(kubeconfig).parent
@@ -177,15 +191,20 @@ def test_api_server_killed_mid_upgrade_then_the_next_run_converges(
     assert first.returncode == 0, first.output[-4000:]
     server = api.configuration.host
 
-    # Upgrade (replicas 1 -> 2); freeze helm the moment its pending-upgrade record appears, kill the API server and
-    # start it again, thaw helm: its request in flight dies with the server. Helm's window between that record and
-    # the deployed one is short, so a run that finished first is tried again with the next replica count.
-    caught = None
-    for replicas in (2, 3, 4):
+    # Upgrade (replicas 1 -> 2); freeze helm the moment its pending-upgrade record appears, kill the API server, thaw
+    # helm and let it run against the dead server until it exits, then start the API server again. Helm's next request
+    # is refused whatever it was about to do (client-go retries only GETs whose connection was reset:
+    # k8s.io/client-go rest/request.go), so the run fails; had the server come back before helm thawed, a helm that
+    # was between requests would finish (CI saw that). Helm's window between the pending record and the deployed one
+    # is short: a run that finished, or whose last write reached the server before the kill, is tried again with the
+    # next replica count.
+    caught, cut = None, None
+    for replicas in (2, 3, 4, 5, 6):
         done: list[Any] = []
         runner = threading.Thread(target=lambda r=replicas, out=done: out.append(playbook([vllm_task(namespace, pool, replicas=r)], results=True)))
         stream = watch.Watch()
         runner.start()
+        killed = False
         for event in stream.stream(core.list_namespaced_secret, namespace, label_selector=f"owner=helm,name={RELEASE}", timeout_seconds=120):
             labels = event["object"].metadata.labels or {}
             if labels.get("status") == "pending-upgrade":
@@ -194,26 +213,28 @@ def test_api_server_killed_mid_upgrade_then_the_next_run_converges(
                     os.kill(pid, signal.SIGSTOP)
                 if frozen:
                     control_plane.kill("kube-apiserver")
-                    control_plane.start("kube-apiserver")
+                    killed = True
                     for pid in frozen:
                         os.kill(pid, signal.SIGCONT)
-                    caught = replicas
+                    wait_exited(frozen, timeout=60)
+                    control_plane.start("kube-apiserver")
                 stream.stop()
             elif not runner.is_alive():
                 stream.stop()
         runner.join(timeout=300)
-        if caught:
+        if killed:
+            control_plane.revive(core)
+        (run,) = done
+        if killed and run.returncode != 0 and history(kubeconfig, namespace)[-1]["status"] == "pending-upgrade":
+            caught, cut = replicas, run
             break
-    assert caught, "helm finished every upgrade before its pending record could be caught"
-    (cut,) = done
-    assert cut.returncode != 0
+    assert caught and cut, "helm finished every upgrade before its pending record could be caught"
     msg = cut.results[0]["msg"]
     print(f"\nrun cut at replicas={caught}: {msg}")
     assert f"the API server at {server} stopped answering while helm worked" in msg, msg
 
-    # The API server back (and what its outage took down: the leader-elected controllers): the release is
-    # pending-upgrade, and only this collection's expired Lease says why.
-    print(f"started again after the outage: {control_plane.revive(core)}")
+    # The API server back (and what its outage took down: the leader-elected controllers, revived above): the
+    # release is pending-upgrade, and only this collection's expired Lease says why.
     records = history(kubeconfig, namespace)
     assert records[-1]["status"] == "pending-upgrade", records
     lease = client.CoordinationV1Api(api).read_namespaced_lease(f"kubeinfer-helm-{RELEASE}", namespace)
