@@ -75,11 +75,15 @@ RETENTION = "2h"
 SYNC_PERIOD = 2.0
 ADAPTER_RESTART_BACKOFF = 5.0
 NS = "monitoring"
-NAME = "prometheus-adapter"
+NAME = "prometheus-adapter"  # the harness's Helm release, its Deployment/Service (chart fullname) and its rules ConfigMap
+# The custom metrics APIServices the sync loop routes: the chart renders only v1beta1; another install may add v1beta2.
 APISERVICES = ("v1beta1.custom.metrics.k8s.io", "v1beta2.custom.metrics.k8s.io")
 FIELD_MANAGER = "kubeinfer-localcluster-metrics"
-HARNESS_MANAGER = "kubeinfer-localcluster"  # app.kubernetes.io/managed-by of the harness's own adapter objects
-ADAPTER_IMAGE = "prometheus-adapter/prometheus-adapter"  # the image the chart, kube-prometheus and the stand-in run
+HARNESS_MANAGER = "kubeinfer-localcluster"  # app.kubernetes.io/managed-by of the harness's own objects
+# The label (helm --labels: release metadata, on the release's storage Secrets) that marks a Helm release as the harness's.
+HARNESS_RELEASE_LABEL = ("app.kubernetes.io/managed-by", HARNESS_MANAGER)
+ADAPTER_IMAGE = "prometheus-adapter/prometheus-adapter"  # the image the chart and kube-prometheus run
+ADAPTER_LOG_LEVEL = 2  # the chart's logLevel (--v); its default 4 would fill adapter.log
 # Flags of the Deployment's container the host adapter is started with; the rest (address, port, TLS, the in-cluster
 # ServiceAccount) is the host's. See adapter_argv.
 ADAPTER_PASSTHROUGH = ("prometheus-url", "metrics-relist-interval", "metrics-max-age", "v")
@@ -97,6 +101,8 @@ ADAPTER_BIN = cache_dir() / f"prometheus-adapter-{ADAPTER_VERSION}" / "adapter"
 PROMETHEUS_BIN = cache_dir() / f"prometheus-{pinned('PROMETHEUS_VERSION')}" / "prometheus"
 OPERATOR_VERSION = pinned("PROMETHEUS_OPERATOR_VERSION")
 OPERATOR_BIN = cache_dir() / f"prometheus-operator-{OPERATOR_VERSION}" / "operator"
+HELM_BIN = Path(os.environ.get("HELM_BINARY") or cache_dir() / f"helm-{pinned('HELM_VERSION')}" / "helm")
+CHART_VERSION = pinned("PROMETHEUS_ADAPTER_CHART_VERSION")
 MONITORING = os.environ.get("MONITORING") or "operator"
 SETUPS = ("operator", "annotations")
 PROMETHEUS_NAME = "kubeinfer"  # the Prometheus object monitoring/kubeinfer (setup "operator")
@@ -386,8 +392,27 @@ def flag(args: list[str], name: str) -> str | None:
     return found
 
 
-def harness_owned(obj: dict[str, Any] | None) -> bool:
-    return ((obj or {}).get("metadata", {}).get("labels") or {}).get("app.kubernetes.io/managed-by") == HARNESS_MANAGER
+def helm_owner(obj: dict[str, Any] | None) -> tuple[str, str] | None:
+    """The Helm release (namespace, name) that made ``obj``: Helm 3 annotates every object it renders."""
+    annotations = (obj or {}).get("metadata", {}).get("annotations") or {}
+    if annotations.get("meta.helm.sh/release-name") and annotations.get("meta.helm.sh/release-namespace"):
+        return annotations["meta.helm.sh/release-namespace"], annotations["meta.helm.sh/release-name"]
+    return None
+
+
+def harness_releases(api: Api) -> set[tuple[str, str]]:
+    """The Helm releases (namespace, name) the harness installed: helm --labels puts the release's labels on its storage
+    Secrets (owner=helm, name=<release>; helm.sh/helm/v3 pkg/storage/driver/secrets.go), not on the objects it renders."""
+    selector = urllib.parse.quote(f"owner=helm,{HARNESS_RELEASE_LABEL[0]}={HARNESS_RELEASE_LABEL[1]}")
+    return {(s["metadata"]["namespace"], (s["metadata"].get("labels") or {}).get("name", ""))
+            for s in api.items(f"/api/v1/secrets?labelSelector={selector}&resourceVersion=0")}
+
+
+def harness_owned(obj: dict[str, Any] | None, releases: set[tuple[str, str]] | None = None) -> bool:
+    """An object of the harness: its own label, or rendered by one of the harness's Helm ``releases``."""
+    if ((obj or {}).get("metadata", {}).get("labels") or {}).get("app.kubernetes.io/managed-by") == HARNESS_MANAGER:
+        return True
+    return helm_owner(obj) in (releases or set())
 
 
 def adapter_container(dep: dict[str, Any]) -> dict[str, Any] | None:
@@ -396,12 +421,16 @@ def adapter_container(dep: dict[str, Any]) -> dict[str, Any] | None:
     return next((c for c in containers if ADAPTER_IMAGE in str(c.get("image") or "")), None)
 
 
-def find_adapter(api: Api) -> dict[str, Any] | None:
-    """The adapter Deployment the harness runs: one whose pod template runs the prometheus-adapter image. A real
-    install (the chart's, after metrics_adapter installed it) wins over the harness's stand-in; the harness runs one."""
+def find_adapter(api: Api, releases: set[tuple[str, str]] | None = None) -> dict[str, Any] | None:
+    """The adapter Deployment the harness runs: one whose pod template runs the prometheus-adapter image. Another
+    install (metrics_adapter's chart release, kube-prometheus's) wins over the harness's own chart release; the harness
+    runs one. ``releases``: harness_releases(api), read when not given."""
     found = [d for d in api.items("/apis/apps/v1/deployments") if adapter_container(d)]
-    found.sort(key=lambda d: (harness_owned(d), d["metadata"]["namespace"], d["metadata"]["name"]))
-    return found[0] if found else None
+    if not found:
+        return None
+    own = harness_releases(api) if releases is None else releases
+    found.sort(key=lambda d: (harness_owned(d, own), d["metadata"]["namespace"], d["metadata"]["name"]))
+    return found[0]
 
 
 def adapter_pod(dep: dict[str, Any]) -> tuple[dict[str, Any] | None, str]:
@@ -642,6 +671,95 @@ def stop_operator() -> None:
             "--wait=false", check=False)
 
 
+def helm(*args: str, check: bool = True, timeout: float = 300) -> subprocess.CompletedProcess:
+    res = subprocess.run([str(HELM_BIN), "--kubeconfig", str(KUBECONFIG), *args], capture_output=True, text=True,
+                         timeout=timeout, check=False)
+    if check and res.returncode != 0:
+        die(f"helm {' '.join(args)} failed: {res.stderr.strip()[-1500:]}")
+    return res
+
+
+def chart_path() -> str:
+    """The published prometheus-adapter chart archive metrics_adapter installs too (upstream-chart.sh checks its sha256)."""
+    res = subprocess.run([str(HERE / "upstream-chart.sh"), "prometheus-adapter"], capture_output=True, text=True, timeout=60, check=False)
+    if res.returncode != 0:
+        die(res.stderr.strip())
+    return res.stdout.strip()
+
+
+def adapter_values(ports: dict[str, int]) -> dict[str, Any]:
+    """The harness release's values; each name is one of the chart's values.yaml (chart 5.3.0), each rendered by its
+    templates/deployment.yaml into the adapter container's args, nodeSelector and config volume:
+    - prometheus.url + prometheus.port -> --prometheus-url=http://127.0.0.1:<port> (the host Prometheus);
+    - metricsRelistInterval -> --metrics-relist-interval; logLevel -> --v;
+    - extraArguments -> appended args: --metrics-max-age (the adapter's default is the relist interval);
+    - rules.existing -> the config volume's ConfigMap (the chart then renders none of its own, templates/configmap.yaml);
+      rules.default stays true so that templates/custom-metrics-apiservice.yaml renders the APIService;
+    - nodeSelector: the CPU pool's role label (cluster.sh scale_pool), where kwok schedules the pod."""
+    return {"prometheus": {"url": "http://127.0.0.1", "port": ports["prometheus"]},
+            "metricsRelistInterval": RELIST_INTERVAL, "logLevel": ADAPTER_LOG_LEVEL,
+            "extraArguments": [f"--metrics-max-age={METRICS_MAX_AGE}"],
+            "rules": {"default": True, "existing": NAME},
+            "nodeSelector": {"node-role.kubernetes.io/cpu-worker": ""}}
+
+
+def helm_release_row(namespace: str, name: str) -> dict[str, Any] | None:
+    rows = json.loads(helm("list", "-n", namespace, "--all", "--filter", f"^{re.escape(name)}$", "-o", "json").stdout or "[]")
+    return rows[0] if rows else None
+
+
+def remove_stand_in(api: Api) -> None:
+    """The objects of the harness's former chart-less stand-in (Deployment/Service monitoring/prometheus-adapter and both
+    APIServices, labelled managed-by=kubeinfer-localcluster), left by an older harness: Helm would refuse to adopt them."""
+    for name in APISERVICES:
+        obj = api.get(f"/apis/apiregistration.k8s.io/v1/apiservices/{name}")
+        if obj is not None and harness_owned(obj) and helm_owner(obj) is None:
+            kubectl("delete", "apiservice", name, "--ignore-not-found", "--wait=true")
+            log(f"deleted the former stand-in's APIService {name}")
+    for kind, path in (("deployment", f"/apis/apps/v1/namespaces/{NS}/deployments/{NAME}"), ("service", f"/api/v1/namespaces/{NS}/services/{NAME}")):
+        obj = api.get(path)
+        if obj is not None and harness_owned(obj) and helm_owner(obj) is None:
+            kubectl("delete", kind, NAME, "-n", NS, "--ignore-not-found", "--wait=true")
+            log(f"deleted the former stand-in's {kind} {NS}/{NAME}")
+
+
+def install_chart(api: Api, ports: dict[str, int]) -> None:
+    """The harness's adapter: the real chart as Helm release monitoring/prometheus-adapter, marked the harness's by its
+    release label. The helm upgrade is skipped when the release is deployed from this chart version with these values
+    and its Deployment, Service and APIService exist (``down`` deletes the APIService: the next ``up`` restores it)."""
+    remove_stand_in(api)
+    if api.get(f"/api/v1/namespaces/{NS}/configmaps/{NAME}") is None:  # created once: its rules belong to metrics_adapter
+        kubectl("create", f"--field-manager={FIELD_MANAGER}", "-f", "-", stdin=render("adapter-configmap.yaml.in", ports))
+    want = adapter_values(ports)
+    row = helm_release_row(NS, NAME)
+    why = ""
+    if row is None:
+        why = "not installed"
+    elif row.get("status") != "deployed":
+        why = f"status {row.get('status')}"
+    elif row.get("chart") != f"prometheus-adapter-{CHART_VERSION}":
+        why = f"chart {row.get('chart')}, not prometheus-adapter-{CHART_VERSION}"
+    elif json.loads(helm("get", "values", NAME, "-n", NS, "-o", "json").stdout or "{}") != want:
+        why = "values changed"
+    else:
+        missing = [what for what, path in (("Deployment", f"/apis/apps/v1/namespaces/{NS}/deployments/{NAME}"),
+                                           ("Service", f"/api/v1/namespaces/{NS}/services/{NAME}"),
+                                           ("APIService", f"/apis/apiregistration.k8s.io/v1/apiservices/{APISERVICES[0]}"))
+                   if api.get(path) is None]
+        why = f"{', '.join(missing)} missing" if missing else ""
+    if not why:
+        log(f"Helm release {NS}/{NAME} (revision {row['revision']}, {row['chart']}) is up to date; no helm upgrade")  # type: ignore[index]
+        return
+    values = STATE / "adapter-values.json"
+    values.write_text(json.dumps(want, indent=2) + "\n")
+    start = time.monotonic()
+    helm("upgrade", "--install", NAME, chart_path(), "-n", NS, "--reset-values", "-f", str(values),
+         "--labels", f"{HARNESS_RELEASE_LABEL[0]}={HARNESS_RELEASE_LABEL[1]}", "--wait", "--timeout", "120s", timeout=180)
+    row = helm_release_row(NS, NAME) or {}
+    log(f"helm upgrade --install {NAME} ({why}): revision {row.get('revision')}, {row.get('chart')}, "
+        f"{row.get('status')} in {time.monotonic() - start:.1f}s")
+
+
 def cmd_up() -> None:
     if MONITORING not in SETUPS:
         die(f"MONITORING={MONITORING!r}: use one of {', '.join(SETUPS)}")
@@ -691,23 +809,21 @@ def cmd_up() -> None:
         log(f"prometheus configuration ({MONITORING}) reloaded")
     wait_for("prometheus /-/ready", lambda: proc("prometheus").pid() is not None and http_ok(f"{prom_url}/-/ready"))
 
-    # The adapter: the harness's own stand-in objects (unless ADAPTER=absent, or another adapter is installed,
-    # e.g. the chart's), then one kubelet pass (start it, route the APIServices) before the sync loop takes over.
-    other = find_adapter(api)
+    # The adapter: the harness's own chart release (unless ADAPTER=absent, or another adapter is installed, e.g.
+    # metrics_adapter's), then one kubelet pass (start it, route the APIService) before the sync loop takes over.
     if os.environ.get("ADAPTER", "present") == "absent":
-        log("ADAPTER=absent: no stand-in adapter objects (the harness runs whichever adapter Deployment appears)")
-    elif other is not None and not harness_owned(other):
-        log(f"adapter Deployment {other['metadata']['namespace']}/{other['metadata']['name']} is installed; no stand-in objects")
+        log("ADAPTER=absent: no harness adapter release (the harness runs whichever adapter Deployment appears)")
     else:
-        kubectl("apply", "--server-side", "--force-conflicts", f"--field-manager={FIELD_MANAGER}", "-f", "-",
-                stdin=render("adapter-stand-in.yaml.in", ports))
-        if api.get(f"/api/v1/namespaces/{NS}/configmaps/{NAME}") is None:  # created once: its rules belong to metrics_adapter
-            kubectl("create", f"--field-manager={FIELD_MANAGER}", "-f", "-", stdin=render("adapter-configmap.yaml.in", ports))
-        routed = [(api.get(f"/apis/apiregistration.k8s.io/v1/apiservices/{n}") or {}).get("spec", {}).get("service", {}).get("name")
-                  for n in APISERVICES]
-        if any(r != HOST_SERVICE for r in routed):  # applied unless routed already: a re-apply would unroute them for a tick
-            kubectl("apply", "--server-side", "--force-conflicts", f"--field-manager={FIELD_MANAGER}", "-f", "-",
-                    stdin=render("adapter-apiservices.yaml.in", ports))
+        releases = harness_releases(api)
+        other = find_adapter(api, releases)
+        row = helm_release_row(NS, NAME)
+        if other is not None and not harness_owned(other, releases):
+            log(f"adapter Deployment {other['metadata']['namespace']}/{other['metadata']['name']} is installed; no harness release")
+        elif row is not None and (NS, NAME) not in releases:
+            log(f"Helm release {NS}/{NAME} exists and is not the harness's (no release label {'='.join(HARNESS_RELEASE_LABEL)}); "
+                "left alone")
+        else:
+            install_chart(api, ports)
     state = load_sync_state()
     notes: dict[str, str] = {}
     sync_adapter(api, state, notes, 0.0)
@@ -730,20 +846,21 @@ def cmd_up() -> None:
 
 
 def cmd_adapter_remove() -> None:
-    """Remove the harness's stand-in adapter (Deployment, Service, ConfigMap, APIServices, the ExternalName Service), so
-    that a test starts from a cluster without an adapter; the sync loop then stops the host adapter. `up` restores them."""
+    """Remove the harness's adapter: helm uninstall of every release carrying the harness's release label, then its rules
+    ConfigMap and the ExternalName Service (and a former stand-in's objects), so that a test starts from a cluster without
+    an adapter; the sync loop then stops the host adapter. `up` restores them."""
     api = Api(KUBECONFIG)
-    for name in APISERVICES:
-        obj = api.get(f"/apis/apiregistration.k8s.io/v1/apiservices/{name}")
-        if obj is not None and harness_owned(obj):
-            kubectl("delete", "apiservice", name, "--ignore-not-found", "--wait=true")
-    for kind, name in (("deployment", NAME), ("service", NAME), ("configmap", NAME), ("service", HOST_SERVICE)):
-        obj = api.get(f"/api/v1/namespaces/{NS}/{kind}s/{name}" if kind != "deployment" else f"/apis/apps/v1/namespaces/{NS}/deployments/{name}")
-        # The stand-in's ConfigMap is metrics_adapter's once made, so it carries no harness label: it goes unless Helm owns it.
-        if obj is not None and (harness_owned(obj) or (kind == "configmap" and "meta.helm.sh/release-name" not in (obj["metadata"].get("annotations") or {}))):
+    for namespace, release in sorted(harness_releases(api)):
+        helm("uninstall", release, "-n", namespace, "--wait", "--timeout", "120s", timeout=180)
+        log(f"helm uninstall {namespace}/{release} (the harness's release)")
+    remove_stand_in(api)
+    for kind, name in (("configmap", NAME), ("service", HOST_SERVICE)):
+        obj = api.get(f"/api/v1/namespaces/{NS}/{kind}s/{name}")
+        # The rules ConfigMap is metrics_adapter's once made, so it carries no harness label: it goes unless Helm owns it.
+        if obj is not None and (harness_owned(obj) or (kind == "configmap" and helm_owner(obj) is None)):
             kubectl("delete", kind, name, "-n", NS, "--ignore-not-found", "--wait=true")
     sync_adapter(api, load_sync_state(), {}, 0.0)
-    log("stand-in adapter removed")
+    log("harness adapter removed")
 
 
 def cmd_down() -> None:
