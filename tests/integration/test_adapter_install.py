@@ -6,8 +6,10 @@ installs it; the harness's sync loop (``tools/localcluster/metrics.py``) is the 
 the real prometheus-adapter binary with the config of the ConfigMap the Deployment's pod template mounts, restarts it on
 a pod-template change, and routes the chart's APIService to it once the chart's Service would reach the pod.
 
-The module first removes the harness's stand-in adapter (``metrics.sh adapter-remove``) and restores it at the end
-(``metrics.sh up``). Writes are read from the API server's audit log (user agents ``kubeinfer.llm`` and ``Helm/``).
+The module first removes the harness's own adapter, a release of the same chart marked by the release label
+``app.kubernetes.io/managed-by=kubeinfer-localcluster`` (``metrics.sh adapter-remove``: helm uninstall, and its rules
+ConfigMap), and restores it at the end (``metrics.sh up``). What stays imitated is the chart's pod: kwok simulates it
+and the sync loop runs the adapter binary as a host process in its place. Writes are read from the API server's audit log (user agents ``kubeinfer.llm`` and ``Helm/``).
 Run: ``pytest tests/integration/test_adapter_install.py`` with the venv python, on a cluster from ``make cluster-up``.
 """
 
@@ -65,7 +67,7 @@ def helm_release(kubeconfig: str) -> dict[str, Any] | None:
 
 @pytest.fixture(scope="module")
 def no_adapter(kubeconfig: str, prometheus_url: str) -> Iterator[None]:  # noqa: F811
-    """A cluster with the metrics chain but no adapter; afterwards the chart release is gone and the stand-in is back."""
+    """A cluster with the metrics chain but no adapter; afterwards the module's release is gone and the harness's is back."""
     sh([str(TOOLS / "metrics.sh"), "adapter-remove"], timeout=120)
     try:
         yield

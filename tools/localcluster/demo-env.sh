@@ -9,7 +9,8 @@
 #   namespace reaches that simulator through the API server's port-forward;
 # - the Prometheus URL of the local metrics chain (metrics.sh);
 # - the published GPU Operator and prometheus-adapter charts (upstream-chart.sh), never an imitation;
-#   metrics_adapter installs the adapter chart only when no adapter runs (ADAPTER=absent metrics.sh up).
+#   metrics_adapter installs the adapter chart only when no adapter runs (ADAPTER=absent metrics.sh up);
+#   otherwise it writes its rule to the harness's own release of that chart (metrics.sh up).
 #
 # Usage: demo-env.sh up | down       (env: DEMO_NAMESPACE, DEMO_MODEL, DEMO_RELEASE)
 set -euo pipefail

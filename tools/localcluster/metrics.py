@@ -16,28 +16,37 @@ Every process is a host process bound to 127.0.0.1 and stopped by the PID it was
     operator's config-reloader: it runs that config, reloading Prometheus when it changes.
   * ``annotations``, as the community ``prometheus`` chart runs it: its ``kubernetes-pods`` job
     (metrics/prometheus-annotations.yml.in), pods annotated ``prometheus.io/scrape: "true"``.
-- prometheus-adapter v0.12.0 (built by build.sh) with --metrics-relist-interval 15s, its serving
-  certificate being kwokctl's admin certificate (SAN localhost, 127.0.0.1). It is registered as
-  APIServices v1beta1/v1beta2.custom.metrics.k8s.io -> Service monitoring/prometheus-adapter
-  (ExternalName localhost, port = the adapter's port), insecureSkipTLSVerify.
+- prometheus-adapter v0.12.0 (built by build.sh) for the adapter Deployment the cluster holds, with its serving
+  certificate being kwokctl's admin certificate (SAN localhost, 127.0.0.1). With ADAPTER=present (the default)
+  that Deployment is the real prometheus-adapter chart's (the archive upstream-chart.sh finds, the one
+  metrics_adapter installs), installed by ``up`` as Helm release monitoring/prometheus-adapter carrying the release
+  label app.kubernetes.io/managed-by=kubeinfer-localcluster, values in adapter_values (--prometheus-url = the host
+  Prometheus, --metrics-relist-interval 15s, --metrics-max-age 1m, rules.existing = ConfigMap
+  monitoring/prometheus-adapter, made with a placeholder rule when missing). Its Deployment, Service, RBAC and
+  APIService v1beta1.custom.metrics.k8s.io are the chart's own; what stays imitated is the pod: kwok simulates it
+  and the sync loop runs the host binary in its place, and the APIService is re-pointed to an ExternalName
+  Service monitoring/kubeinfer-localcluster-adapter (localhost, port = the host adapter's port).
 - the sync loop (``metrics.py _sync``), every 2 s:
   * lists the pods and keeps podnet.py's relays (the pod network) in step with them;
   * with MONITORING=operator, runs the operator's current config (config-reloader);
-  * mirrors ConfigMap monitoring/prometheus-adapter key config.yaml to the adapter's --config file
-    and restarts the adapter when that content changes or when the pod-template annotation
-    kubeinfer.io/config-checksum of Deployment monitoring/prometheus-adapter (kwok-simulated)
-    changes: the stand-in for a kubelet's ConfigMap volume plus a rollout;
-  * restarts the adapter if it died (at most every 5 s).
+  * plays the kubelet of the adapter Deployment (find_adapter: another install wins over the harness's release):
+    mirrors the key of the ConfigMap its pod template mounts at --config to the adapter's --config file and
+    restarts the adapter when its pod template changes (a rollout: metrics_adapter's kubeinfer.io/config-checksum,
+    a helm upgrade), or when it died (at most every 5 s);
+  * routes the custom metrics APIServices to the host adapter once their own Service would reach the pod.
 
-``up`` is idempotent: running processes with the same arguments are kept. ``down`` deletes the
-APIServices first (an unavailable aggregated API breaks discovery for every client), then stops
-the processes; the namespace, ConfigMap and Deployment stay (the next ``up`` reuses the rules).
+``up`` is idempotent: running processes with the same arguments are kept, and the helm upgrade is skipped while the
+harness's release is deployed from the same chart version with the same values and its objects exist. ``down``
+deletes the APIServices first (an unavailable aggregated API breaks discovery for every client), then stops
+the processes; the namespace, ConfigMap and Helm release stay (the next ``up`` reuses the rules and upgrades the
+release to restore its APIService). ``adapter-remove`` helm-uninstalls the harness's release (found by its label)
+and deletes the rules ConfigMap, for tests that start without an adapter.
 
 State in $KWOK_WORKDIR/kubeinfer-$KUBEINFER_CLUSTER/metrics/: ports.json, *.pid, *.log,
-prometheus.yml, monitoring (the setup in force), adapter-config.yaml, sync-state.json, prometheus-data/,
+prometheus.yml, monitoring (the setup in force), adapter-config.yaml, adapter-values.json, sync-state.json, prometheus-data/,
 podnet/ (one relay per pod port). Environment: KUBEINFER_CACHE, KUBEINFER_CLUSTER, KWOK_WORKDIR (as
-cluster.sh), MONITORING, PROMETHEUS_PORT, OPERATOR_PORT and ADAPTER_PORT (default: a free port chosen
-on the first up, then kept).
+cluster.sh), MONITORING, ADAPTER (present | absent), HELM_BINARY, PROMETHEUS_ADAPTER_CHART (upstream-chart.sh),
+PROMETHEUS_PORT, OPERATOR_PORT and ADAPTER_PORT (default: a free port chosen on the first up, then kept).
 Only the Python standard library is used.
 """
 
