@@ -9,7 +9,8 @@ a pod-template change, and routes the chart's APIService to it once the chart's 
 The module first removes the harness's own adapter, a release of the same chart marked by the release label
 ``app.kubernetes.io/managed-by=kubeinfer-localcluster`` (``metrics.sh adapter-remove``: helm uninstall, and its rules
 ConfigMap), and restores it at the end (``metrics.sh up``). What stays imitated is the chart's pod: kwok simulates it
-and the sync loop runs the adapter binary as a host process in its place. Writes are read from the API server's audit log (user agents ``kubeinfer.llm`` and ``Helm/``).
+and the sync loop runs the adapter binary as a host process in its place.
+Writes are read from the API server's audit log (user agents ``kubeinfer.llm`` and ``Helm/``).
 Run: ``pytest tests/integration/test_adapter_install.py`` with the venv python, on a cluster from ``make cluster-up``.
 """
 

@@ -756,8 +756,8 @@ def install_chart(api: Api, ports: dict[str, int]) -> None:
                                            ("APIService", f"/apis/apiregistration.k8s.io/v1/apiservices/{APISERVICES[0]}"))
                    if api.get(path) is None]
         why = f"{', '.join(missing)} missing" if missing else ""
-    if not why:
-        log(f"Helm release {NS}/{NAME} (revision {row['revision']}, {row['chart']}) is up to date; no helm upgrade")  # type: ignore[index]
+    if row is not None and not why:
+        log(f"Helm release {NS}/{NAME} (revision {row['revision']}, {row['chart']}) is up to date; no helm upgrade")
         return
     values = STATE / "adapter-values.json"
     values.write_text(json.dumps(want, indent=2) + "\n")
