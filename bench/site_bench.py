@@ -262,7 +262,7 @@ class ClusterState:
             return "" if METRIC in config else f"no rule for {METRIC} in monitoring/prometheus-adapter"
 
         def custom_metric() -> str:
-            doc = self.raw(f"/apis/custom.metrics.k8s.io/v1beta2/namespaces/{NAMESPACE}/pods/*/{METRIC}")
+            doc = self.raw(f"/apis/custom.metrics.k8s.io/v1beta1/namespaces/{NAMESPACE}/pods/*/{METRIC}")
             return "" if (doc or {}).get("items") else f"custom.metrics.k8s.io serves no {METRIC} in {NAMESPACE}"
 
         def hpa() -> str:
