@@ -1,0 +1,276 @@
+"""Zero-downtime swaps and probes that mean something (issue 14, item 1), on the local control plane.
+
+The release's pods carry ``kubeinfer.io/sim-kubelet=pod-sim``, so tools/localcluster/podkubelet.py plays
+their kubelet: each pod runs its own llm-d-inference-sim with the container's args at <pod IP>:8000 after
+a model load (``kubeinfer.io/sim-load-seconds``), its startup, readiness and liveness probes run as
+the kubelet's prober runs them, deletion runs the preStop sleep then SIGTERM (the simulator drains its
+open requests), and the pod's Service is routed the way kube-proxy routes it: new connections to
+Ready endpoints only. The load below goes through that route (Service -> Ready endpoints), one new
+connection per request, as a client inside the cluster would.
+
+1. A change of the vLLM arguments rolls the release (maxSurge 1, maxUnavailable 0) under a steady
+   stream of completions: 0 failed requests out of N (printed), with traffic answered by the old pods
+   and then by the new ones, and each new pod Ready only after its model load.
+2. The same load loses requests when a pod is killed without its drain (force-deleted): the counting
+   can fail.
+3. A load slower than the fixed probes a chart without a startup probe relies on (liveness only,
+   3 x 10 s) but inside the computed startup budget is not killed: no restart, the release rolls out.
+4. A load beyond the budget is restarted by the startup probe, and vllm_release fails at once naming
+   the pod, the restart and the budget, with the kubelet's "Unhealthy" and "Killing" events on the pod.
+"""
+from __future__ import annotations
+
+import json
+import threading
+import time
+import urllib.error
+import urllib.request
+import uuid
+from collections.abc import Iterator
+from datetime import datetime
+from typing import Any
+
+import pytest
+from conftest import _tool, helm_binary
+from kubernetes import client
+from kubernetes.client.rest import ApiException
+
+MODEL = "Qwen/Qwen2.5-0.5B-Instruct"
+PLAYED = {"kubeinfer.io/sim-kubelet": "pod-sim"}
+LOAD = "kubeinfer.io/sim-load-seconds"
+POOL = "kubeinfer.io/it-swap-pool"
+
+
+@pytest.fixture(scope="module")
+def podkubelet() -> None:
+    _tool("podkubelet.py", "start", timeout=60)  # make cluster-up starts it too; idempotent
+
+
+@pytest.fixture
+def swap_pool(api: client.ApiClient, podkubelet: None) -> Iterator[str]:
+    """Two GPU nodes whose pod IPs are loopback addresses of this cluster's /12 (so the simulators can listen there)."""
+    core = client.CoreV1Api(api)
+    base = next(n.spec.pod_cidr for n in core.list_node().items if (n.spec.pod_cidr or "").startswith("127."))
+    top = (int(base.split(".")[1]) // 16) * 16 + 15  # the last /16 of the cluster's /12: far past the CPU pool's nodes
+    pool_id = uuid.uuid4().hex[:8]
+    names = [f"it-swap-{pool_id}-{i}" for i in range(2)]
+    for i, name in enumerate(names):
+        cidr = f"127.{top}.{250 + i}.0/24"
+        core.create_node({
+            "apiVersion": "v1", "kind": "Node",
+            "metadata": {"name": name, "annotations": {"kwok.x-k8s.io/node": "fake"}, "labels": {
+                "kubernetes.io/hostname": name, "type": "kwok", POOL: pool_id, "nvidia.com/gpu.present": "true",
+                "nvidia.com/gpu.product": "NVIDIA-A100-SXM4-80GB", "nvidia.com/gpu.memory": "81920", "nvidia.com/gpu.count": "8"}},
+            "spec": {"podCIDR": cidr, "podCIDRs": [cidr], "taints": [{"key": POOL, "value": pool_id, "effect": "NoSchedule"}]},
+            "status": {"capacity": {"cpu": "64", "memory": "512Gi", "pods": "110", "nvidia.com/gpu": "8"},
+                       "allocatable": {"cpu": "64", "memory": "512Gi", "pods": "110", "nvidia.com/gpu": "8"}},
+        })
+    deadline = time.monotonic() + 60
+    while not all(any(c.type == "Ready" and c.status == "True" for c in (core.read_node(n).status.conditions or [])) for n in names):
+        assert time.monotonic() < deadline, "kwok did not make the pool nodes Ready"
+        time.sleep(0.5)
+    yield pool_id
+    for name in names:
+        try:
+            core.delete_node(name)
+        except ApiException as e:
+            if e.status != 404:
+                raise
+
+
+@pytest.fixture
+def namespace(core: client.CoreV1Api) -> Iterator[str]:
+    name = f"it-swap-{uuid.uuid4().hex[:6]}"
+    core.create_namespace({"metadata": {"name": name}})
+    yield name
+    core.delete_namespace(name)
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline:
+        try:
+            core.read_namespace(name)
+        except ApiException as e:
+            if e.status == 404:
+                return
+            raise
+        time.sleep(1)
+
+
+def release_args(namespace: str, pool: str, load_seconds: float, **over: Any) -> dict[str, Any]:
+    values = {"podAnnotations": {LOAD: str(load_seconds)},
+              "sim": {"timeToFirstToken": "200ms", "interTokenLatency": "20ms"},
+              "probes": {"startup": {"periodSeconds": 1}, "readiness": {"periodSeconds": 1}},
+              "preStopSleepSeconds": 3, "terminationGracePeriodSeconds": 20}
+    values.update(over.pop("values", {}))
+    args = {"name": "swap", "namespace": namespace, "model": MODEL, "engine": "sim", "replicas": 2, "gpus_per_replica": 1,
+            "pod_labels": PLAYED, "node_selector": {POOL: pool},
+            "tolerations": [{"key": POOL, "operator": "Equal", "value": pool, "effect": "NoSchedule"}], "values": values}
+    args.update(over)
+    return args
+
+
+def release(playbook: Any, args: dict[str, Any]) -> tuple[Any, dict[str, Any]]:
+    run = playbook([{"name": "Release", "kubeinfer.llm.vllm_release": args, "register": "r", "ignore_errors": True}],
+                   name="vllm_release", save="r", env={"HELM_BINARY": helm_binary()})
+    assert run.saved is not None, run.stdout[-4000:] + run.stderr[-4000:]
+    return run, run.saved
+
+
+class Load:
+    """Completions in a steady stream through a URL, ``workers`` at a time, each on a new connection; every failure counted."""
+
+    def __init__(self, url: str, workers: int = 4) -> None:
+        self.url, self.workers = url, workers
+        self.ok = 0
+        self.failures: list[str] = []
+        self.lock = threading.Lock()
+        self.stop = threading.Event()
+        self.threads = [threading.Thread(target=self.run, daemon=True) for _ in range(workers)]
+
+    def one(self) -> None:
+        body = json.dumps({"model": MODEL, "prompt": "Say hello", "max_tokens": 16}).encode()
+        req = urllib.request.Request(f"{self.url}/v1/completions", data=body, headers={"Content-Type": "application/json", "Connection": "close"})
+        try:
+            with urllib.request.urlopen(req, timeout=30) as resp:
+                doc = json.loads(resp.read())
+            if resp.status != 200 or not doc.get("choices"):
+                raise ValueError(f"HTTP {resp.status}: {str(doc)[:200]}")
+        except (OSError, ValueError, urllib.error.URLError) as e:
+            with self.lock:
+                self.failures.append(f"{time.strftime('%H:%M:%S')} {e}")
+            time.sleep(0.05)
+            return
+        with self.lock:
+            self.ok += 1
+
+    def run(self) -> None:
+        while not self.stop.is_set():
+            self.one()
+
+    def __enter__(self) -> Load:
+        for t in self.threads:
+            t.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop.set()
+        for t in self.threads:
+            t.join(timeout=60)
+
+    @property
+    def total(self) -> int:
+        return self.ok + len(self.failures)
+
+
+def pods(core: client.CoreV1Api, namespace: str) -> list[client.V1Pod]:
+    return core.list_namespaced_pod(namespace, label_selector="app.kubernetes.io/instance=swap").items
+
+
+def ready_at(pod: client.V1Pod) -> datetime | None:
+    cond = next((c for c in pod.status.conditions or [] if c.type == "Ready" and c.status == "True"), None)
+    return cond.last_transition_time if cond else None
+
+
+def wait_until(what: str, predicate: Any, timeout: float) -> None:
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        assert time.monotonic() < deadline, f"timed out after {timeout:g} s waiting for {what}"
+        time.sleep(0.5)
+
+
+def route_stats(namespace: str) -> dict[str, int]:
+    stats = json.loads(_tool("podkubelet.py", "route-stats"))
+    return next((v for k, v in stats.items() if k.startswith(f"{namespace}/swap:")), {})
+
+
+def events(core: client.CoreV1Api, namespace: str, pod: str) -> list[client.CoreV1Event]:
+    return core.list_namespaced_event(namespace, field_selector=f"involvedObject.name={pod}").items
+
+
+def test_an_argument_change_rolls_under_load_with_no_failed_request(
+        playbook: Any, core: client.CoreV1Api, swap_pool: str, namespace: str) -> None:
+    load_seconds = 4
+    first, result = release(playbook, release_args(namespace, swap_pool, load_seconds))
+    assert first.returncode == 0 and not result.get("failed"), result.get("msg") or first.stdout[-4000:]
+    old = {p.metadata.name for p in pods(core, namespace)}
+    assert len(old) == 2
+    for p in pods(core, namespace):
+        # the probes, not kwok, made the pod Ready: not before the model load was over
+        assert (ready_at(p) - p.metadata.creation_timestamp).total_seconds() >= load_seconds, p.metadata.name
+    spec = pods(core, namespace)[0].spec.containers[0]
+    assert spec.lifecycle.pre_stop.sleep.seconds == 3 and pods(core, namespace)[0].spec.termination_grace_period_seconds == 20
+    url = _tool("podkubelet.py", "service-url", namespace, "swap").strip()
+
+    with Load(url) as load:
+        time.sleep(3)
+        before = load.total
+        changed = release_args(namespace, swap_pool, load_seconds, values={"sim": {"timeToFirstToken": "200ms", "interTokenLatency": "25ms"}})
+        began = time.monotonic()
+        second, rolled = release(playbook, changed)
+        assert second.returncode == 0 and not rolled.get("failed"), rolled.get("msg") or second.stdout[-4000:]
+        wait_until("the old pods to be gone", lambda: not old & {p.metadata.name for p in pods(core, namespace)}, 90)
+        rollout = time.monotonic() - began
+        time.sleep(3)
+        during = load.total - before
+    new = {p.metadata.name for p in pods(core, namespace)}
+    stats = route_stats(namespace)
+    print(f"\nrollout under load: {load.total} requests, {len(load.failures)} failed, {during} of them during the {rollout:.1f} s rollout; "
+          f"connections per pod: {stats}")
+    assert not load.failures, f"{len(load.failures)} of {load.total} requests failed: {load.failures[:10]}"
+    assert len(new) == 2 and not new & old
+    assert during >= 20, f"only {during} requests during the rollout: the stream was not steady"
+    assert all(stats.get(p, 0) > 0 for p in old | new), f"traffic did not reach every old and new pod: {stats}"
+    for p in pods(core, namespace):
+        assert "--inter-token-latency" in p.spec.containers[0].args and "25ms" in p.spec.containers[0].args
+        assert (ready_at(p) - p.metadata.creation_timestamp).total_seconds() >= load_seconds, p.metadata.name
+        assert any(e.reason == "Unhealthy" and e.message.startswith("Startup probe failed") for e in events(core, namespace, p.metadata.name))
+
+
+def test_a_pod_killed_without_its_drain_loses_requests_under_the_same_load(
+        playbook: Any, core: client.CoreV1Api, swap_pool: str, namespace: str) -> None:
+    first, result = release(playbook, release_args(namespace, swap_pool, 1))
+    assert first.returncode == 0 and not result.get("failed"), result.get("msg") or first.stdout[-4000:]
+    url = _tool("podkubelet.py", "service-url", namespace, "swap").strip()
+    with Load(url) as load:
+        for _ in range(3):  # a request may by chance be in flight on the other pod only; three kills make a loss certain in practice
+            time.sleep(2)
+            victim = sorted(p.metadata.name for p in pods(core, namespace) if ready_at(p) and not p.metadata.deletion_timestamp)[0]
+            core.delete_namespaced_pod(victim, namespace, grace_period_seconds=0)  # force: no preStop, no drain
+            if load.failures:
+                break
+        time.sleep(1)
+    print(f"\nforce-deleted pods under load: {len(load.failures)} of {load.total} requests failed")
+    assert load.failures, "a pod killed without a drain lost no request: the load cannot see a failure"
+
+
+def test_a_load_slower_than_fixed_probes_but_inside_the_budget_is_not_killed(
+        playbook: Any, core: client.CoreV1Api, swap_pool: str, namespace: str) -> None:
+    # Without a startup probe, a liveness probe of the kubelet's defaults kills a pod that has not answered in
+    # 3 x 10 s. This load takes 35 s; the startup budget computed for the 0.5B model is 91 s.
+    args = release_args(namespace, swap_pool, 35, replicas=1, values={"probes": {"startup": {"periodSeconds": 5}, "readiness": {"periodSeconds": 1}}})
+    run, result = release(playbook, args)
+    assert run.returncode == 0 and not result.get("failed"), result.get("msg") or run.stdout[-4000:]
+    assert result["startup_budget_seconds"] == 91
+    (pod,) = pods(core, namespace)
+    assert pod.status.container_statuses[0].restart_count == 0
+    assert (ready_at(pod) - pod.metadata.creation_timestamp).total_seconds() >= 35
+    assert pod.spec.containers[0].startup_probe.failure_threshold * pod.spec.containers[0].startup_probe.period_seconds >= 91
+
+
+def test_a_load_beyond_the_budget_is_restarted_and_reported_with_the_reason(
+        playbook: Any, core: client.CoreV1Api, swap_pool: str, namespace: str) -> None:
+    args = release_args(namespace, swap_pool, 60, replicas=1, startup_budget_seconds=6, atomic=False, timeout=120,
+                        values={"probes": {"startup": {"periodSeconds": 2}, "readiness": {"periodSeconds": 1}}})
+    began = time.monotonic()
+    run, result = release(playbook, args)
+    took = time.monotonic() - began
+    assert result.get("failed"), "a model load of 60 s passed a startup budget of 6 s"
+    msg = result["msg"]
+    (pod,) = pods(core, namespace)
+    name = pod.metadata.name
+    assert f"pod {name}: container server was restarted" in msg and "startup_budget_seconds" in msg and "6 s" in msg, msg
+    assert took < 90, f"vllm_release waited {took:.0f} s instead of failing at the restart"
+    status = pod.status.container_statuses[0]
+    assert status.restart_count >= 1 and status.last_state.terminated.exit_code == 137 and not status.ready
+    reasons = {(e.reason, e.message.split(":")[0]) for e in events(core, namespace, name)}
+    assert ("Unhealthy", "Startup probe failed") in reasons, reasons
+    assert ("Killing", "Container server failed startup probe, will be restarted") in reasons, reasons
