@@ -242,6 +242,11 @@ def _tool(*argv: str, timeout: float = 600) -> str:
     return proc.stdout
 
 
+def harness(*argv: str, timeout: float = 600) -> str:
+    """Run a tools/localcluster script against the test cluster; its stdout (a non-zero exit fails the test)."""
+    return _tool(*argv, timeout=timeout)
+
+
 def gpu_stack_down() -> None:
     """No GPU Operator release in the cluster (helm uninstall; NFD's prune job then strips its labels)."""
     _tool("gpu-stack.sh", "down")
