@@ -33,7 +33,9 @@ kubeinfer.io/sim-kubelet=pod-sim, kwok only gives the pod its IP and starts it w
   simulator gets SIGTERM and the rest of the grace period (at least 2 s, minimumGracePeriodInSeconds)
   to drain its open requests, then SIGKILL; then the pod is deleted with grace 0 and its UID as the
   precondition, as the status manager does once the containers are gone.
-6 Service routing (the kube-proxy part). The API server refuses loopback endpoint addresses
+6 Port-forward: a kwok PortForward named after the pod sends the API server's port-forward to the pod's
+  own simulator, as a kubelet's would reach its container.
+7 Service routing (the kube-proxy part). The API server refuses loopback endpoint addresses
   (ValidateNonSpecialIP), so no EndpointSlice holds these pods and nothing reads one. For every Service
   whose selector matches a played pod, one listener per Service port on 127.0.0.1 (its address from
   ``service-url``) forwards each new TCP connection to one endpoint picked at random, the endpoints
@@ -196,7 +198,8 @@ class PodWorker(threading.Thread):
         args = [str(a) for a in self.container.get("args") or []]
         if not any(a == "--port" or a.startswith("--port=") for a in args):
             args += ["--port", str(self.port((self.container.get("ports") or [{}])[0].get("containerPort", 8000)))]
-        sim.start(self.sim_name, args, bind=ip, load_seconds=load, wait=False)
+        port = sim.start(self.sim_name, args, bind=ip, load_seconds=load, wait=False)
+        self.port_forward(ip, port)
         self.running_since, self.started_at, self.started, self.waiting = time.monotonic(), now(), False, ""
         for p in self.probes.values():
             p.reset()
@@ -215,6 +218,20 @@ class PodWorker(threading.Thread):
         self.backoff = min(self.backoff * 2, BACKOFF_MAX)
         for p in self.probes.values():
             p.reset()
+
+    def port_forward(self, ip: str, port: int) -> None:
+        """A kubelet answers a port-forward with the pod's own container: kwok does so from a PortForward named after the
+        pod (kwok v0.8.0 pkg/kwok/server/debugging_port_forword.go), here pointed at the pod's simulator. Owned by the
+        pod, so the garbage collector removes it with the pod."""
+        body = {"apiVersion": "kwok.x-k8s.io/v1alpha1", "kind": "PortForward",
+                "metadata": {"name": self.name, "namespace": self.ns,
+                             "ownerReferences": [{"apiVersion": "v1", "kind": "Pod", "name": self.name, "uid": self.uid}]},
+                "spec": {"forwards": [{"target": {"address": ip, "port": port}}]}}
+        try:
+            self.api.call("PATCH", f"/apis/kwok.x-k8s.io/v1alpha1/namespaces/{self.ns}/portforwards/{self.name}"
+                          "?fieldManager=kubeinfer-podkubelet&force=true", body, content_type="application/apply-patch+yaml")
+        except RuntimeError as e:
+            log(f"{self.ns}/{self.name}: port-forward not written: {e}")
 
     # -- the probes (worker.go doProbe) ----------------------------------------------------------
     def probe(self, p: Probe, deleting: bool) -> None:
