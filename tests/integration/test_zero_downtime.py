@@ -21,144 +21,17 @@ connection per request, as a client inside the cluster would.
 from __future__ import annotations
 
 import json
-import threading
 import time
-import urllib.error
-import urllib.request
-import uuid
-from collections.abc import Iterator
 from datetime import datetime
 from typing import Any
 
-import pytest
-from conftest import harness, helm_binary
+from conftest import PLAYED_MODEL as MODEL
+from conftest import Load, harness, played_release_args, run_task
 from kubernetes import client
-from kubernetes.client.rest import ApiException
-
-MODEL = "Qwen/Qwen2.5-0.5B-Instruct"
-PLAYED = {"kubeinfer.io/sim-kubelet": "pod-sim"}
-LOAD = "kubeinfer.io/sim-load-seconds"
-POOL = "kubeinfer.io/it-swap-pool"
-
-
-@pytest.fixture(scope="module")
-def podkubelet() -> None:
-    harness("podkubelet.py", "start", timeout=60)  # make cluster-up starts it too; idempotent
-
-
-@pytest.fixture
-def swap_pool(api: client.ApiClient, podkubelet: None) -> Iterator[str]:
-    """Two GPU nodes whose pod IPs are loopback addresses of this cluster's /12 (so the simulators can listen there)."""
-    core = client.CoreV1Api(api)
-    base = next(n.spec.pod_cidr for n in core.list_node().items if (n.spec.pod_cidr or "").startswith("127."))
-    top = (int(base.split(".")[1]) // 16) * 16 + 15  # the last /16 of the cluster's /12: far past the CPU pool's nodes
-    pool_id = uuid.uuid4().hex[:8]
-    names = [f"it-swap-{pool_id}-{i}" for i in range(2)]
-    for i, name in enumerate(names):
-        cidr = f"127.{top}.{250 + i}.0/24"
-        core.create_node({
-            "apiVersion": "v1", "kind": "Node",
-            "metadata": {"name": name, "annotations": {"kwok.x-k8s.io/node": "fake"}, "labels": {
-                "kubernetes.io/hostname": name, "type": "kwok", POOL: pool_id, "nvidia.com/gpu.present": "true",
-                "nvidia.com/gpu.product": "NVIDIA-A100-SXM4-80GB", "nvidia.com/gpu.memory": "81920", "nvidia.com/gpu.count": "8"}},
-            "spec": {"podCIDR": cidr, "podCIDRs": [cidr], "taints": [{"key": POOL, "value": pool_id, "effect": "NoSchedule"}]},
-            "status": {"capacity": {"cpu": "64", "memory": "512Gi", "pods": "110", "nvidia.com/gpu": "8"},
-                       "allocatable": {"cpu": "64", "memory": "512Gi", "pods": "110", "nvidia.com/gpu": "8"}},
-        })
-    deadline = time.monotonic() + 60
-    while not all(any(c.type == "Ready" and c.status == "True" for c in (core.read_node(n).status.conditions or [])) for n in names):
-        assert time.monotonic() < deadline, "kwok did not make the pool nodes Ready"
-        time.sleep(0.5)
-    yield pool_id
-    for name in names:
-        try:
-            core.delete_node(name)
-        except ApiException as e:
-            if e.status != 404:
-                raise
-
-
-@pytest.fixture
-def namespace(core: client.CoreV1Api) -> Iterator[str]:
-    name = f"it-swap-{uuid.uuid4().hex[:6]}"
-    core.create_namespace({"metadata": {"name": name}})
-    yield name
-    core.delete_namespace(name)
-    deadline = time.monotonic() + 120
-    while time.monotonic() < deadline:
-        try:
-            core.read_namespace(name)
-        except ApiException as e:
-            if e.status == 404:
-                return
-            raise
-        time.sleep(1)
-
-
-def release_args(namespace: str, pool: str, load_seconds: float, **over: Any) -> dict[str, Any]:
-    values = {"podAnnotations": {LOAD: str(load_seconds)},
-              "sim": {"timeToFirstToken": "200ms", "interTokenLatency": "20ms"},
-              "probes": {"startup": {"periodSeconds": 1}, "readiness": {"periodSeconds": 1}},
-              "preStopSleepSeconds": 3, "terminationGracePeriodSeconds": 20}
-    values.update(over.pop("values", {}))
-    args = {"name": "swap", "namespace": namespace, "model": MODEL, "engine": "sim", "replicas": 2, "gpus_per_replica": 1,
-            "pod_labels": PLAYED, "node_selector": {POOL: pool},
-            "tolerations": [{"key": POOL, "operator": "Equal", "value": pool, "effect": "NoSchedule"}], "values": values}
-    args.update(over)
-    return args
 
 
 def release(playbook: Any, args: dict[str, Any]) -> tuple[Any, dict[str, Any]]:
-    run = playbook([{"name": "Release", "kubeinfer.llm.vllm_release": args, "register": "r", "ignore_errors": True}],
-                   name="vllm_release", save="r", env={"HELM_BINARY": helm_binary()})
-    assert run.saved is not None, run.stdout[-4000:] + run.stderr[-4000:]
-    return run, run.saved
-
-
-class Load:
-    """Completions in a steady stream through a URL, ``workers`` at a time, each on a new connection; every failure counted."""
-
-    def __init__(self, url: str, workers: int = 4) -> None:
-        self.url, self.workers = url, workers
-        self.ok = 0
-        self.failures: list[str] = []
-        self.lock = threading.Lock()
-        self.stop = threading.Event()
-        self.threads = [threading.Thread(target=self.run, daemon=True) for _ in range(workers)]
-
-    def one(self) -> None:
-        body = json.dumps({"model": MODEL, "prompt": "Say hello", "max_tokens": 16}).encode()
-        req = urllib.request.Request(f"{self.url}/v1/completions", data=body, headers={"Content-Type": "application/json", "Connection": "close"})
-        try:
-            with urllib.request.urlopen(req, timeout=30) as resp:
-                doc = json.loads(resp.read())
-            if resp.status != 200 or not doc.get("choices"):
-                raise ValueError(f"HTTP {resp.status}: {str(doc)[:200]}")
-        except (OSError, ValueError, urllib.error.URLError) as e:
-            with self.lock:
-                self.failures.append(f"{time.strftime('%H:%M:%S')} {e}")
-            time.sleep(0.05)
-            return
-        with self.lock:
-            self.ok += 1
-
-    def run(self) -> None:
-        while not self.stop.is_set():
-            self.one()
-
-    def __enter__(self) -> Load:
-        for t in self.threads:
-            t.start()
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.stop.set()
-        for t in self.threads:
-            t.join(timeout=60)
-
-    @property
-    def total(self) -> int:
-        return self.ok + len(self.failures)
+    return run_task(playbook, "vllm_release", args)
 
 
 def pods(core: client.CoreV1Api, namespace: str) -> list[client.V1Pod]:
@@ -187,9 +60,9 @@ def events(core: client.CoreV1Api, namespace: str, pod: str) -> list[client.Core
 
 
 def test_an_argument_change_rolls_under_load_with_no_failed_request(
-        playbook: Any, core: client.CoreV1Api, swap_pool: str, namespace: str) -> None:
+        playbook: Any, core: client.CoreV1Api, played_pool: str, namespace: str) -> None:
     load_seconds = 4
-    first, result = release(playbook, release_args(namespace, swap_pool, load_seconds))
+    first, result = release(playbook, played_release_args(namespace, played_pool, load_seconds))
     assert first.returncode == 0 and not result.get("failed"), result.get("msg") or first.stdout[-4000:]
     old = {p.metadata.name for p in pods(core, namespace)}
     assert len(old) == 2
@@ -200,10 +73,10 @@ def test_an_argument_change_rolls_under_load_with_no_failed_request(
     assert spec.lifecycle.pre_stop.sleep.seconds == 3 and pods(core, namespace)[0].spec.termination_grace_period_seconds == 20
     url = harness("podkubelet.py", "service-url", namespace, "swap").strip()
 
-    with Load(url) as load:
+    with Load(url, MODEL) as load:
         time.sleep(3)
         before = load.total
-        changed = release_args(namespace, swap_pool, load_seconds, values={"sim": {"timeToFirstToken": "200ms", "interTokenLatency": "25ms"}})
+        changed = played_release_args(namespace, played_pool, load_seconds, values={"sim": {"timeToFirstToken": "200ms", "interTokenLatency": "25ms"}})
         began = time.monotonic()
         second, rolled = release(playbook, changed)
         assert second.returncode == 0 and not rolled.get("failed"), rolled.get("msg") or second.stdout[-4000:]
@@ -226,11 +99,11 @@ def test_an_argument_change_rolls_under_load_with_no_failed_request(
 
 
 def test_a_pod_killed_without_its_drain_loses_requests_under_the_same_load(
-        playbook: Any, core: client.CoreV1Api, swap_pool: str, namespace: str) -> None:
-    first, result = release(playbook, release_args(namespace, swap_pool, 1))
+        playbook: Any, core: client.CoreV1Api, played_pool: str, namespace: str) -> None:
+    first, result = release(playbook, played_release_args(namespace, played_pool, 1))
     assert first.returncode == 0 and not result.get("failed"), result.get("msg") or first.stdout[-4000:]
     url = harness("podkubelet.py", "service-url", namespace, "swap").strip()
-    with Load(url) as load:
+    with Load(url, MODEL) as load:
         for _ in range(3):  # a request may by chance be in flight on the other pod only; three kills make a loss certain in practice
             time.sleep(2)
             victim = sorted(p.metadata.name for p in pods(core, namespace) if ready_at(p) and not p.metadata.deletion_timestamp)[0]
@@ -243,10 +116,10 @@ def test_a_pod_killed_without_its_drain_loses_requests_under_the_same_load(
 
 
 def test_a_load_slower_than_fixed_probes_but_inside_the_budget_is_not_killed(
-        playbook: Any, core: client.CoreV1Api, swap_pool: str, namespace: str) -> None:
+        playbook: Any, core: client.CoreV1Api, played_pool: str, namespace: str) -> None:
     # Without a startup probe, a liveness probe of the kubelet's defaults kills a pod that has not answered in
     # 3 x 10 s. This load takes 35 s; the startup budget computed for the 0.5B model is 93 s.
-    args = release_args(namespace, swap_pool, 35, replicas=1, values={"probes": {"startup": {"periodSeconds": 5}, "readiness": {"periodSeconds": 1}}})
+    args = played_release_args(namespace, played_pool, 35, replicas=1, values={"probes": {"startup": {"periodSeconds": 5}, "readiness": {"periodSeconds": 1}}})
     run, result = release(playbook, args)
     assert run.returncode == 0 and not result.get("failed"), result.get("msg") or run.stdout[-4000:]
     assert result["startup_budget_seconds"] == 93  # ceil((60 + 0.92 GiB / 0.5) * 1.5)
@@ -257,8 +130,8 @@ def test_a_load_slower_than_fixed_probes_but_inside_the_budget_is_not_killed(
 
 
 def test_a_load_beyond_the_budget_is_restarted_and_reported_with_the_reason(
-        playbook: Any, core: client.CoreV1Api, swap_pool: str, namespace: str) -> None:
-    args = release_args(namespace, swap_pool, 60, replicas=1, startup_budget_seconds=6, atomic=False, timeout=120,
+        playbook: Any, core: client.CoreV1Api, played_pool: str, namespace: str) -> None:
+    args = played_release_args(namespace, played_pool, 60, replicas=1, startup_budget_seconds=6, atomic=False, timeout=120,
                         values={"probes": {"startup": {"periodSeconds": 2}, "readiness": {"periodSeconds": 1}}})
     began = time.monotonic()
     run, result = release(playbook, args)
