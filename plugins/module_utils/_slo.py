@@ -40,7 +40,8 @@ def summarize(samples: list[Sample], q: float) -> dict[str, Any]:
     latencies = [s.latency_ms for s in samples if s.ok]
     errors = [s.error for s in samples if not s.ok]
     return {"requests": len(samples), "errors": len(errors), "error_rate": round(len(errors) / len(samples), 4) if samples else None,
-            "p50_ms": percentile(latencies, 50), f"p{q:g}_ms": percentile(latencies, q), "p99_ms": percentile(latencies, 99),
+            "p50_ms": percentile(latencies, 50), "p95_ms": percentile(latencies, 95), "p99_ms": percentile(latencies, 99),
+            "percentile": q, "percentile_ms": percentile(latencies, q),
             "max_ms": round(max(latencies), 1) if latencies else None, "first_errors": errors[:3]}
 
 
@@ -91,7 +92,7 @@ def judge(stable: dict[str, Any], canary: dict[str, Any], q: float, max_latency_
     if canary["error_rate"] is None or canary["error_rate"] > max_error_rate:
         missed.append(f"error rate {canary['error_rate']:.2%} above max_error_rate {max_error_rate:.2%} "
                       f"({canary['errors']} of {canary['requests']} requests failed: {canary['first_errors'][:1]})")
-    key = f"p{q:g}_ms"
+    key = "percentile_ms"
     if canary[key] is not None and stable[key] is not None:
         limit = stable[key] * max_latency_ratio + latency_slack_ms
         if canary[key] > limit:

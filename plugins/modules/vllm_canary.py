@@ -162,11 +162,15 @@ decision:
   returned: always
   sample: promoted
 measured:
-  description: Per version (C(stable), C(canary)), the requests, errors, error rate, latency percentiles in ms and the pods measured.
+  description:
+    - Per version (C(stable), C(canary)), the requests, errors, error rate, latency percentiles in ms (C(p50_ms), C(p95_ms), C(p99_ms),
+      and C(percentile_ms) for O(percentile)) and the pods measured.
   type: dict
   returned: when the canary rolled out
-  sample: {stable: {requests: 30, errors: 0, error_rate: 0.0, p50_ms: 512.3, p95_ms: 540.1, p99_ms: 551.0, max_ms: 551.0, pods: 2},
-           canary: {requests: 30, errors: 0, error_rate: 0.0, p50_ms: 520.8, p95_ms: 548.9, p99_ms: 560.2, max_ms: 560.2, pods: 1}}
+  sample: {stable: {requests: 30, errors: 0, error_rate: 0.0, p50_ms: 512.3, p95_ms: 540.1, p99_ms: 551.0,
+                   percentile: 95, percentile_ms: 540.1, max_ms: 551.0, pods: 2},
+           canary: {requests: 30, errors: 0, error_rate: 0.0, p50_ms: 520.8, p95_ms: 548.9, p99_ms: 560.2,
+                   percentile: 95, percentile_ms: 548.9, max_ms: 560.2, pods: 1}}
 missed:
   description: The thresholds the canary missed, each with its numbers; empty when it passed.
   type: list

@@ -7,8 +7,8 @@ is counted, not assumed.
 
 1. A canary whose only change is 1 ms more per token passes (p95 within 1.5 x stable + 250 ms, no error): it is
    promoted. The release then runs its values, the canary Deployment and pods are gone, the Service sent the
-   canary pod a share of the traffic, and no request of the stream failed. A re-run is ``already_promoted`` and
-   sends no write (audit log).
+   canary pod a share of the traffic, and no request of the stream failed. A re-run through the role is
+   ``already_promoted`` and sends no write (audit log).
 2. A canary with a 1.5 s time to first token (the stable one: 200 ms) misses the latency threshold: it is rolled
    back and the task fails naming the threshold and the numbers. The release keeps its values, the canary is gone,
    and again no request of the stream failed.
@@ -99,9 +99,13 @@ def test_a_canary_within_the_slo_is_promoted_under_load_and_a_rerun_writes_nothi
     assert any(name.startswith("swap-canary-") and n > 0 for name, n in route_stats(namespace).items()), \
         "the Service sent the canary pod no traffic"
 
+    # The re-run goes through the role, as an AWX schedule would run it.
     mark = audit.mark()
-    again_run, again = run_task(playbook, "vllm_canary", canary_args(namespace, changes))
-    assert again_run.returncode == 0 and again["decision"] == "already_promoted" and not again["changed"], again
+    role_vars = {"vllm_canary_release": "swap", "vllm_canary_namespace": namespace, "vllm_canary_changes": changes}
+    again = playbook([{"name": "Canary role", "ansible.builtin.include_role": {"name": "kubeinfer.llm.vllm_canary"}, "vars": role_vars}],
+                     save="vllm_canary_result", env={"HELM_BINARY": helm_binary()})
+    assert again.returncode == 0, again.stdout[-4000:]
+    assert again.saved["decision"] == "already_promoted" and not again.saved["changed"] and again.recap()["changed"] == 0
     assert writes(audit, mark) == []
 
 

@@ -921,3 +921,21 @@ def test_the_pod_drains_with_a_prestop_sleep_shorter_than_its_grace_period() -> 
     bad = subprocess.run([HELM, "template", "t", str(CHART), "--kube-version", KUBE_VERSION, "--set", "model.name=m",
                           "--set", "preStopSleepSeconds=60"], capture_output=True, text=True, check=False)
     assert bad.returncode != 0 and "preStopSleepSeconds (60) must be less than terminationGracePeriodSeconds (60)" in bad.stderr
+
+
+def test_a_canary_is_a_second_deployment_behind_the_same_service() -> None:
+    argv = [HELM, "template", "t", str(CHART), "--kube-version", KUBE_VERSION, "--set", "model.name=m", "--set", "engine=sim",
+            "--set", "replicaCount=3", "--set", "canary.enabled=true", "--set", "canary.values.sim.timeToFirstToken=2s"]
+    docs = [d for d in yaml.safe_load_all(subprocess.run(argv, capture_output=True, text=True, check=True).stdout) if d]
+    deployments = {d["metadata"]["name"]: d for d in docs if d["kind"] == "Deployment"}
+    assert sorted(deployments) == ["t-vllm", "t-vllm-canary"]
+    stable, canary = deployments["t-vllm"], deployments["t-vllm-canary"]
+    service = next(d for d in docs if d["kind"] == "Service")
+    pod_labels = canary["spec"]["template"]["metadata"]["labels"]
+    assert all(pod_labels[k] == v for k, v in service["spec"]["selector"].items()), "the Service selects the canary pods"
+    assert pod_labels["kubeinfer.io/track"] == "canary" and canary["spec"]["selector"]["matchLabels"]["kubeinfer.io/track"] == "canary"
+    assert "kubeinfer.io/track" not in stable["spec"]["selector"]["matchLabels"]
+    assert canary["spec"]["replicas"] == 1 and stable["spec"]["replicas"] == 3
+    args = canary["spec"]["template"]["spec"]["containers"][0]["args"]
+    assert args[args.index("--time-to-first-token") + 1] == "2s"
+    assert "2s" not in stable["spec"]["template"]["spec"]["containers"][0]["args"]
