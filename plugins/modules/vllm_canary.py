@@ -32,7 +32,6 @@ requirements:
 extends_documentation_fragment:
   - kubeinfer.llm.k8s_auth
   - kubeinfer.llm.k8s_auth.ATTRIBUTES
-  - kubeinfer.llm.helm_release
 attributes:
   check_mode:
     description: Reads the release and renders the canary; reports what it would deploy and measures nothing.
@@ -58,7 +57,7 @@ options:
     description:
       - Chart values the new version changes, merged over the release's own. Only C(model), C(image), C(vllm), C(sim), C(probes),
         C(resources), C(podAnnotations) and C(extraEnv) may change. The chart checks each against its schema, as it checks the release.
-      - For example C({model: {revision: <commit>}}), C({image: {vllm: {tag: v0.11.1}}}) or C({vllm: {extraArgs: [--enable-chunked-prefill]}}).
+      - "For example C({model: {revision: <commit>}}), C({image: {vllm: {tag: v0.11.1}}}) or C({vllm: {extraArgs: [--enable-chunked-prefill]}})."
     type: dict
     required: true
   replicas:
@@ -129,6 +128,8 @@ options:
       - Path of helm. Defaults to E(HELM_BINARY), then C(helm) on E(PATH).
     type: path
 notes:
+  - Each helm write holds the Lease C(kubeinfer-helm-<release>) and recovers a release an interrupted run left pending, as
+    M(kubeinfer.llm.vllm_release) does.
   - The chart's canary Deployment is C(<name>-canary), with the label C(kubeinfer.io/track=canary) on it and on its pods.
   - M(kubeinfer.llm.vllm_release) removes a canary that is still there, because it declares the release without one.
 seealso:

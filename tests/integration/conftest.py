@@ -417,7 +417,8 @@ def podkubelet() -> None:
 def played_pool(api: client.ApiClient, podkubelet: None) -> Iterator[str]:
     """Two GPU nodes whose pod IPs are loopback addresses of this cluster's /12 (so the simulators can listen there)."""
     core = client.CoreV1Api(api)
-    base = next(n.spec.pod_cidr for n in core.list_node().items if (n.spec.pod_cidr or "").startswith("127."))
+    base = next((n.spec.pod_cidr for n in core.list_node().items if (n.spec.pod_cidr or "").startswith("127.")), None)
+    assert base, "no node of the cluster has a pod CIDR in 127.0.0.0/8 (cluster.sh up gives every node one)"
     top = (int(base.split(".")[1]) // 16) * 16 + 15  # the last /16 of the cluster's /12: far past the CPU pool's nodes
     pool_id = uuid.uuid4().hex[:8]
     names = [f"it-played-{pool_id}-{i}" for i in range(2)]
@@ -472,7 +473,7 @@ class Load:
         self.failures: list[str] = []
         self.lock = threading.Lock()
         self.stop = threading.Event()
-        self.threads = [threading.Thread(target=self.run, daemon=True) for _ in range(workers)]
+        self.threads = [threading.Thread(target=self.run, daemon=True) for _worker in range(workers)]
 
     def one(self) -> None:
         body = json.dumps({"model": self.model, "prompt": "Say hello", "max_tokens": 16}).encode()
@@ -507,5 +508,3 @@ class Load:
     @property
     def total(self) -> int:
         return self.ok + len(self.failures)
-
-

@@ -145,4 +145,3 @@ def test_bad_changes_are_refused_before_any_write(playbook: Any, audit: Audit, n
     _run, result = run_task(playbook, "vllm_canary", canary_args("no-such-ns-x", {"sim": {"interTokenLatency": "30ms"}}))
     assert result.get("failed") and "name: release no-such-ns-x/swap is not installed" in result["msg"], result["msg"]
     assert writes(audit, mark) == []
-

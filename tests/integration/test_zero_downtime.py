@@ -104,7 +104,7 @@ def test_a_pod_killed_without_its_drain_loses_requests_under_the_same_load(
     assert first.returncode == 0 and not result.get("failed"), result.get("msg") or first.stdout[-4000:]
     url = harness("podkubelet.py", "service-url", namespace, "swap").strip()
     with Load(url, MODEL) as load:
-        for _ in range(3):  # a request may by chance be in flight on the other pod only; three kills make a loss certain in practice
+        for _kill in range(3):  # a request may by chance be in flight on the other pod only; three kills make a loss certain in practice
             time.sleep(2)
             victim = sorted(p.metadata.name for p in pods(core, namespace) if ready_at(p) and not p.metadata.deletion_timestamp)[0]
             core.delete_namespaced_pod(victim, namespace, grace_period_seconds=0)  # force: no preStop, no drain
@@ -132,7 +132,7 @@ def test_a_load_slower_than_fixed_probes_but_inside_the_budget_is_not_killed(
 def test_a_load_beyond_the_budget_is_restarted_and_reported_with_the_reason(
         playbook: Any, core: client.CoreV1Api, played_pool: str, namespace: str) -> None:
     args = played_release_args(namespace, played_pool, 60, replicas=1, startup_budget_seconds=6, atomic=False, timeout=120,
-                        values={"probes": {"startup": {"periodSeconds": 2}, "readiness": {"periodSeconds": 1}}})
+                               values={"probes": {"startup": {"periodSeconds": 2}, "readiness": {"periodSeconds": 1}}})
     began = time.monotonic()
     run, result = release(playbook, args)
     took = time.monotonic() - began
