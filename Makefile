@@ -54,11 +54,13 @@ collection:
 
 # The control plane, then the host processes around it: the pod network, prometheus-operator, Prometheus,
 # Prometheus Adapter and their sync loop (metrics.sh; MONITORING=annotations for the community chart's
-# scraping instead of the operator), and the simulation of what the GPU stack does on the nodes (gpu_sim.py).
+# scraping instead of the operator), the simulation of what the GPU stack does on the nodes (gpu_sim.py), and the
+# kubelet and kube-proxy for the vLLM pods a test opts in (podkubelet.py: probes, graceful termination, Service routes).
 cluster-up: deps binaries
 	$(CLUSTER) up
 	tools/localcluster/metrics.sh up
 	tools/localcluster/gpu_sim.py start
+	tools/localcluster/podkubelet.py start
 
 cluster-down:
 	$(CLUSTER) down

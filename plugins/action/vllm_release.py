@@ -1,7 +1,7 @@
 # -*- coding: utf-8 -*-
 # Copyright: contributors to kubeinfer.llm
 # GNU General Public License v3.0+ (see https://www.gnu.org/licenses/gpl-3.0.txt)
-"""Action plugin for kubeinfer.llm.vllm_release: point chart_ref at the collection's own chart on the controller.
+"""Action plugin for kubeinfer.llm.vllm_release (and, by subclass, vllm_canary): point chart_ref at the collection's own chart on the controller.
 
 AnsiballZ ships only the module and its module_utils, never charts/, so the module cannot find the
 chart through its own path. This plugin runs on the controller, where the collection is installed,
@@ -25,6 +25,7 @@ LOCAL_TRANSPORTS = ("local", "ansible.builtin.local")
 class ActionModule(ActionBase):
     """Fill in chart_ref, then run the module."""
 
+    MODULE = "kubeinfer.llm.vllm_release"
     TRANSFERS_FILES = False
     _VALID_ARGS: frozenset[str] = frozenset()  # every argument is the module's; it validates them
 
@@ -42,5 +43,5 @@ class ActionModule(ActionBase):
             if not os.path.isfile(os.path.join(CHART_PATH, "Chart.yaml")):
                 raise AnsibleActionFail(f"chart_ref: not set, and the collection's chart is missing: {CHART_PATH}/Chart.yaml")
             args["chart_ref"] = CHART_PATH
-        result.update(self._execute_module(module_name="kubeinfer.llm.vllm_release", module_args=args, task_vars=task_vars))
+        result.update(self._execute_module(module_name=self.MODULE, module_args=args, task_vars=task_vars))
         return result

@@ -75,6 +75,10 @@ def validate_manifests(docs: list[dict[str, Any]], kube_version: str) -> dict[st
     return result
 
 
+TRACK_LABEL = "kubeinfer.io/track"
+"""The label the chart puts on a canary Deployment and its pods (value ``canary``)."""
+
+
 def served_workload(docs: list[dict[str, Any]]) -> dict[str, Any]:
     """The Deployment and the Service a chart rendered, as the runner needs them: ``deployment`` (name),
     ``selector`` (the Deployment's matchLabels as a label selector), ``service`` (name) and ``port``.
@@ -82,7 +86,8 @@ def served_workload(docs: list[dict[str, Any]]) -> dict[str, Any]:
     Read from the manifests, so the chart's own naming and selector helpers stay the only ones.
     """
     def one(kind: str) -> dict[str, Any]:
-        found = [d for d in docs if d.get("kind") == kind]
+        # A canary Deployment (label kubeinfer.io/track) serves beside the release's own one; it is not the served workload.
+        found = [d for d in docs if d.get("kind") == kind and TRACK_LABEL not in ((d.get("metadata") or {}).get("labels") or {})]
         if len(found) != 1:
             raise KubeInferError(f"chart_ref: the chart rendered {len(found)} {kind} objects; exactly one is served")
         return found[0]

@@ -21,7 +21,7 @@ from ansible_collections.kubeinfer.llm.plugins.module_utils._manifests import pa
 from ansible_collections.kubeinfer.llm.plugins.module_utils._resources import Kube
 from ansible_collections.kubeinfer.llm.plugins.module_utils._vllm_capacity import allocatable_gpus, check_capacity, eligible_nodes, plan_capacity
 from ansible_collections.kubeinfer.llm.plugins.module_utils._vllm_values import build_values, schema_problem, sizing, validate
-from ansible_collections.kubeinfer.llm.plugins.module_utils._waiter import deployment_rolled_out, unschedulable_reason, wait_for
+from ansible_collections.kubeinfer.llm.plugins.module_utils._waiter import deployment_rolled_out, restarted_before_ready, unschedulable_reason, wait_for
 
 TIMEOUT_MARGIN_SECONDS = 120
 """Default rollout deadline: the startup probe budget plus this margin for scheduling and image pulls."""
@@ -112,7 +112,7 @@ def _present(kube: Kube, helm: Helm, p: dict[str, Any], check_mode: bool, diff: 
     timeout = int(p["timeout"] or budget["seconds"] + TIMEOUT_MARGIN_SECONDS)
 
     def rolled_out() -> None:
-        result["waited_seconds"] = _wait(kube, namespace, workload, timeout)
+        result["waited_seconds"] = wait_rolled_out(kube, namespace, workload, timeout, budget["seconds"])
 
     if planned.reasons and not check_mode:
         result["release"] = _helm_release.apply(kube, helm, planned, p["create_namespace"], p["atomic"],
@@ -120,7 +120,7 @@ def _present(kube: Kube, helm: Helm, p: dict[str, Any], check_mode: bool, diff: 
     elif p["wait"] and not check_mode and current.row is not None:
         rolled_out()  # nothing to change, but the caller asked for a rolled-out release: wait for it without writing
 
-    pods_now = _live_pods(kube, namespace, workload["selector"])
+    pods_now = live_pods(kube, namespace, workload["selector"])
     result["pods"] = [x["metadata"]["name"] for x in pods_now]
     result["placement"] = placement(pods_now)
     result["rollout"] = _rollout_status(kube.get("apps/v1", "Deployment", workload["deployment"], namespace))
@@ -216,20 +216,38 @@ def placement(pods: list[dict[str, Any]]) -> dict[str, str | None]:
     return {p["metadata"]["name"]: p.get("spec", {}).get("nodeName") for p in pods}
 
 
-def _live_pods(kube: Kube, namespace: str, selector: str) -> list[dict[str, Any]]:
+def live_pods(kube: Kube, namespace: str, selector: str) -> list[dict[str, Any]]:
     pods = kube.list("v1", "Pod", namespace, label_selector=selector)
     pods = [p for p in pods if not p["metadata"].get("deletionTimestamp")]
     return sorted(pods, key=lambda p: p["metadata"]["name"])
 
 
-def _wait(kube: Kube, namespace: str, workload: dict[str, Any], timeout: int) -> float:
-    """Seconds until the Deployment rolled out; on the deadline, raise with the scheduler's reason for a Pending pod."""
+def wait_rolled_out(kube: Kube, namespace: str, workload: dict[str, Any], timeout: int, budget_seconds: int) -> float:
+    """Seconds until the Deployment rolled out.
+
+    Raises at once when a pod that never became ready has been restarted (the kubelet killed it for a failed
+    startup or liveness probe, or it crashed): waiting longer only repeats the restart. On the deadline, raises
+    with the scheduler's reason for a Pending pod.
+    """
     name = workload["deployment"]
+
+    def rolled_out() -> tuple[bool, str]:
+        done, reason = deployment_rolled_out(kube.get("apps/v1", "Deployment", name, namespace))
+        if not done:
+            restarted = restarted_before_ready(live_pods(kube, namespace, workload["selector"]))
+            if restarted:
+                raise KubeInferError(
+                    f"Deployment {namespace}/{name} did not roll out: {restarted}. The startup probe allows {budget_seconds} s "
+                    "(startup_budget_seconds): if the model takes longer to load, raise startup_budget_seconds or lower "
+                    "load_throughput_gib_s; the pod's events give the probe's own message", restarted=restarted)
+        return done, reason
+
     try:
-        return round(wait_for(lambda: deployment_rolled_out(kube.get("apps/v1", "Deployment", name, namespace)), timeout,
-                              f"Deployment {namespace}/{name} to roll out", interval=POLL_INTERVAL_SECONDS), 3)
+        return round(wait_for(rolled_out, timeout, f"Deployment {namespace}/{name} to roll out", interval=POLL_INTERVAL_SECONDS), 3)
     except KubeInferError as e:
-        pods = _live_pods(kube, namespace, workload["selector"])
+        if "restarted" in e.result:
+            raise
+        pods = live_pods(kube, namespace, workload["selector"])
         reason = unschedulable_reason([x for x in pods if x.get("status", {}).get("phase") == "Pending"])
         raise KubeInferError(e.msg + (f"; the scheduler says: {reason}" if reason else ""),
                              pods=[x["metadata"]["name"] for x in pods], placement=placement(pods),

@@ -73,6 +73,24 @@ def pod_ready(obj: dict[str, Any]) -> bool:
     return any(c.get("type") == "Ready" and c.get("status") == "True" for c in status.get("conditions", []))
 
 
+def restarted_before_ready(pods: list[dict[str, Any]]) -> str | None:
+    """The first pod that is not ready and whose container has been restarted, said with its last exit; else None.
+
+    A failed startup or liveness probe makes the kubelet kill and restart the container
+    (kuberuntime_manager.go computePodActions); the pod status keeps the count and the last termination.
+    """
+    for pod in pods:
+        if pod_ready(pod):
+            continue
+        for cs in pod.get("status", {}).get("containerStatuses") or []:
+            last = (cs.get("lastState") or {}).get("terminated")
+            if cs.get("restartCount", 0) > 0 and last:
+                state = next(iter(cs.get("state") or {"unknown": {}}))
+                return (f"pod {pod['metadata']['name']}: container {cs.get('name')} was restarted {cs['restartCount']} time(s) "
+                        f"before it became ready (last exit code {last.get('exitCode')}, {last.get('reason') or 'no reason'}; now {state})")
+    return None
+
+
 def unschedulable_reason(pods: list[dict[str, Any]]) -> str | None:
     """The scheduler's message for the first pod it could not place, if any."""
     for pod in pods:

@@ -23,7 +23,10 @@ import json
 import os
 import subprocess
 import sys
+import threading
 import time
+import urllib.error
+import urllib.request
 import uuid
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -242,6 +245,11 @@ def _tool(*argv: str, timeout: float = 600) -> str:
     return proc.stdout
 
 
+def harness(*argv: str, timeout: float = 600) -> str:
+    """Run a tools/localcluster script against the test cluster; its stdout (a non-zero exit fails the test)."""
+    return _tool(*argv, timeout=timeout)
+
+
 def gpu_stack_down() -> None:
     """No GPU Operator release in the cluster (helm uninstall; NFD's prune job then strips its labels)."""
     _tool("gpu-stack.sh", "down")
@@ -365,3 +373,138 @@ def _gpu_pool(api: client.ApiClient) -> Iterator[str]:
 def pool_args(pool_id: str) -> dict[str, Any]:
     return {"node_selector": {POOL_LABEL: pool_id},
             "tolerations": [{"key": POOL_LABEL, "operator": "Equal", "value": pool_id, "effect": "NoSchedule"}]}
+
+
+# -- pods the harness's pod kubelet plays (tools/localcluster/podkubelet.py), and load through their Service ------------
+
+PLAYED = {"kubeinfer.io/sim-kubelet": "pod-sim"}
+"""The pod label that hands a pod to podkubelet.py: probes, graceful termination, a Service route."""
+PLAYED_POOL_LABEL = "kubeinfer.io/it-played-pool"
+PLAYED_MODEL = "Qwen/Qwen2.5-0.5B-Instruct"
+SIM_LOAD_ANNOTATION = "kubeinfer.io/sim-load-seconds"
+
+
+def played_release_args(namespace: str, pool: str, load_seconds: float, **over: Any) -> dict[str, Any]:
+    """vllm_release options for release ``swap``: 2 played sim pods on the played pool, a model load of ``load_seconds``,
+    completions of about 0.5 s (200 ms to the first token, 20 ms a token), 1 s probe periods, a 3 s drain in 20 s of grace.
+    ``values`` in ``over`` replaces those chart values key by key; other keys replace options."""
+    values = {"podAnnotations": {SIM_LOAD_ANNOTATION: str(load_seconds)},
+              "sim": {"timeToFirstToken": "200ms", "interTokenLatency": "20ms"},
+              "probes": {"startup": {"periodSeconds": 1}, "readiness": {"periodSeconds": 1}},
+              "preStopSleepSeconds": 3, "terminationGracePeriodSeconds": 20}
+    values.update(over.pop("values", {}))
+    args = {"name": "swap", "namespace": namespace, "model": PLAYED_MODEL, "engine": "sim", "replicas": 2, "gpus_per_replica": 1,
+            "pod_labels": PLAYED, "node_selector": {PLAYED_POOL_LABEL: pool},
+            "tolerations": [{"key": PLAYED_POOL_LABEL, "operator": "Equal", "value": pool, "effect": "NoSchedule"}], "values": values}
+    args.update(over)
+    return args
+
+
+def run_task(playbook: PlaybookRunner, module: str, args: dict[str, Any]) -> tuple[PlaybookRun, dict[str, Any]]:
+    """One task of module ``kubeinfer.llm.<module>`` (errors ignored); the run and its registered result."""
+    run = playbook([{"name": module, f"kubeinfer.llm.{module}": args, "register": "r", "ignore_errors": True}],
+                   name=module, save="r", env={"HELM_BINARY": helm_binary()})
+    assert run.saved is not None, run.stdout[-4000:] + run.stderr[-4000:]
+    return run, run.saved
+
+
+@pytest.fixture(scope="module")
+def podkubelet() -> None:
+    harness("podkubelet.py", "start", timeout=60)  # make cluster-up starts it too; idempotent
+
+
+@pytest.fixture
+def played_pool(api: client.ApiClient, podkubelet: None) -> Iterator[str]:
+    """Two GPU nodes whose pod IPs are loopback addresses of this cluster's /12 (so the simulators can listen there)."""
+    core = client.CoreV1Api(api)
+    base = next((n.spec.pod_cidr for n in core.list_node().items if (n.spec.pod_cidr or "").startswith("127.")), None)
+    assert base, "no node of the cluster has a pod CIDR in 127.0.0.0/8 (cluster.sh up gives every node one)"
+    top = (int(base.split(".")[1]) // 16) * 16 + 15  # the last /16 of the cluster's /12: far past the CPU pool's nodes
+    pool_id = uuid.uuid4().hex[:8]
+    names = [f"it-played-{pool_id}-{i}" for i in range(2)]
+    for i, name in enumerate(names):
+        cidr = f"127.{top}.{250 + i}.0/24"
+        core.create_node({
+            "apiVersion": "v1", "kind": "Node",
+            "metadata": {"name": name, "annotations": {"kwok.x-k8s.io/node": "fake"}, "labels": {
+                "kubernetes.io/hostname": name, "type": "kwok", PLAYED_POOL_LABEL: pool_id, "nvidia.com/gpu.present": "true",
+                "nvidia.com/gpu.product": "NVIDIA-A100-SXM4-80GB", "nvidia.com/gpu.memory": "81920", "nvidia.com/gpu.count": "8"}},
+            "spec": {"podCIDR": cidr, "podCIDRs": [cidr], "taints": [{"key": PLAYED_POOL_LABEL, "value": pool_id, "effect": "NoSchedule"}]},
+            "status": {"capacity": {"cpu": "64", "memory": "512Gi", "pods": "110", "nvidia.com/gpu": "8"},
+                       "allocatable": {"cpu": "64", "memory": "512Gi", "pods": "110", "nvidia.com/gpu": "8"}},
+        })
+    deadline = time.monotonic() + 60
+    while not all(any(c.type == "Ready" and c.status == "True" for c in (core.read_node(n).status.conditions or [])) for n in names):
+        assert time.monotonic() < deadline, "kwok did not make the pool nodes Ready"
+        time.sleep(0.5)
+    yield pool_id
+    for name in names:
+        try:
+            core.delete_node(name)
+        except ApiException as e:
+            if e.status != 404:
+                raise
+
+
+@pytest.fixture
+def played_namespace(core: client.CoreV1Api) -> Iterator[str]:
+    """A fresh namespace, deleted (and waited for) after the test."""
+    name = f"it-played-{uuid.uuid4().hex[:6]}"
+    core.create_namespace({"metadata": {"name": name}})
+    yield name
+    core.delete_namespace(name)
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline:
+        try:
+            core.read_namespace(name)
+        except ApiException as e:
+            if e.status == 404:
+                return
+            raise
+        time.sleep(1)
+
+
+class Load:
+    """Completions in a steady stream through a URL, ``workers`` at a time, each on a new connection; every failure counted."""
+
+    def __init__(self, url: str, model: str, workers: int = 4) -> None:
+        self.url, self.model, self.workers = url, model, workers
+        self.ok = 0
+        self.failures: list[str] = []
+        self.lock = threading.Lock()
+        self.stop = threading.Event()
+        self.threads = [threading.Thread(target=self.run, daemon=True) for _worker in range(workers)]
+
+    def one(self) -> None:
+        body = json.dumps({"model": self.model, "prompt": "Say hello", "max_tokens": 16}).encode()
+        req = urllib.request.Request(f"{self.url}/v1/completions", data=body, headers={"Content-Type": "application/json", "Connection": "close"})
+        try:
+            with urllib.request.urlopen(req, timeout=30) as resp:
+                doc = json.loads(resp.read())
+            if resp.status != 200 or not doc.get("choices"):
+                raise ValueError(f"HTTP {resp.status}: {str(doc)[:200]}")
+        except (OSError, ValueError, urllib.error.URLError) as e:
+            with self.lock:
+                self.failures.append(f"{time.strftime('%H:%M:%S')} {e}")
+            time.sleep(0.05)
+            return
+        with self.lock:
+            self.ok += 1
+
+    def run(self) -> None:
+        while not self.stop.is_set():
+            self.one()
+
+    def __enter__(self) -> Load:
+        for t in self.threads:
+            t.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop.set()
+        for t in self.threads:
+            t.join(timeout=60)
+
+    @property
+    def total(self) -> int:
+        return self.ok + len(self.failures)

@@ -24,6 +24,7 @@ MINIMAL_ARGS: dict[str, dict] = {
     "gpu_operator_info": {},
     "hf_token_secret": {"namespace": "ns", "token": "not-a-real-token"},
     "vllm_release": {"name": "r", "namespace": "ns", "model": "facebook/opt-125m"},
+    "vllm_canary": {"name": "r", "namespace": "ns", "changes": {"model": {"revision": "abc"}}},
     "completion_check": {"namespace": "ns", "label_selector": "a=b", "model": "m"},
     "metrics_adapter": {"release": "r", "namespace": "ns"},
     "inference_hpa": {"release": "r", "namespace": "ns"},

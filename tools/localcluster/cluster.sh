@@ -313,6 +313,7 @@ ours() {
 # of this cluster too; they stop by their own PID files.
 stop_host_processes() {
   KUBEINFER_CACHE=$CACHE KUBEINFER_CLUSTER=$NAME "$here/gpu_sim.py" stop || log "gpu_sim.py stop failed"
+  KUBEINFER_CACHE=$CACHE KUBEINFER_CLUSTER=$NAME "$here/podkubelet.py" stop || log "podkubelet.py stop failed"
   KUBEINFER_CACHE=$CACHE KUBEINFER_CLUSTER=$NAME "$here/metrics.sh" down || log "metrics.sh down failed"
   KUBEINFER_CACHE=$CACHE KUBEINFER_CLUSTER=$NAME "$here/sim.sh" stop --all || log "sim.sh stop --all failed"
 }

@@ -43,8 +43,10 @@ from pathlib import Path
 from hostproc import HostProcess, cache_dir, log_tail, pinned, state_dir
 
 INNER_PORT = 8000  # inside the private namespace every port is free
-# In the namespace: bring lo up, relay the Unix socket to the simulator, then become the simulator.
-INNER = 'ip link set lo up || exit 1; socat "UNIX-LISTEN:$1,fork,unlink-early" "TCP:127.0.0.1:$2" & shift 2; exec "$@"'
+# In the namespace: bring lo up, relay the Unix socket to the simulator, wait out the model load ($3 seconds, in which
+# nothing listens, as a vLLM server opens its port only once the weights are in), then become the simulator.
+INNER = ('ip link set lo up || exit 1; socat "UNIX-LISTEN:$1,fork,unlink-early" "TCP:127.0.0.1:$2" & '
+         'load=$3; shift 3; [ "$load" = 0 ] || sleep "$load"; exec "$@"')
 
 
 def sims_dir() -> Path:
@@ -90,21 +92,36 @@ def running(name: str) -> bool:
     return all(p.pid() is not None for p in procs(name))
 
 
-def healthy(port: int) -> bool:
+def healthy(port: int, host: str = "127.0.0.1") -> bool:
     try:
-        with urllib.request.urlopen(f"http://127.0.0.1:{port}/health", timeout=2) as resp:
+        with urllib.request.urlopen(f"http://{host}:{port}/health", timeout=2) as resp:
             return resp.status == 200
     except (urllib.error.URLError, OSError):
         return False
 
 
-def stop(name: str) -> bool:
+def stop(name: str, drain: float = 0) -> bool:
+    """Stop instance NAME. With ``drain`` > 0 the simulator alone gets SIGTERM first and up to ``drain`` s to finish
+    its open requests (it drains them, llm-d-inference-sim pkg/communication/communication.go) while the relays that
+    carry them stay up; then the whole namespace and the host relay are stopped."""
+    sim = procs(name)[0]
+    pid = sim.pid()
+    if drain > 0 and pid is not None:
+        try:
+            os.kill(pid, 15)
+        except ProcessLookupError:
+            pass
+        deadline = time.monotonic() + drain
+        while sim.pid() == pid and time.monotonic() < deadline:
+            time.sleep(0.1)
     stopped = [p.stop(timeout=10) for p in procs(name)]
     (sims_dir() / name / "port").unlink(missing_ok=True)
     return any(stopped)
 
 
-def start(name: str, rest: list[str]) -> int:
+def start(name: str, rest: list[str], bind: str = "127.0.0.1", load_seconds: float = 0, wait: bool = True) -> int:
+    """Start instance NAME (see the module doc); ``bind`` is the host relay's address (a pod IP for podkubelet.py),
+    ``load_seconds`` a model load before the simulator listens, and ``wait`` False returns without waiting for /health."""
     port = 0
     args: list[str] = []
     i = 0
@@ -130,20 +147,23 @@ def start(name: str, rest: list[str]) -> int:
     wanted = json.dumps(args)
     if any(p.pid() is not None for p in procs(name)):
         current = read_int(d / "port")
-        if running(name) and (d / "args").read_text() == wanted and current and port in (0, current) and healthy(current):
+        if running(name) and (d / "args").read_text() == wanted and current and port in (0, current) and (not wait or healthy(current, bind)):
             return current
         log(f"restarting {name} with new arguments")
         stop(name)
     (d / "args").write_text(wanted)
     port = port or free_port()
+    (d / "bind").write_text(bind)
     sock = socket_path(d)
     sim, relay = procs(name)
-    sim.start(["unshare", "--net", "--", "sh", "-c", INNER, "sh", sock, str(INNER_PORT),
+    sim.start(["unshare", "--net", "--", "sh", "-c", INNER, "sh", sock, str(INNER_PORT), f"{load_seconds:g}",
                sim_binary(), "--port", str(INNER_PORT), *args])
-    relay.start(["socat", f"TCP-LISTEN:{port},bind=127.0.0.1,reuseaddr,fork", f"UNIX-CONNECT:{sock}"])
+    relay.start(["socat", f"TCP-LISTEN:{port},bind={bind},reuseaddr,fork", f"UNIX-CONNECT:{sock}"])
     (d / "port").write_text(f"{port}\n")
+    if not wait:
+        return port
     deadline = time.monotonic() + float(os.environ.get("SIM_START_TIMEOUT", "60"))
-    while not healthy(port):
+    while not healthy(port, bind):
         dead = [p for p in (sim, relay) if p.pid() is None]
         if dead or time.monotonic() > deadline:
             stop(name)

@@ -194,7 +194,7 @@ def test_chart_metadata() -> None:
     assert chart["apiVersion"] == "v2"
     assert re.fullmatch(r"\d+\.\d+\.\d+", chart["version"])
     assert chart["kubeVersion"] == ">=1.28.0-0"
-    assert chart["version"] == "0.2.0"  # hardened pods, resources always set, PDB, NetworkPolicy
+    assert chart["version"] == "0.3.0"  # the preStop drain
     assert chart["appVersion"] == values["image"]["vllm"]["tag"]
     assert values["image"]["sim"]["tag"] == VERSIONS["INFERENCE_SIM_VERSION"]
     assert values["engine"] == "vllm"
@@ -905,3 +905,37 @@ def test_model_cache_cannot_shadow_the_scratch_mounts() -> None:
         res = template_result(VALUES_FILES[0], f"modelCache.mountPath={path}")
         assert res.returncode != 0 and "modelCache.mountPath cannot be" in res.stderr, path
     assert template_result(VALUES_FILES[0], "modelCache.mountPath=/tmp/hf").returncode == 0
+
+
+def _deployment(*sets: str, kube_version: str = KUBE_VERSION) -> dict[str, Any]:
+    argv = [HELM, "template", "t", str(CHART), "--kube-version", kube_version, "--set", "model.name=m", *[x for s in sets for x in ("--set", s)]]
+    docs = yaml.safe_load_all(subprocess.run(argv, capture_output=True, text=True, check=True).stdout)
+    return next(d for d in docs if d and d["kind"] == "Deployment")
+
+
+def test_the_pod_drains_with_a_prestop_sleep_shorter_than_its_grace_period() -> None:
+    spec = _deployment()["spec"]["template"]["spec"]
+    assert spec["containers"][0]["lifecycle"] == {"preStop": {"sleep": {"seconds": 15}}} and spec["terminationGracePeriodSeconds"] == 60
+    assert "lifecycle" not in _deployment("preStopSleepSeconds=0")["spec"]["template"]["spec"]["containers"][0]
+    assert "lifecycle" not in _deployment(kube_version="1.29.4")["spec"]["template"]["spec"]["containers"][0], "no sleep action before 1.30"
+    bad = subprocess.run([HELM, "template", "t", str(CHART), "--kube-version", KUBE_VERSION, "--set", "model.name=m",
+                          "--set", "preStopSleepSeconds=60"], capture_output=True, text=True, check=False)
+    assert bad.returncode != 0 and "preStopSleepSeconds (60) must be less than terminationGracePeriodSeconds (60)" in bad.stderr
+
+
+def test_a_canary_is_a_second_deployment_behind_the_same_service() -> None:
+    argv = [HELM, "template", "t", str(CHART), "--kube-version", KUBE_VERSION, "--set", "model.name=m", "--set", "engine=sim",
+            "--set", "replicaCount=3", "--set", "canary.enabled=true", "--set", "canary.values.sim.timeToFirstToken=2s"]
+    docs = [d for d in yaml.safe_load_all(subprocess.run(argv, capture_output=True, text=True, check=True).stdout) if d]
+    deployments = {d["metadata"]["name"]: d for d in docs if d["kind"] == "Deployment"}
+    assert sorted(deployments) == ["t-vllm", "t-vllm-canary"]
+    stable, canary = deployments["t-vllm"], deployments["t-vllm-canary"]
+    service = next(d for d in docs if d["kind"] == "Service")
+    pod_labels = canary["spec"]["template"]["metadata"]["labels"]
+    assert all(pod_labels[k] == v for k, v in service["spec"]["selector"].items()), "the Service selects the canary pods"
+    assert pod_labels["kubeinfer.io/track"] == "canary" and canary["spec"]["selector"]["matchLabels"]["kubeinfer.io/track"] == "canary"
+    assert "kubeinfer.io/track" not in stable["spec"]["selector"]["matchLabels"]
+    assert canary["spec"]["replicas"] == 1 and stable["spec"]["replicas"] == 3
+    args = canary["spec"]["template"]["spec"]["containers"][0]["args"]
+    assert args[args.index("--time-to-first-token") + 1] == "2s"
+    assert "2s" not in stable["spec"]["template"]["spec"]["containers"][0]["args"]

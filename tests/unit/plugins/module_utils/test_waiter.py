@@ -6,6 +6,7 @@ from ansible_collections.kubeinfer.llm.plugins.module_utils._errors import KubeI
 from ansible_collections.kubeinfer.llm.plugins.module_utils._waiter import (
     deployment_rolled_out,
     poll,
+    restarted_before_ready,
     unschedulable_reason,
     wait_for,
 )
@@ -47,6 +48,18 @@ def test_unschedulable_reason_names_the_pod() -> None:
         {"type": "PodScheduled", "status": "False", "reason": "Unschedulable", "message": "0/3 nodes: 2 Insufficient nvidia.com/gpu"}]}}
     assert unschedulable_reason([pod]) == "pod p unschedulable: 0/3 nodes: 2 Insufficient nvidia.com/gpu"
     assert unschedulable_reason([]) is None
+
+
+def test_restarted_before_ready_names_a_pod_the_kubelet_restarted_that_never_became_ready() -> None:
+    def pod(name: str, ready: bool, restarts: int) -> dict:
+        status = {"name": "server", "restartCount": restarts, "state": {"waiting": {"reason": "CrashLoopBackOff"}}}
+        if restarts:
+            status["lastState"] = {"terminated": {"exitCode": 137, "reason": "Error"}}
+        return {"metadata": {"name": name}, "status": {"phase": "Running", "containerStatuses": [status],
+                                                       "conditions": [{"type": "Ready", "status": "True" if ready else "False"}]}}
+    assert restarted_before_ready([pod("ok", True, 2), pod("loading", False, 0)]) is None, "a ready pod's old restarts do not count"
+    assert restarted_before_ready([pod("ok", True, 0), pod("slow", False, 1)]) == (
+        "pod slow: container server was restarted 1 time(s) before it became ready (last exit code 137, Error; now waiting)")
 
 
 def test_poll_reports_the_last_reason_instead_of_raising() -> None:
