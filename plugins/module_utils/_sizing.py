@@ -264,7 +264,7 @@ def startup_budget_seconds(
     DEFAULT_LOAD_THROUGHPUT_GIB_S, DEFAULT_BASE_SECONDS and DEFAULT_SAFETY_FACTOR constants. A 8B bf16
     model (15 GiB) gets 135 s, a 70B bf16 model (130 GiB) 482 s. The time to download the model into
     an empty cache is not included: pre-pull it (model_cache.prefetch, whose load is then budgeted at
-    PREFETCHED_LOAD_THROUGHPUT_GIB_S: 105 s and 220 s), or raise the budget.
+    PREFETCHED_LOAD_THROUGHPUT_GIB_S: 105 s and 221 s), or raise the budget.
     """
     if weights_gib < 0 or load_throughput_gib_s <= 0 or base_seconds < 0 or safety_factor < 1:
         raise KubeInferError(
