@@ -4,6 +4,7 @@
 """The vllm_release runner: preflight, the Helm release lifecycle, the rollout. Private to this collection: the interface may change without notice."""
 from __future__ import annotations
 
+import re
 from typing import Any
 
 from ansible_collections.kubeinfer.llm.plugins.module_utils import _helm_release
@@ -175,10 +176,20 @@ def prefetch_view(job: dict[str, Any] | None, pods: list[dict[str, Any]] | None)
             for cs in (pod.get("status") or {}).get("containerStatuses") or []:
                 term = (cs.get("state") or {}).get("terminated")
                 if term and term.get("exitCode"):
-                    lines = [x.strip() for x in str(term.get("message") or "").splitlines() if x.strip()]
                     view["pods"].append({"name": pod["metadata"]["name"], "exit_code": term["exitCode"],
-                                         "error": lines[-1] if lines else term.get("reason")})
+                                         "error": last_error(str(term.get("message") or "")) or term.get("reason")})
     return view
+
+
+_EXCEPTION_LINE = re.compile(r"^[A-Za-z_][\w.]*(Error|Exception)\b[^:\s]*:")
+
+
+def last_error(message: str) -> str:
+    """The error in a termination message (the log's tail): a Python traceback's last exception line and what follows it
+    (huggingface_hub appends the Hub's own message), else the last line; one line, at most 500 characters."""
+    lines = [x.rstrip() for x in message.splitlines() if x.strip()]
+    start = max((i for i, x in enumerate(lines) if _EXCEPTION_LINE.match(x)), default=len(lines) - 1)
+    return " ".join(x.strip() for x in lines[start:])[:500] if lines else ""
 
 
 def prefetch_failure(view: dict[str, Any], namespace: str) -> str:

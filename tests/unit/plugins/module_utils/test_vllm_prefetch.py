@@ -88,7 +88,7 @@ def failed_job() -> dict[str, Any]:
 
 
 def failed_pod() -> dict[str, Any]:
-    message = "Traceback (most recent call last):\n  File x\nhuggingface_hub.errors.HfHubHTTPError: 401 Client Error: Unauthorized for url: http://hub/api\n"
+    message = "Traceback (most recent call last):\n  File x\nhuggingface_hub.errors.HfHubHTTPError: 401 Client Error: Unauthorized for url: http://hub/api\n\nInvalid credentials\n"
     return {"metadata": {"name": "llama-prefetch-abcde"}, "status": {"phase": "Failed", "containerStatuses": [
         {"name": "download", "state": {"terminated": {"exitCode": 1, "reason": "Error", "message": message}}}]}}
 
@@ -97,7 +97,7 @@ def test_a_failed_prefetch_is_reported_with_the_job_its_reason_and_the_cli_error
     view = _vllm.prefetch_view(failed_job(), [failed_pod()])
     assert view["failed"] and not view["complete"] and view["reason"] == "BackoffLimitExceeded" and view["revision"] == "v2"
     assert view["pods"] == [{"name": "llama-prefetch-abcde", "exit_code": 1,
-                             "error": "huggingface_hub.errors.HfHubHTTPError: 401 Client Error: Unauthorized for url: http://hub/api"}]
+                             "error": "huggingface_hub.errors.HfHubHTTPError: 401 Client Error: Unauthorized for url: http://hub/api Invalid credentials"}]
     msg = _vllm.prefetch_failure(view, "serve")
     assert msg.startswith("model_cache.prefetch: the prefetch Job serve/llama-prefetch failed: BackoffLimitExceeded "
                           "(Job has reached the specified backoff limit); pod llama-prefetch-abcde exited 1: huggingface_hub.errors")
@@ -117,3 +117,8 @@ def test_prefetch_job_is_found_by_its_component_label() -> None:
             {"kind": "Job", "metadata": {"name": "llama-prefetch", "labels": {"app.kubernetes.io/component": "model-prefetch"}}}]
     assert _vllm.prefetch_job(docs) == "llama-prefetch"
     assert _vllm.prefetch_job(docs[:1]) is None
+
+
+def test_last_error_of_a_plain_log_is_its_last_line() -> None:
+    assert _vllm.last_error("downloading\nconnection refused\n") == "connection refused"
+    assert _vllm.last_error("") == ""
