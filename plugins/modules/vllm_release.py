@@ -169,7 +169,7 @@ options:
       prefetch:
         description:
           - Download O(model) at O(revision) into the claim with a Job before the Deployment is created or changed (the chart's
-            C(modelCache.prefetch), a Helm C(pre-install,pre-upgrade) hook: helm waits for the Job to complete, and a failed
+            C(modelCache.prefetch), a Helm C(pre-install,pre-upgrade) hook, so helm waits for the Job to complete, and a failed
             Job fails the run without touching the Deployment). The pods then start with C(HF_HUB_OFFLINE=1).
           - The Job runs the Hugging Face CLI (C(hf download --revision)) into the Hub cache layout under the cache path, with
             the token from O(hf_token_secret) (a C(secretKeyRef), never a Helm value).

@@ -32,7 +32,7 @@ if TYPE_CHECKING:
     from conftest import Audit, PlaybookRunner
 
 sys.path.insert(0, str(TOOLS))
-import prefetch_sim  # noqa: E402  (the harness: its Hub's model tree is what the cache must hold)
+import prefetch_sim
 
 GOOD_TOKEN = "hf_" + "k" * 34  # the Hub account's token (shape of a user access token); the test never logs it
 REPO_ID = prefetch_sim.REPO_ID

@@ -155,7 +155,7 @@ class HubHandler(http.server.BaseHTTPRequestHandler):
     server: Hub
     protocol_version = "HTTP/1.1"
 
-    def log_message(self, format: str, *args: Any) -> None:  # noqa: A002 - the base class's name
+    def log_message(self, format: str, *args: Any) -> None:
         pass
 
     def _send(self, status: int, body: bytes = b"", headers: dict[str, str] | None = None, head: bool = False) -> None:
@@ -180,10 +180,10 @@ class HubHandler(http.server.BaseHTTPRequestHandler):
             return False
         return bool(want) and self.headers.get("Authorization", "") == f"Bearer {want}"
 
-    def do_GET(self) -> None:  # noqa: N802 - http.server's name
+    def do_GET(self) -> None:
         self._handle(head=False)
 
-    def do_HEAD(self) -> None:  # noqa: N802
+    def do_HEAD(self) -> None:
         self._handle(head=True)
 
     def _handle(self, head: bool) -> None:
@@ -258,7 +258,7 @@ class Runner:
             md, uid = pod["metadata"], pod["metadata"]["uid"]
             seen.add(uid)
             if md.get("deletionTimestamp"):
-                self.kill(uid, int((pod["spec"].get("terminationGracePeriodSeconds") or 30)))
+                self.kill(uid, int(pod["spec"].get("terminationGracePeriodSeconds") or 30))
                 continue
             if uid in self.procs:
                 self.poll(uid)

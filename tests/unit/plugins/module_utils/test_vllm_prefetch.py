@@ -88,7 +88,8 @@ def failed_job() -> dict[str, Any]:
 
 
 def failed_pod() -> dict[str, Any]:
-    message = "Traceback (most recent call last):\n  File x\nhuggingface_hub.errors.HfHubHTTPError: 401 Client Error: Unauthorized for url: http://hub/api\n\nInvalid credentials\n"
+    message = ("Traceback (most recent call last):\n  File x\n"
+               "huggingface_hub.errors.HfHubHTTPError: 401 Client Error: Unauthorized for url: http://hub/api\n\nInvalid credentials\n")
     return {"metadata": {"name": "llama-prefetch-abcde"}, "status": {"phase": "Failed", "containerStatuses": [
         {"name": "download", "state": {"terminated": {"exitCode": 1, "reason": "Error", "message": message}}}]}}
 
