@@ -986,3 +986,13 @@ def test_prefetch_refuses_what_it_cannot_honour(sets: tuple[str, ...], fragment:
     res = template_result(PREFETCH, *sets)
     assert res.returncode != 0
     assert fragment in res.stderr
+
+
+def test_prefetch_pod_gets_a_deny_all_ingress_policy_with_network_policy_on() -> None:
+    docs = render(PREFETCH, "networkPolicy.enabled=true")
+    labels = prefetch_job(docs)["spec"]["template"]["metadata"]["labels"]
+    policies = [d for d in docs if d["kind"] == "NetworkPolicy"]
+    covering = [p for p in policies if all(labels.get(k) == v for k, v in p["spec"]["podSelector"]["matchLabels"].items())]
+    assert len(covering) == 1 and covering[0]["metadata"]["name"] == "rel-vllm-prefetch"
+    assert covering[0]["spec"]["policyTypes"] == ["Ingress"] and "ingress" not in covering[0]["spec"]
+    assert len([d for d in render(VALUES_FILES[0], "networkPolicy.enabled=true") if d["kind"] == "NetworkPolicy"]) == 2
