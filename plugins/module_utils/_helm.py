@@ -126,7 +126,8 @@ class Helm:
     # -- write -----------------------------------------------------------------------
     def upgrade_install(self, name: str, chart: str, namespace: str, values: dict[str, Any],
                         version: str | None = None, repo: str | None = None, create_namespace: bool = False,
-                        wait: bool = False, timeout: int = 300) -> str:
+                        wait: bool = False, timeout: int = 300, hook_timeout: int | None = None) -> str:
+        """``helm upgrade --install``; ``hook_timeout`` bounds helm's wait for hook Jobs (pre-install/pre-upgrade) without --wait."""
         args = ["upgrade", "--install", name, chart, "--namespace", namespace, "--reset-values"]
         if version:
             args += ["--version", version]
@@ -135,7 +136,9 @@ class Helm:
         if create_namespace:
             args.append("--create-namespace")
         if wait:
-            args += ["--wait", "--timeout", f"{timeout}s"]
+            args += ["--wait", "--timeout", f"{max(timeout, hook_timeout or 0)}s"]
+        elif hook_timeout:
+            args += ["--timeout", f"{hook_timeout}s"]
         return self.run(args, values=values)
 
     def rollback(self, name: str, namespace: str, revision: int | None = None) -> None:

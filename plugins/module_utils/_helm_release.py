@@ -420,26 +420,28 @@ def plan(current: Current, chart: Chart, desired: dict[str, Any]) -> Plan:
 
 
 def apply(kube: Kube, helm: Helm, planned: Plan, create_namespace: bool, atomic: bool, helm_wait: bool = False, timeout: int = 300,
-          wait: Callable[[], Any] | None = None) -> dict[str, Any]:
+          wait: Callable[[], Any] | None = None, hook_timeout: int | None = None) -> dict[str, Any]:
     """Run ``helm upgrade --install`` for ``planned``, then ``wait`` (the caller's readiness wait, if any), holding
     the release's OperationLease throughout (the namespace is made first when ``create_namespace``: the Lease lives there).
 
     ``helm_wait`` makes helm itself wait up to ``timeout`` (``--wait``). With ``atomic`` a failure of either
-    is undone (see undo) and the error carries ``rolled_back``. Returns the release view after the upgrade.
+    is undone (see undo) and the error carries ``rolled_back``. ``hook_timeout`` bounds helm's wait for the chart's hook
+    Jobs (helm's own default is 5 minutes). Returns the release view after the upgrade.
     """
     if create_namespace and kube.get("v1", "Namespace", planned.namespace) is None:
         kube.create({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": planned.namespace}})
     revision = release_view(planned.row, planned.name, planned.namespace)["revision"]
     with OperationLease(kube, planned.name, planned.namespace, revision + 1, "upgrade" if planned.row else "install"):
-        return _apply(helm, planned, create_namespace, atomic, helm_wait, timeout, wait)
+        return _apply(helm, planned, create_namespace, atomic, helm_wait, timeout, wait, hook_timeout)
 
 
 def _apply(helm: Helm, planned: Plan, create_namespace: bool, atomic: bool, helm_wait: bool, timeout: int,
-           wait: Callable[[], Any] | None) -> dict[str, Any]:
+           wait: Callable[[], Any] | None, hook_timeout: int | None = None) -> dict[str, Any]:
     chart = planned.chart
     try:
         helm.upgrade_install(planned.name, chart.ref, planned.namespace, planned.desired, version=chart.version_arg,
-                             repo=chart.repo, create_namespace=create_namespace, wait=helm_wait, timeout=timeout)
+                             repo=chart.repo, create_namespace=create_namespace, wait=helm_wait, timeout=timeout,
+                             hook_timeout=hook_timeout)
         row = helm.release(planned.name, planned.namespace)
         after = release_view(row, planned.name, planned.namespace)
         if row and not chart.matches(row.get("chart")):

@@ -56,6 +56,11 @@ DEFAULT_LOAD_THROUGHPUT_GIB_S = 0.5
 read and copy to GPU run at roughly 0.3-1 GiB/s; 0.5 GiB/s (about 4 Gbit/s) is the assumed middle.
 A warm local NVMe cache is 2-5x faster, a first download from the Hugging Face Hub often slower."""
 
+PREFETCHED_LOAD_THROUGHPUT_GIB_S = 1.5
+"""Weight load rate when a prefetch Job has just written the model into the cache volume (model_cache.prefetch):
+the pod reads a complete, local copy, with no Hub round trip and often still in the node's page cache; 3x the cold
+rate, the low end of the 2-5x of a warm local cache (DEFAULT_LOAD_THROUGHPUT_GIB_S)."""
+
 DEFAULT_BASE_SECONDS = 60
 """Fixed part of a vLLM start: Python and CUDA initialization, the profiling run, KV cache
 allocation and CUDA graph capture (30-90 s on current GPUs, independent of model size)."""
@@ -258,7 +263,8 @@ def startup_budget_seconds(
     they share the volume's bandwidth, so the whole size counts). Defaults and their reasons are the
     DEFAULT_LOAD_THROUGHPUT_GIB_S, DEFAULT_BASE_SECONDS and DEFAULT_SAFETY_FACTOR constants. A 8B bf16
     model (15 GiB) gets 135 s, a 70B bf16 model (130 GiB) 482 s. The time to download the model into
-    an empty cache is not included: pre-pull it, or raise the budget.
+    an empty cache is not included: pre-pull it (model_cache.prefetch, whose load is then budgeted at
+    PREFETCHED_LOAD_THROUGHPUT_GIB_S: 105 s and 221 s), or raise the budget.
     """
     if weights_gib < 0 or load_throughput_gib_s <= 0 or base_seconds < 0 or safety_factor < 1:
         raise KubeInferError(

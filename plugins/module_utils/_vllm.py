@@ -4,6 +4,7 @@
 """The vllm_release runner: preflight, the Helm release lifecycle, the rollout. Private to this collection: the interface may change without notice."""
 from __future__ import annotations
 
+import re
 from typing import Any
 
 from ansible_collections.kubeinfer.llm.plugins.module_utils import _helm_release
@@ -20,7 +21,7 @@ from ansible_collections.kubeinfer.llm.plugins.module_utils._k8s_names import (
 from ansible_collections.kubeinfer.llm.plugins.module_utils._manifests import parse_manifests, served_workload, validate_manifests
 from ansible_collections.kubeinfer.llm.plugins.module_utils._resources import Kube
 from ansible_collections.kubeinfer.llm.plugins.module_utils._vllm_capacity import allocatable_gpus, check_capacity, eligible_nodes, plan_capacity
-from ansible_collections.kubeinfer.llm.plugins.module_utils._vllm_values import build_values, schema_problem, sizing, validate
+from ansible_collections.kubeinfer.llm.plugins.module_utils._vllm_values import build_values, hook_timeout, schema_problem, sizing, validate
 from ansible_collections.kubeinfer.llm.plugins.module_utils._waiter import deployment_rolled_out, restarted_before_ready, unschedulable_reason, wait_for
 
 TIMEOUT_MARGIN_SECONDS = 120
@@ -114,17 +115,92 @@ def _present(kube: Kube, helm: Helm, p: dict[str, Any], check_mode: bool, diff: 
     def rolled_out() -> None:
         result["waited_seconds"] = wait_rolled_out(kube, namespace, workload, timeout, budget["seconds"])
 
+    job = prefetch_job(docs)
     if planned.reasons and not check_mode:
-        result["release"] = _helm_release.apply(kube, helm, planned, p["create_namespace"], p["atomic"],
-                                                wait=rolled_out if p["wait"] else None)
+        try:
+            result["release"] = _helm_release.apply(kube, helm, planned, p["create_namespace"], p["atomic"],
+                                                    wait=rolled_out if p["wait"] else None, hook_timeout=hook_timeout(desired))
+        except KubeInferError as e:
+            if job is None:
+                raise
+            view = prefetch_view(kube.get("batch/v1", "Job", job, namespace), kube.list("v1", "Pod", namespace, label_selector=f"job-name={job}"))
+            result["prefetch"] = view
+            if view.get("failed"):
+                raise KubeInferError(prefetch_failure(view, namespace) + f" (helm: {e.msg})", **dict(e.result, prefetch=view)) from e
+            raise
     elif p["wait"] and not check_mode and current.row is not None:
         rolled_out()  # nothing to change, but the caller asked for a rolled-out release: wait for it without writing
 
+    if job is not None:
+        # A read only: on a converged re-run helm runs no hook, and the Job of the last install or upgrade is reported.
+        result["prefetch"] = prefetch_view(kube.get("batch/v1", "Job", job, namespace), None)
     pods_now = live_pods(kube, namespace, workload["selector"])
     result["pods"] = [x["metadata"]["name"] for x in pods_now]
     result["placement"] = placement(pods_now)
     result["rollout"] = _rollout_status(kube.get("apps/v1", "Deployment", workload["deployment"], namespace))
     return planned
+
+
+PREFETCH_COMPONENT = "model-prefetch"
+"""app.kubernetes.io/component of the chart's prefetch Job (modelCache.prefetch; templates/prefetch-job.yaml)."""
+
+
+def prefetch_job(docs: list[dict[str, Any]]) -> str | None:
+    """The name of the prefetch Job in the rendered chart, None when prefetch is off."""
+    for doc in docs:
+        labels = (doc.get("metadata") or {}).get("labels") or {}
+        if doc.get("kind") == "Job" and labels.get("app.kubernetes.io/component") == PREFETCH_COMPONENT:
+            return str(doc["metadata"]["name"])
+    return None
+
+
+def prefetch_view(job: dict[str, Any] | None, pods: list[dict[str, Any]] | None) -> dict[str, Any]:
+    """The prefetch Job as reported: its revision, Complete/Failed condition, completion time and, for a failure,
+    each failed pod's exit code and the last line of its termination message (the download CLI's own error)."""
+    if job is None:
+        return {"exists": False}
+    md, status = job["metadata"], job.get("status") or {}
+    conditions = {c.get("type"): c for c in status.get("conditions") or [] if c.get("status") == "True"}
+    failed = conditions.get("Failed")
+    view: dict[str, Any] = {
+        "exists": True, "name": md["name"], "revision": (md.get("annotations") or {}).get("kubeinfer.io/model-revision"),
+        "complete": "Complete" in conditions, "failed": failed is not None, "completion_time": status.get("completionTime"),
+        "start_time": status.get("startTime"), "succeeded": status.get("succeeded", 0), "failed_pods": status.get("failed", 0),
+    }
+    if failed is not None:
+        view["reason"] = failed.get("reason")
+        view["message"] = failed.get("message")
+    if pods is not None:
+        view["pods"] = []
+        for pod in sorted(pods, key=lambda x: x["metadata"]["name"]):
+            for cs in (pod.get("status") or {}).get("containerStatuses") or []:
+                term = (cs.get("state") or {}).get("terminated")
+                if term and term.get("exitCode"):
+                    view["pods"].append({"name": pod["metadata"]["name"], "exit_code": term["exitCode"],
+                                         "error": last_error(str(term.get("message") or "")) or term.get("reason")})
+    return view
+
+
+_EXCEPTION_LINE = re.compile(r"^[A-Za-z_][\w.]*(Error|Exception)\b[^:\s]*:")
+
+
+def last_error(message: str) -> str:
+    """The error in a termination message (the log's tail): a Python traceback's last exception line and what follows it
+    (huggingface_hub appends the Hub's own message), else the last line; one line, at most 500 characters."""
+    lines = [x.rstrip() for x in message.splitlines() if x.strip()]
+    start = max((i for i, x in enumerate(lines) if _EXCEPTION_LINE.match(x)), default=len(lines) - 1)
+    return " ".join(x.strip() for x in lines[start:])[:500] if lines else ""
+
+
+def prefetch_failure(view: dict[str, Any], namespace: str) -> str:
+    """The failure message: the option, the Job and its reason, the pods' errors, and that the Deployment was kept."""
+    msg = f"model_cache.prefetch: the prefetch Job {namespace}/{view['name']} failed: {view.get('reason')}"
+    if view.get("message"):
+        msg += f" ({view['message']})"
+    errors = [f"pod {x['name']} exited {x['exit_code']}: {x['error']}" for x in view.get("pods") or []]
+    if errors:
+        msg += "; " + "; ".join(errors)
+    return msg + "; the Deployment was not changed (helm stops before it when a pre-install/pre-upgrade hook fails)"
 
 
 INFERENCE_SERVER_SELECTOR = "app.kubernetes.io/part-of=kubeinfer,app.kubernetes.io/component=inference-server"

@@ -164,6 +164,7 @@ def validate(p: dict[str, Any]) -> None:
         problems.append("extra_args and quantization: only for engine=vllm; the simulator accepts only its own flags")
     if (p["model_cache"] or {}).get("type") == "hostPath" and not p["model_cache"]["host_path"]:
         problems.append("model_cache.host_path: required with model_cache.type=hostPath")
+    problems += prefetch_problems(p)
     if problems:
         raise KubeInferError("; ".join(problems))
     check_free_values(p)
@@ -171,6 +172,50 @@ def validate(p: dict[str, Any]) -> None:
     if p["hf_token_secret"]:
         check_object_name(p["hf_token_secret"]["name"], "hf_token_secret.name", "Secret name")
         check_data_key(p["hf_token_secret"]["key"], "hf_token_secret.key")
+
+
+PREFETCH_TIMEOUT_SECONDS = 3600
+"""Default model_cache.prefetch_timeout: the Job's activeDeadlineSeconds, and how long helm waits for the hook Job."""
+HOOK_TIMEOUT_MARGIN_SECONDS = 60
+"""helm waits this much longer than the Job's deadline, so that the Job controller, not helm, reports a slow download."""
+
+
+def prefetch_problems(p: dict[str, Any]) -> list[str]:
+    """Why model_cache.prefetch cannot be honoured, each message led by the option to change.
+
+    The Job is a Helm pre-install hook, so it runs before any object of the release exists: the claim must be there
+    first (existing_claim). The revision is pinned, so that what the Job fetched is what the offline pods load.
+    """
+    cache = p["model_cache"] or {}
+    if not cache.get("prefetch"):
+        if cache.get("prefetch_timeout") is not None:
+            return ["model_cache.prefetch_timeout: only with model_cache.prefetch=true"]
+        return []
+    out = []
+    if cache.get("type") != "pvc":
+        out.append(f"model_cache.type: must be pvc with model_cache.prefetch=true, got {cache.get('type')}")
+    elif not cache.get("existing_claim"):
+        out.append("model_cache.existing_claim: required with model_cache.prefetch=true (the prefetch Job is a pre-install hook "
+                   "and runs before a claim created by the release would exist; create the claim first)")
+    if not str(p["revision"] or "").strip():
+        out.append("revision: required with model_cache.prefetch=true; pin the revision the Job downloads and the pods load "
+                   "offline (a commit hash, or a tag or branch)")
+    if cache.get("prefetch_timeout") is not None and cache["prefetch_timeout"] < 1:
+        out.append(f"model_cache.prefetch_timeout: must be >= 1, got {cache['prefetch_timeout']}")
+    return out
+
+
+def prefetch_enabled(values: dict[str, Any]) -> bool:
+    """Whether the chart values (as built, free values merged) turn the prefetch Job on."""
+    return bool((((values.get("modelCache") or {}).get("prefetch")) or {}).get("enabled"))
+
+
+def hook_timeout(values: dict[str, Any]) -> int | None:
+    """helm's --timeout for the prefetch hook Job: its activeDeadlineSeconds plus a margin; None without prefetch."""
+    if not prefetch_enabled(values):
+        return None
+    deadline = values["modelCache"]["prefetch"].get("activeDeadlineSeconds") or PREFETCH_TIMEOUT_SECONDS
+    return int(deadline) + HOOK_TIMEOUT_MARGIN_SECONDS
 
 
 def tensor_parallel(p: dict[str, Any]) -> int:
@@ -298,6 +343,8 @@ def _cache_values(cache: dict[str, Any]) -> dict[str, Any]:
         out["pvc"] = pvc
     if cache.get("host_path"):
         out["hostPath"] = {"path": cache["host_path"]}
+    if cache.get("prefetch"):
+        out["prefetch"] = {"enabled": True, "activeDeadlineSeconds": int(cache.get("prefetch_timeout") or PREFETCH_TIMEOUT_SECONDS)}
     return out
 
 
@@ -339,7 +386,9 @@ def sizing(p: dict[str, Any], gpu_nodes: list[dict[str, Any]], pending: bool = F
             raise KubeInferError(e.msg.replace("The model does not fit: ", f"model: {p['model']!r} does not fit: ", 1), **e.result) from e
     estimate["params_billion_source"] = params_source
     estimate["gpu_memory_mib_source"] = memory_source
-    throughput = p["load_throughput_gib_s"] or _sizing.DEFAULT_LOAD_THROUGHPUT_GIB_S
+    prefetched = bool((p["model_cache"] or {}).get("prefetch"))
+    default_throughput = _sizing.PREFETCHED_LOAD_THROUGHPUT_GIB_S if prefetched else _sizing.DEFAULT_LOAD_THROUGHPUT_GIB_S
+    throughput = p["load_throughput_gib_s"] or default_throughput
     budget = {
         "weights_gib": estimate["weights_gib"],
         "load_throughput_gib_s": throughput,
@@ -349,7 +398,8 @@ def sizing(p: dict[str, Any], gpu_nodes: list[dict[str, Any]], pending: bool = F
     if p["startup_budget_seconds"]:
         budget.update(seconds=int(p["startup_budget_seconds"]), source="startup_budget_seconds")
     else:
-        budget.update(seconds=_sizing.startup_budget_seconds(estimate["weights_gib"], throughput), source="model size / load throughput")
+        source = "model size / load throughput" + (" (prefetched cache)" if prefetched and not p["load_throughput_gib_s"] else "")
+        budget.update(seconds=_sizing.startup_budget_seconds(estimate["weights_gib"], throughput), source=source)
     return estimate, budget
 
 

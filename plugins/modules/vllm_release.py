@@ -18,8 +18,8 @@ description:
     C(helm template --kube-version <server version>) with every rendered object validated by the C(kubernetes-validate)
     library in strict mode. When the preflight fails, nothing is installed."
   - The startup probe budget is derived from the model size and a load throughput assumption (O(load_throughput_gib_s),
-    0.5 GiB/s by default, plus 60 s of engine start, times 1.5), or taken from O(startup_budget_seconds). The value used is
-    returned as RV(startup_budget_seconds).
+    0.5 GiB/s by default, 1.5 GiB/s with O(model_cache.prefetch), plus 60 s of engine start, times 1.5), or taken from
+    O(startup_budget_seconds). The value used is returned as RV(startup_budget_seconds).
   - No upgrade is made when the release already has this chart version and exactly these values, so a re-run makes no write.
   - After an install or upgrade the module waits for the Deployment to roll out, up to O(timeout). When the deadline passes
     while pods are Pending, the failure carries the scheduler's reason. With O(atomic=true) a failed install is uninstalled and
@@ -166,6 +166,23 @@ options:
         description: Set C(HF_HUB_OFFLINE=1), so that only the cached model is loaded.
         type: bool
         default: false
+      prefetch:
+        description:
+          - Download O(model) at O(revision) into the claim with a Job before the Deployment is created or changed (the chart's
+            C(modelCache.prefetch), a Helm C(pre-install,pre-upgrade) hook, so helm waits for the Job to complete, and a failed
+            Job fails the run without touching the Deployment). The pods then start with C(HF_HUB_OFFLINE=1).
+          - The Job runs the Hugging Face CLI (C(hf download --revision)) into the Hub cache layout under the cache path, with
+            the token from O(hf_token_secret) (a C(secretKeyRef), never a Helm value).
+          - Requires O(model_cache.type=pvc), O(model_cache.existing_claim) (the hook runs before a claim of the release
+            would exist) and O(revision).
+          - The startup budget then assumes a local load (1.5 GiB/s instead of 0.5 GiB/s) unless O(load_throughput_gib_s) is set.
+          - A re-run with the same options makes no helm upgrade, so it runs no Job.
+        type: bool
+        default: false
+      prefetch_timeout:
+        description:
+          - Seconds the download may take (the Job's C(activeDeadlineSeconds)); helm waits 60 s longer. Default 3600.
+        type: int
   gpu_products:
     description:
       - Require one of these C(nvidia.com/gpu.product) label values (node affinity).
@@ -414,6 +431,19 @@ sizing:
     per_gpu_usable_gib: 72.0
     fits: true
     smallest_fitting_tensor_parallel: 1
+prefetch:
+  description:
+    - The model prefetch Job (O(model_cache.prefetch)) as read after the run; on a failed download also each failed pod's
+      exit code and the last line of its termination message.
+  type: dict
+  returned: when O(model_cache.prefetch=true) and the chart was rendered
+  sample:
+    exists: true
+    name: llama-prefetch
+    revision: 0e9e39f249a16976918f6564b8830bc894c89659
+    complete: true
+    failed: false
+    completion_time: "2026-12-03T12:19:41Z"
 startup_budget_seconds:
   description: The startup probe budget written to the chart, in seconds.
   type: int
@@ -600,6 +630,8 @@ ARGUMENT_SPEC = argument_spec(
         "existing_claim": {"type": "str"},
         "host_path": {"type": "str"},
         "offline": {"type": "bool", "default": False},
+        "prefetch": {"type": "bool", "default": False},
+        "prefetch_timeout": {"type": "int"},
     }},
     gpu_products={"type": "list", "elements": "str", "default": []},
     node_selector={"type": "dict", "default": {}},

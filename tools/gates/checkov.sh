@@ -61,6 +61,8 @@ matrix=(
   "sim-r3|sim|off|{engine: sim, replicaCount: 3, metrics: {podMonitor: {enabled: true}}}"
   "sim-r1-np|sim|on|{engine: sim, replicaCount: 1, networkPolicy: {enabled: true}}"
   "sim-r3-np|sim|on|{engine: sim, replicaCount: 3, networkPolicy: {enabled: true, allowedNamespaces: [gateway]}}"
+  "vllm-prefetch|vllm|off|{replicaCount: 1, hfToken: {secretName: hf-token}, model: {revision: 0e9e39f249a16976918f6564b8830bc894c89659}, modelCache: {type: pvc, pvc: {existingClaim: models}, prefetch: {enabled: true}}}"
+  "sim-prefetch-np|sim|on|{engine: sim, replicaCount: 2, networkPolicy: {enabled: true}, model: {revision: main}, modelCache: {type: pvc, pvc: {existingClaim: models}, prefetch: {enabled: true}}}"
 )
 
 base_skips="CKV_K8S_43,CKV_K8S_15,CKV_K8S_35"

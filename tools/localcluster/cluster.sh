@@ -309,13 +309,14 @@ ours() {
   kill -0 "$1" 2>/dev/null && tr '\0' ' ' < "/proc/$1/cmdline" 2>/dev/null | grep -qF "$CLUSTER_DIR/"
 }
 
-# The metrics chain (metrics.sh) and the simulators (sim.sh) are host processes
+# The metrics chain (metrics.sh), the simulators (sim.sh) and the prefetch kubelet (prefetch_sim.py) are host processes
 # of this cluster too; they stop by their own PID files.
 stop_host_processes() {
   KUBEINFER_CACHE=$CACHE KUBEINFER_CLUSTER=$NAME "$here/gpu_sim.py" stop || log "gpu_sim.py stop failed"
   KUBEINFER_CACHE=$CACHE KUBEINFER_CLUSTER=$NAME "$here/podkubelet.py" stop || log "podkubelet.py stop failed"
   KUBEINFER_CACHE=$CACHE KUBEINFER_CLUSTER=$NAME "$here/metrics.sh" down || log "metrics.sh down failed"
   KUBEINFER_CACHE=$CACHE KUBEINFER_CLUSTER=$NAME "$here/sim.sh" stop --all || log "sim.sh stop --all failed"
+  KUBEINFER_CACHE=$CACHE KUBEINFER_CLUSTER=$NAME "$here/prefetch_sim.py" stop || log "prefetch_sim.py stop failed"
 }
 
 cmd_down() {

@@ -53,6 +53,10 @@ spec:
         {{- end }}
       annotations:
         kubeinfer.io/startup-budget-seconds: {{ .Values.probes.startup.budgetSeconds | int | toString | quote }}
+        {{- if $cache.prefetch.enabled }}
+        # The prefetched revision: a new one rolls the pods (they load only what the cache holds), whatever the engine.
+        kubeinfer.io/model-revision: {{ .Values.model.revision | quote }}
+        {{- end }}
         {{- if .Values.metrics.podAnnotations }}
         prometheus.io/scrape: "true"
         prometheus.io/path: /metrics
@@ -141,7 +145,7 @@ spec:
               value: vllm
             {{- end }}
             {{- end }}
-            {{- if $cache.offline }}
+            {{- if or $cache.offline $cache.prefetch.enabled }}
             - name: HF_HUB_OFFLINE
               value: "1"
             {{- end }}

@@ -175,3 +175,21 @@ limits:
   {{ $k }}: {{ $v | toString | quote }}
   {{- end }}
 {{- end }}
+
+{{/* vllm.prefetchSelectorLabels: the labels of the prefetch Job's pod, distinct from vllm.selectorLabels so that neither the ReplicaSet nor the Service takes it. */}}
+{{- define "vllm.prefetchSelectorLabels" -}}
+app.kubernetes.io/name: {{ include "vllm.name" . }}-prefetch
+app.kubernetes.io/instance: {{ .Release.Name }}
+{{- end }}
+
+{{/* vllm.prefetchLabels: the standard labels of the prefetch Job and its pod (component model-prefetch). */}}
+{{- define "vllm.prefetchLabels" -}}
+helm.sh/chart: {{ include "vllm.chart" . }}
+{{ include "vllm.prefetchSelectorLabels" . }}
+app.kubernetes.io/version: {{ .Chart.AppVersion | quote }}
+app.kubernetes.io/managed-by: {{ .Release.Service }}
+app.kubernetes.io/component: model-prefetch
+app.kubernetes.io/part-of: kubeinfer
+kubeinfer.io/release: {{ .Release.Name | quote }}
+kubeinfer.io/model: {{ include "vllm.modelLabel" . | quote }}
+{{- end }}

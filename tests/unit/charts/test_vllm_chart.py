@@ -194,7 +194,7 @@ def test_chart_metadata() -> None:
     assert chart["apiVersion"] == "v2"
     assert re.fullmatch(r"\d+\.\d+\.\d+", chart["version"])
     assert chart["kubeVersion"] == ">=1.28.0-0"
-    assert chart["version"] == "0.3.0"  # the preStop drain
+    assert chart["version"] == "0.3.0"  # 0.2.0 hardened pods, PDB, NetworkPolicy; 0.3.0 prefetch Job, preStop drain, canary
     assert chart["appVersion"] == values["image"]["vllm"]["tag"]
     assert values["image"]["sim"]["tag"] == VERSIONS["INFERENCE_SIM_VERSION"]
     assert values["engine"] == "vllm"
@@ -436,13 +436,16 @@ def test_model_cache(values_file: Path) -> None:
     c = container(docs)
     env = env_of(c)
     assert env["HF_HOME"]["value"] == cache["mountPath"]
-    assert ("HF_HUB_OFFLINE" in env) == cache["offline"]
-    if cache["offline"]:
+    offline = cache["offline"] or cache["prefetch"]["enabled"]
+    assert ("HF_HUB_OFFLINE" in env) == offline
+    if offline:
         assert env["HF_HUB_OFFLINE"]["value"] == "1"
     assert {"name": "model-cache", "mountPath": cache["mountPath"]} in c["volumeMounts"]
     volume = next(v for v in only(docs, "Deployment")["spec"]["template"]["spec"]["volumes"] if v["name"] == "model-cache")
     pvcs = [d for d in docs if d["kind"] == "PersistentVolumeClaim"]
-    if cache["type"] == "pvc":
+    if cache["type"] == "pvc" and cache["pvc"]["existingClaim"]:
+        assert volume["persistentVolumeClaim"]["claimName"] == cache["pvc"]["existingClaim"] and not pvcs
+    elif cache["type"] == "pvc":
         assert volume["persistentVolumeClaim"]["claimName"] == "rel-vllm-model-cache"
         assert len(pvcs) == 1 and pvcs[0]["metadata"]["name"] == "rel-vllm-model-cache"
         assert pvcs[0]["spec"]["resources"]["requests"]["storage"] == cache["pvc"]["size"]
@@ -939,3 +942,91 @@ def test_a_canary_is_a_second_deployment_behind_the_same_service() -> None:
     args = canary["spec"]["template"]["spec"]["containers"][0]["args"]
     assert args[args.index("--time-to-first-token") + 1] == "2s"
     assert "2s" not in stable["spec"]["template"]["spec"]["containers"][0]["args"]
+
+
+# --- model prefetch (modelCache.prefetch) -----------------------------------------------------------
+
+PREFETCH = VALUES_DIR / "prefetch-pvc.yaml"
+
+
+def prefetch_job(docs: list[dict[str, Any]]) -> dict[str, Any]:
+    jobs = [d for d in docs if d["kind"] == "Job"]
+    assert len(jobs) == 1, f"expected one Job, got {len(jobs)}"
+    return jobs[0]
+
+
+def test_prefetch_job_is_a_pre_install_and_pre_upgrade_hook_that_outlives_its_run() -> None:
+    job = prefetch_job(render(PREFETCH))
+    annotations = job["metadata"]["annotations"]
+    assert annotations["helm.sh/hook"] == "pre-install,pre-upgrade"
+    # Not hook-succeeded: the finished Job stays readable (its Complete condition, its completionTime).
+    assert annotations["helm.sh/hook-delete-policy"] == "before-hook-creation"
+    assert annotations["kubeinfer.io/model-revision"] == "0e9e39f249a16976918f6564b8830bc894c89659"
+    assert job["spec"]["activeDeadlineSeconds"] == 1800 and job["spec"]["backoffLimit"] == 2
+    assert job["spec"]["template"]["spec"]["restartPolicy"] == "Never"
+
+
+def test_prefetch_downloads_the_pinned_revision_into_the_server_cache_layout_with_the_token_from_the_secret() -> None:
+    docs = render(PREFETCH)
+    pod = prefetch_job(docs)["spec"]["template"]["spec"]
+    c = pod["containers"][0]
+    assert c["image"] == "vllm/vllm-openai:v0.11.0"
+    assert c["command"] == ["hf", "download", "meta-llama/Llama-3.1-8B-Instruct", "--revision",
+                            "0e9e39f249a16976918f6564b8830bc894c89659", "--include", "*.json", "--include", "*.safetensors"]
+    assert "--local-dir" not in c["command"], "the Hub cache layout under HF_HOME is what the offline server reads"
+    env = env_of(c)
+    server = container(docs)
+    assert env["HF_HOME"]["value"] == env_of(server)["HF_HOME"]["value"]
+    assert env["HF_TOKEN"] == {"name": "HF_TOKEN", "valueFrom": {"secretKeyRef": {"name": "hf-token", "key": "token", "optional": False}}}
+    assert "HF_HUB_OFFLINE" not in env
+    mounts = {m["name"]: m["mountPath"] for m in c["volumeMounts"]}
+    assert mounts["model-cache"] == env["HF_HOME"]["value"]
+    volumes = {v["name"]: v for v in pod["volumes"]}
+    assert volumes["model-cache"]["persistentVolumeClaim"] == {"claimName": "models"}
+    assert c["terminationMessagePolicy"] == "FallbackToLogsOnError"
+    assert "nvidia.com/gpu" not in json.dumps(c["resources"])
+    assert pod["nodeSelector"] == {"node-pool": "gpu"}
+
+
+def test_prefetch_pods_start_offline_and_roll_on_a_new_revision() -> None:
+    docs = render(PREFETCH)
+    dep = only(docs, "Deployment")
+    assert env_of(container(docs))["HF_HUB_OFFLINE"]["value"] == "1"
+    assert dep["spec"]["template"]["metadata"]["annotations"]["kubeinfer.io/model-revision"] == "0e9e39f249a16976918f6564b8830bc894c89659"
+    # The engine sim renders no --revision, so the annotation is what rolls its pods onto a new revision.
+    sim = render(PREFETCH, "engine=sim", "model.revision=v2")
+    assert only(sim, "Deployment")["spec"]["template"]["metadata"]["annotations"]["kubeinfer.io/model-revision"] == "v2"
+
+
+def test_prefetch_pod_is_never_taken_by_the_deployment_or_the_service() -> None:
+    docs = render(PREFETCH)
+    labels = prefetch_job(docs)["spec"]["template"]["metadata"]["labels"]
+    selector = only(docs, "Deployment")["spec"]["selector"]["matchLabels"]
+    assert not all(labels.get(k) == v for k, v in selector.items())
+    assert not all(labels.get(k) == v for k, v in only(docs, "Service")["spec"]["selector"].items())
+    assert labels["app.kubernetes.io/component"] == "model-prefetch"
+
+
+def test_prefetch_off_renders_no_job() -> None:
+    assert not [d for d in render(VALUES_FILES[0]) if d["kind"] == "Job"]
+
+
+@pytest.mark.parametrize("sets, fragment", [
+    (("modelCache.type=emptyDir",), "modelCache.prefetch.enabled needs modelCache.type pvc"),
+    (("modelCache.pvc.existingClaim=",), "modelCache.prefetch.enabled needs modelCache.pvc.existingClaim"),
+    (("model.revision=",), "modelCache.prefetch.enabled needs model.revision"),
+])
+def test_prefetch_refuses_what_it_cannot_honour(sets: tuple[str, ...], fragment: str) -> None:
+    res = template_result(PREFETCH, *sets)
+    assert res.returncode != 0
+    assert fragment in res.stderr
+
+
+def test_prefetch_pod_gets_a_deny_all_ingress_policy_with_network_policy_on() -> None:
+    docs = render(PREFETCH, "networkPolicy.enabled=true")
+    labels = prefetch_job(docs)["spec"]["template"]["metadata"]["labels"]
+    policies = [d for d in docs if d["kind"] == "NetworkPolicy"]
+    covering = [p for p in policies if all(labels.get(k) == v for k, v in p["spec"]["podSelector"]["matchLabels"].items())]
+    assert len(covering) == 1 and covering[0]["metadata"]["name"] == "rel-vllm-prefetch"
+    assert covering[0]["spec"]["policyTypes"] == ["Ingress"] and "ingress" not in covering[0]["spec"]
+    assert len([d for d in render(VALUES_FILES[0], "networkPolicy.enabled=true") if d["kind"] == "NetworkPolicy"]) == 2
