@@ -50,17 +50,66 @@ def validate(p: dict[str, Any]) -> None:
     check_range(p["max_error_rate"], "max_error_rate", 0, 1)
     check_range(p["max_tokens"], "max_tokens", 1, unit="tokens")
     check_range(p["timeout"], "timeout", 1, unit="seconds")
+    check_range(p["weight"], "weight", 1, 99, unit="percent")
+    if p["httproute"] is not None:
+        check_dns_label(p["httproute"], "httproute", "HTTPRoute name", 253)
 
 
-def canary_values(stable: dict[str, Any], changes: dict[str, Any], replicas: int) -> dict[str, Any]:
+ROUTE_API = "gateway.networking.k8s.io/v1"
+
+
+def read_route(kube: Kube, name: str, namespace: str, service: str) -> dict[str, Any]:
+    """The HTTPRoute the weights go into; it must exist and send traffic to the release's Service."""
+    try:
+        kube.ref(ROUTE_API, "HTTPRoute")
+    except KubeInferError as e:
+        raise KubeInferError(f"httproute: the cluster has no Gateway API HTTPRoute ({e.msg}); install the Gateway API CRDs and an "
+                             "implementation, or leave httproute unset to split by replica ratio") from e
+    route = kube.get(ROUTE_API, "HTTPRoute", name, namespace)
+    if route is None:
+        raise KubeInferError(f"httproute: HTTPRoute {namespace}/{name} does not exist")
+    if not any(is_backend(ref, service) for rule in route.get("spec", {}).get("rules") or [] for ref in rule.get("backendRefs") or []):
+        raise KubeInferError(f"httproute: HTTPRoute {namespace}/{name} has no backendRef to Service {service}, so it does not route to the release")
+    return route
+
+
+def is_backend(ref: dict[str, Any], service: str) -> bool:
+    return ref.get("name") == service and ref.get("kind", "Service") == "Service" and ref.get("group", "") in ("", "core")
+
+
+def weighted_rules(rules: list[dict[str, Any]], service: str, canary_service: str, weight: int) -> list[dict[str, Any]]:
+    """The route's rules with ``weight`` percent of each backendRef to the release's Service moved to the canary's Service."""
+    out = []
+    for rule in rules:
+        refs = []
+        for ref in rule.get("backendRefs") or []:
+            if is_backend(ref, service):
+                total = int(ref.get("weight", 1))
+                scale = 100 if total == 1 else total
+                refs.append(dict(ref, weight=scale - scale * weight // 100))
+                refs.append(dict(ref, name=canary_service, weight=scale * weight // 100))
+            else:
+                refs.append(ref)
+        out.append(dict(rule, backendRefs=refs))
+    return out
+
+
+def set_route(kube: Kube, route: dict[str, Any], rules: list[dict[str, Any]]) -> None:
+    """Replace the route's rules; its resourceVersion makes a concurrent change fail instead of being overwritten."""
+    md = route["metadata"]
+    kube.patch(ROUTE_API, "HTTPRoute", md["name"], {"metadata": {"resourceVersion": md["resourceVersion"]}, "spec": {"rules": rules}},
+               md["namespace"])
+
+
+def canary_values(stable: dict[str, Any], changes: dict[str, Any], replicas: int, split: str = "service") -> dict[str, Any]:
     """The release's values with the canary on. Each changed section is given whole (the schema checks it as the release's)."""
     sections = {k: _helm_release.deep_merge(stable.get(k) or {}, v) if isinstance(v, dict) else v for k, v in changes.items()}
-    return dict(stable, canary={"enabled": True, "replicas": int(replicas), "values": sections})
+    return dict(stable, canary={"enabled": True, "replicas": int(replicas), "split": split, "values": sections})
 
 
-def track_endpoints(kube: Kube, namespace: str, selector: str, canary: bool) -> list[Endpoint]:
-    """A port-forward Endpoint per Ready pod of one version (the canary's pods carry the track label, the release's do not)."""
-    pods = [x for x in live_pods(kube, namespace, selector + (f",{TRACK_LABEL}=canary" if canary else f",!{TRACK_LABEL}")) if pod_ready(x)]
+def track_endpoints(kube: Kube, namespace: str, selector: str) -> list[Endpoint]:
+    """A port-forward Endpoint per Ready pod of one version."""
+    pods = [x for x in live_pods(kube, namespace, selector) if pod_ready(x)]
     out = []
     for pod in pods:
         target = PortForwardTarget(kube.api_client, namespace, pod["metadata"]["name"], pod_port(pod, None, None))
@@ -95,7 +144,7 @@ def _run(kube: Kube, helm: Helm, p: dict[str, Any], check_mode: bool, diff: bool
         raise KubeInferError(f"name: release {namespace}/{name} is not installed; a canary needs a serving release (kubeinfer.llm.vllm_release)")
     stable = {k: v for k, v in current.values.items() if k != "canary"}
     promoted = _helm_release.deep_merge(stable, p["changes"])
-    with_canary = canary_values(stable, p["changes"], p["replicas"])
+    with_canary = canary_values(stable, p["changes"], p["replicas"], "httproute" if p["httproute"] else "service")
     result["values"] = {"stable": stable, "canary": with_canary["canary"]["values"]}
     if not _helm_release.value_changes(stable, promoted) and not (current.values.get("canary") or {}).get("enabled"):
         result["decision"] = "already_promoted"  # the release already runs these values: nothing to try
@@ -106,6 +155,7 @@ def _run(kube: Kube, helm: Helm, p: dict[str, Any], check_mode: bool, diff: bool
                                          kube_version=kube_version or None))
     workload = served_workload(docs)
     canary_name = f"{workload['deployment']}-canary"
+    route = read_route(kube, p["httproute"], namespace, workload["service"]) if p["httproute"] else None
     planned = _helm_release.plan(current, chart, with_canary)
     result["changed"] = True
     if diff:
@@ -116,20 +166,30 @@ def _run(kube: Kube, helm: Helm, p: dict[str, Any], check_mode: bool, diff: bool
 
     timeout = int(p["rollout_timeout"] or DEFAULT_ROLLOUT_TIMEOUT)
     budget = int(((with_canary.get("probes") or {}).get("startup") or {}).get("budgetSeconds") or 600)
-    canary_workload = dict(workload, deployment=canary_name, selector=f"{workload['selector']},{TRACK_LABEL}=canary")
+    # The canary's pods: its own track label and the release label (their instance label is the release's, or with an
+    # HTTPRoute split <name>-canary); the release's pods: its selector without the track label.
+    canary_workload = dict(workload, deployment=canary_name, selector=f"kubeinfer.io/release={name},{TRACK_LABEL}=canary")
+    stable_selector = f"{workload['selector']},!{TRACK_LABEL}"
     steps: list[str] = []
     result["steps"] = steps
     try:
         _helm_release.apply(kube, helm, planned, False, False, wait=lambda: wait_rolled_out(kube, namespace, canary_workload, timeout, budget))
         steps.append(f"canary {canary_name} rolled out with {p['replicas']} replica(s)")
-        tracks = {"stable": track_endpoints(kube, namespace, workload["selector"], False),
-                  "canary": track_endpoints(kube, namespace, workload["selector"], True)}
+        if route is not None:
+            set_route(kube, route, weighted_rules(route["spec"]["rules"], workload["service"], f"{workload['service']}-canary", p["weight"]))
+            steps.append(f"HTTPRoute {namespace}/{p['httproute']}: {p['weight']}% to {workload['service']}-canary")
+        tracks = {"stable": track_endpoints(kube, namespace, stable_selector), "canary": track_endpoints(kube, namespace, canary_workload["selector"])}
         samples = measure(tracks, None, p["requests"], p["prompt"], p["max_tokens"], p["timeout"])
         result["measured"] = {k: dict(summarize(v, p["percentile"]), pods=len(tracks[k])) for k, v in samples.items()}
         missed = judge(result["measured"]["stable"], result["measured"]["canary"], p["percentile"], p["max_latency_ratio"],
                        p["latency_slack_ms"], p["max_error_rate"])
     except KubeInferError as e:
         missed = [f"the canary did not get through: {e.msg}"]
+    if route is not None:  # the route goes back to the release's Service alone before the canary goes
+        now = kube.get(ROUTE_API, "HTTPRoute", p["httproute"], namespace)
+        if now is not None:
+            set_route(kube, now, route["spec"]["rules"])
+            steps.append(f"HTTPRoute {namespace}/{p['httproute']}: its rules restored")
     result["missed"] = missed
     result["thresholds"] = {"percentile": p["percentile"], "max_latency_ratio": p["max_latency_ratio"],
                             "latency_slack_ms": p["latency_slack_ms"], "max_error_rate": p["max_error_rate"]}

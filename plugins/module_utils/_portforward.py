@@ -132,7 +132,12 @@ def open_stream(api_client: Any, namespace: str, name: str, port: int, timeout: 
 
     def run() -> None:
         try:
-            api = k8s_client.CoreV1Api(api_client)
+            # kubernetes.stream swaps the request method of the ApiClient it is given while it opens the websocket and puts it
+            # back afterwards. On a shared client, two streams opened at once (vllm_canary measures two versions side by side)
+            # or a REST call in between can leave the swapped method in place. So each stream gets a client of its own.
+            own = k8s_client.ApiClient(configuration=api_client.configuration)
+            own.default_headers.update(api_client.default_headers)
+            api = k8s_client.CoreV1Api(own)
             box["pf"] = portforward(api.connect_get_namespaced_pod_portforward, name, namespace, ports=str(port))
         except Exception as e:  # ApiException(status=0) wraps handshake errors; keep the reason
             box["error"] = e

@@ -22,8 +22,11 @@ description:
     the old values.
   - A run whose O(changes) the release already has does nothing (RV(decision=already_promoted)), so a re-run after a promotion makes
     no write. A re-run after a rollback tries the canary again.
-  - Traffic is split by replica ratio only. Gateway API HTTPRoute weights are not written; with a Gateway in front, point its route at
-    the release's Service.
+  - With O(httproute), the split is by Gateway API HTTPRoute weights instead. The canary then gets a Service of its own
+    (C(<name>-canary)), and its pods do not match the release's Service. While the canary is measured, O(weight) percent of each
+    backendRef of that route to the release's Service goes to the canary's Service. The route's rules are then restored, before
+    the canary is removed. The module checks that the cluster serves C(gateway.networking.k8s.io/v1) HTTPRoutes, and that the
+    route sends traffic to the release's Service. It then needs C(get) and C(patch) on C(httproutes).
 author:
   - Kubeinfer maintainers (@kubeinfer)
 requirements:
@@ -65,6 +68,16 @@ options:
       - Canary pods. The share of the traffic is O(replicas) / (stable replicas + O(replicas)).
     type: int
     default: 1
+  httproute:
+    description:
+      - An HTTPRoute in O(namespace) with a backendRef to the release's Service. Set it to split the traffic by route weights
+        instead of by replica ratio.
+    type: str
+  weight:
+    description:
+      - With O(httproute), the percent of the route's traffic to the release that goes to the canary (1 to 99).
+    type: int
+    default: 10
   requests:
     description:
       - Completions sent to each version for the measurement (at least 5).
@@ -188,7 +201,8 @@ steps:
   type: list
   elements: str
   returned: when the canary was tried
-  sample: ["canary llama-canary rolled out with 1 replica(s)", "promoted: the release runs the canary values, llama rolled out"]
+  sample: ["canary llama-canary rolled out with 1 replica(s)", "HTTPRoute llm/chat: 10% to llama-canary", "HTTPRoute llm/chat: its rules restored",
+           "promoted: the release runs the canary values, llama rolled out"]
 values:
   description: The release's values (C(stable)) and the canary's sections (C(canary)).
   type: dict
@@ -229,6 +243,8 @@ ARGUMENT_SPEC = argument_spec(
     namespace={"type": "str", "required": True},
     changes={"type": "dict", "required": True},
     replicas={"type": "int", "default": 1},
+    httproute={"type": "str"},
+    weight={"type": "int", "default": 10},
     requests={"type": "int", "default": 30},
     percentile={"type": "float", "default": 95},
     max_latency_ratio={"type": "float", "default": 1.2},

@@ -12,19 +12,31 @@ is counted, not assumed.
 2. A canary with a 1.5 s time to first token (the stable one: 200 ms) misses the latency threshold: it is rolled
    back and the task fails naming the threshold and the numbers. The release keeps its values, the canary is gone,
    and again no request of the stream failed.
-3. Check mode reports what it would deploy and writes nothing.
+3. Split by HTTPRoute weights, on the real Gateway API CRDs (sigs.k8s.io/gateway-api v1.6.3 from the Go module proxy;
+   no Gateway implementation runs here, so the route carries no traffic): while the canary is measured the route sends
+   20% of its traffic to the release to the canary's own Service, and afterwards its rules are back as they were. The
+   release's Service never sends a request to the canary pod, because in this mode the canary pods do not match it.
+4. Check mode reports what it would deploy and writes nothing; bad options are refused before any write.
 """
 from __future__ import annotations
 
 import json
+import os
+import subprocess
+import threading
 import time
+from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import pytest
 from conftest import PLAYED_MODEL, Audit, Load, harness, helm_binary, played_release_args, run_task
-from kubernetes import client
+from kubernetes import client, utils
+from kubernetes.client.rest import ApiException
 
 AGENTS = ("kubeinfer.llm", "Helm")
+GATEWAY_API = "sigs.k8s.io/gateway-api@v1.6.3"
+ROUTE = ("gateway.networking.k8s.io", "v1", "httproutes")
 WRITES = ("create", "update", "patch", "delete", "deletecollection")
 
 
@@ -145,3 +157,69 @@ def test_bad_changes_are_refused_before_any_write(playbook: Any, audit: Audit, n
     _run, result = run_task(playbook, "vllm_canary", canary_args("no-such-ns-x", {"sim": {"interTokenLatency": "30ms"}}))
     assert result.get("failed") and "name: release no-such-ns-x/swap is not installed" in result["msg"], result["msg"]
     assert writes(audit, mark) == []
+
+
+@pytest.fixture(scope="module")
+def gateway_api_crds(api: client.ApiClient) -> Iterator[None]:
+    """The HTTPRoute CRD of Gateway API v1.6.3, as published in its Go module (the same file its release installs)."""
+    out = subprocess.run(["go", "mod", "download", "-json", GATEWAY_API], capture_output=True, text=True, check=False, timeout=300,
+                         env={**os.environ, "GOTOOLCHAIN": "local", "GOFLAGS": "-mod=mod"})
+    assert out.returncode == 0, f"go mod download {GATEWAY_API} failed (the Go module proxy is the source): {out.stderr[-2000:]}"
+    crd = Path(json.loads(out.stdout)["Dir"]) / "config" / "crd" / "standard" / "gateway.networking.k8s.io_httproutes.yaml"
+    ext = client.ApiextensionsV1Api(api)
+    try:
+        utils.create_from_yaml(api, str(crd))
+    except utils.FailToCreateError as e:
+        if not all(getattr(x, "status", None) == 409 for x in e.api_exceptions):
+            raise
+    def established() -> bool:
+        status = ext.read_custom_resource_definition("httproutes.gateway.networking.k8s.io").status
+        return any(c.type == "Established" and c.status == "True" for c in status.conditions or [])
+
+    wait_until("the HTTPRoute CRD to be Established", established, 60)
+    yield
+    try:
+        ext.delete_custom_resource_definition("httproutes.gateway.networking.k8s.io")
+    except ApiException as e:
+        if e.status != 404:
+            raise
+
+
+def test_a_canary_split_by_httproute_weights_restores_the_route(
+        playbook: Any, api: client.ApiClient, core: client.CoreV1Api, gateway_api_crds: None, played_pool: str, namespace: str) -> None:
+    url = serve(playbook, namespace, played_pool)
+    routes = client.CustomObjectsApi(api)
+    group, version, plural = ROUTE
+    routes.create_namespaced_custom_object(group, version, namespace, plural, {
+        "apiVersion": f"{group}/{version}", "kind": "HTTPRoute", "metadata": {"name": "chat"},
+        "spec": {"parentRefs": [{"name": "gateway"}], "rules": [{"backendRefs": [{"name": "swap", "port": 8000}]}]}})
+    original = routes.get_namespaced_custom_object(group, version, namespace, plural, "chat")["spec"]["rules"]
+    seen: list[list[tuple[str, int]]] = []
+    done = threading.Event()
+
+    def watch() -> None:
+        while not done.is_set():
+            rules = routes.get_namespaced_custom_object(group, version, namespace, plural, "chat")["spec"]["rules"]
+            refs = [(r["name"], r.get("weight", 1)) for r in rules[0]["backendRefs"]]
+            if not seen or seen[-1] != refs:
+                seen.append(refs)
+            time.sleep(0.3)
+
+    watcher = threading.Thread(target=watch, daemon=True)
+    watcher.start()
+    with Load(url, PLAYED_MODEL) as load:
+        run, result = run_task(playbook, "vllm_canary", canary_args(namespace, {"sim": {"interTokenLatency": "21ms"}}, httproute="chat", weight=20))
+        assert run.returncode == 0 and result["decision"] == "promoted", result.get("msg") or result
+        wait_until("the canary pods to be gone", lambda: not canary_pods(core, namespace), 60)
+    done.set()
+    watcher.join()
+    print(f"\nroute weights seen: {seen}; steps {result.get('steps')}; stream {load.total} requests, {len(load.failures)} failed")
+    assert run.returncode == 0 and result["decision"] == "promoted", result.get("msg") or result
+    assert [("swap", 80), ("swap-canary", 20)] in seen, seen
+    assert routes.get_namespaced_custom_object(group, version, namespace, plural, "chat")["spec"]["rules"] == original
+    assert not any(name.startswith("swap-canary-") for name in route_stats(namespace)), "the release's Service sent traffic to the canary"
+    assert not load.failures, load.failures[:5]
+    assert core.list_namespaced_service(namespace, label_selector="kubeinfer.io/track=canary").items == [], "the canary's Service stayed"
+
+    _run, missing = run_task(playbook, "vllm_canary", canary_args(namespace, {"sim": {"interTokenLatency": "30ms"}}, httproute="nope"))
+    assert missing.get("failed") and missing["msg"] == f"httproute: HTTPRoute {namespace}/nope does not exist", missing["msg"]

@@ -34,10 +34,10 @@
 {{- regexReplaceAll "[^A-Za-z0-9]+$" $v "" }}
 {{- end }}
 
-{{/* vllm.selectorLabels: the immutable labels that tie the Deployment, Service and monitors to the pods. */}}
+{{/* vllm.selectorLabels: the immutable labels that tie the Deployment, Service and monitors to the pods (a root with .instance: a canary with its own Service). */}}
 {{- define "vllm.selectorLabels" -}}
 app.kubernetes.io/name: {{ include "vllm.name" . }}
-app.kubernetes.io/instance: {{ .Release.Name }}
+app.kubernetes.io/instance: {{ if hasKey . "instance" }}{{ .instance }}{{ else }}{{ .Release.Name }}{{ end }}
 {{- end }}
 
 {{/* vllm.labels: the standard labels plus engine and model, on every object. */}}

@@ -2,7 +2,7 @@ from __future__ import annotations
 
 import pytest
 
-from ansible_collections.kubeinfer.llm.plugins.module_utils._canary import canary_values, validate
+from ansible_collections.kubeinfer.llm.plugins.module_utils._canary import canary_values, validate, weighted_rules
 from ansible_collections.kubeinfer.llm.plugins.module_utils._errors import KubeInferError
 from ansible_collections.kubeinfer.llm.plugins.module_utils._slo import Sample, judge, percentile, summarize
 
@@ -35,7 +35,8 @@ def test_judge_passes_within_ratio_plus_slack_and_names_each_missed_threshold() 
 
 def params(**over: object) -> dict:
     p = {"name": "llama", "namespace": "llm", "changes": {"model": {"revision": "abc"}}, "replicas": 1, "requests": 30, "percentile": 95.0,
-         "max_latency_ratio": 1.2, "latency_slack_ms": 50.0, "max_error_rate": 0.01, "max_tokens": 16, "timeout": 60}
+         "max_latency_ratio": 1.2, "latency_slack_ms": 50.0, "max_error_rate": 0.01, "max_tokens": 16, "timeout": 60,
+         "weight": 10, "httproute": None}
     p.update(over)
     return p
 
@@ -48,6 +49,8 @@ def params(**over: object) -> dict:
     ({"max_latency_ratio": 0.5}, "max_latency_ratio"),
     ({"max_error_rate": 2}, "max_error_rate"),
     ({"name": "Bad_Name"}, "name"),
+    ({"weight": 100}, "weight"),
+    ({"httproute": "Not A Route"}, "httproute"),
 ])
 def test_bad_options_are_refused_naming_the_option(over: dict, message: str) -> None:
     with pytest.raises(KubeInferError) as err:
@@ -58,6 +61,15 @@ def test_bad_options_are_refused_naming_the_option(over: dict, message: str) -> 
 def test_canary_values_give_each_changed_section_whole() -> None:
     stable = {"model": {"name": "m", "revision": "old"}, "replicaCount": 2, "sim": {"timeToFirstToken": "200ms"}}
     out = canary_values(stable, {"model": {"revision": "new"}, "extraEnv": [{"name": "A", "value": "b"}]}, 1)
-    assert out["canary"] == {"enabled": True, "replicas": 1,
+    assert out["canary"] == {"enabled": True, "replicas": 1, "split": "service",
                              "values": {"model": {"name": "m", "revision": "new"}, "extraEnv": [{"name": "A", "value": "b"}]}}
     assert out["model"] == stable["model"] and out["replicaCount"] == 2, "the release's own values are unchanged"
+
+
+def test_route_weights_move_a_share_of_each_backend_of_the_release_only() -> None:
+    rules = [{"matches": [{"path": {"type": "PathPrefix", "value": "/v1"}}],
+              "backendRefs": [{"name": "llama", "port": 8000}, {"name": "other", "port": 8000, "weight": 5}]}]
+    out = weighted_rules(rules, "llama", "llama-canary", 20)
+    assert out[0]["backendRefs"] == [{"name": "llama", "port": 8000, "weight": 80}, {"name": "llama-canary", "port": 8000, "weight": 20},
+                                     {"name": "other", "port": 8000, "weight": 5}]
+    assert out[0]["matches"] == rules[0]["matches"] and rules[0]["backendRefs"][0] == {"name": "llama", "port": 8000}, "the input is kept"
