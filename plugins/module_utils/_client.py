@@ -60,7 +60,7 @@ def _defer(name: str) -> None:
 
 def _import_kubernetes() -> tuple[Any, Any]:
     """The kubernetes library's ApiClient and Configuration and its kubeconfig loaders, without the rest of the library."""
-    for package in ("kubernetes", "kubernetes.client", "kubernetes.client.models", "kubernetes.config"):
+    for package in ("kubernetes", "kubernetes.client", "kubernetes.client.api", "kubernetes.client.models", "kubernetes.config"):
         _defer(package)
     from kubernetes.client import api_client, configuration  # pylint: disable=import-outside-toplevel
     client = sys.modules["kubernetes.client"]

@@ -124,7 +124,8 @@ def open_stream(api_client: Any, namespace: str, name: str, port: int, timeout: 
     The websocket library offers no connect timeout here, so the handshake runs in a daemon thread and
     is abandoned after ``timeout`` seconds. Returns the kubernetes ``PortForward`` object.
     """
-    from kubernetes import client as k8s_client
+    # CoreV1Api alone: kubernetes.client's __init__ would import every API class and model (see _client._DeferredPackage)
+    from kubernetes.client.api.core_v1_api import CoreV1Api
     from kubernetes.stream import portforward
 
     target = f"pod/{namespace}/{name}:{port}"
@@ -132,7 +133,7 @@ def open_stream(api_client: Any, namespace: str, name: str, port: int, timeout: 
 
     def run() -> None:
         try:
-            api = k8s_client.CoreV1Api(api_client)
+            api = CoreV1Api(api_client)
             box["pf"] = portforward(api.connect_get_namespaced_pod_portforward, name, namespace, ports=str(port))
         except Exception as e:  # ApiException(status=0) wraps handshake errors; keep the reason
             box["error"] = e

@@ -73,3 +73,15 @@ def test_the_rest_of_the_library_is_still_there_when_asked_for(tmp_path: Path) -
                    "missing": "module 'kubernetes.client' has no attribute 'NoSuchThing'"}
     assert out["version"][0].isdigit()
 
+
+
+def test_a_port_forward_loads_the_core_api_alone(tmp_path: Path) -> None:
+    out = fresh("from kubernetes.client.api.core_v1_api import CoreV1Api\n"
+                "from kubernetes.stream import portforward\n"
+                "core = CoreV1Api(api)\n"
+                "mods = [m for m in sys.modules if m.startswith('kubernetes')]\n"
+                "print(json.dumps({'mods': mods, 'method': callable(core.connect_get_namespaced_pod_portforward)}))", tmp_path)
+    assert out["method"]
+    mods = set(out["mods"])
+    assert {"kubernetes.client.api.core_v1_api", "kubernetes.stream.ws_client"} <= mods
+    assert "kubernetes.client.api.apps_v1_api" not in mods and "kubernetes.client.models.v1_pod" not in mods
