@@ -32,7 +32,9 @@ class _DeferredPackage(types.ModuleType):
             return importlib.import_module(submodule)
         if not self.__dict__.get("_kubeinfer_initialised"):
             self.__dict__["_kubeinfer_initialised"] = True
-            self.__spec__.loader.exec_module(self)
+            spec = self.__spec__
+            assert spec is not None and spec.loader is not None  # set by _defer
+            spec.loader.exec_module(self)
         try:
             return self.__dict__[name]
         except KeyError:
