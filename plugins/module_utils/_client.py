@@ -55,8 +55,8 @@ def _defer(name: str) -> None:
     module.__path__ = list(spec.submodule_search_locations)
     module.__package__ = name
     sys.modules[name] = module
-    parent, _, child = name.rpartition(".")
-    if parent:
+    parent, dot, child = name.rpartition(".")
+    if dot:
         setattr(sys.modules[parent], child, module)
 
 

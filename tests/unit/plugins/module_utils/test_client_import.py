@@ -15,7 +15,7 @@ from typing import Any
 from ansible_collections.kubeinfer.llm.plugins.module_utils import _client
 
 # The directory holding ansible_collections/, wherever conftest.py or ansible-test put it.
-COLLECTIONS_ROOT = _client.__file__.split("/ansible_collections/")[0]
+COLLECTIONS_ROOT = _client.__file__.split("/ansible_collections/", maxsplit=1)[0]
 
 KUBECONFIG = """apiVersion: v1
 kind: Config
@@ -72,7 +72,6 @@ def test_the_rest_of_the_library_is_still_there_when_asked_for(tmp_path: Path) -
     assert out == {"version": out["version"], "core": "CoreV1Api", "pod": "p", "dynamic": "DynamicClient", "same": True, "pf": True,
                    "missing": "module 'kubernetes.client' has no attribute 'NoSuchThing'"}
     assert out["version"][0].isdigit()
-
 
 
 def test_a_port_forward_loads_the_core_api_alone(tmp_path: Path) -> None:
