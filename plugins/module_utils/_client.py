@@ -33,7 +33,8 @@ class _DeferredPackage(types.ModuleType):
         if not self.__dict__.get("_kubeinfer_initialised"):
             self.__dict__["_kubeinfer_initialised"] = True
             spec = self.__spec__
-            assert spec is not None and spec.loader is not None  # set by _defer
+            if spec is None or spec.loader is None:  # pragma: no cover - _defer sets both
+                raise ImportError(f"cannot initialise {self.__name__}: no loader", name=self.__name__)
             spec.loader.exec_module(self)
         try:
             return self.__dict__[name]
