@@ -3,13 +3,14 @@
 (concurrent patches, and sequential with parallel=1, the module's old behaviour)
 versus the kubernetes.core baseline (one k8s_taint + one k8s patch per node).
 
-Runs on its OWN local cluster (KUBEINFER_CLUSTER=bench), with an API server
+Runs on its OWN local cluster (KUBEINFER_CLUSTER=bench, or BENCH_CLUSTER), with an API server
 audit log, and counts the API requests of each run from that log (one event
 per request, by verb and user agent, inside the run's time window). Every run
 starts from the same reset state. See bench/README.md for how to run it and
 for the measured numbers.
 
 Environment (all optional):
+  BENCH_CLUSTER        the cluster's name, so that two runs on one machine do not clash (bench)
   BENCH_NODES          simulated GPU nodes                     (1000)
   BENCH_BASELINE_NODES nodes the kubernetes.core loop runs on  (= BENCH_NODES);
                        fewer means a sample, extrapolated linearly
@@ -45,7 +46,7 @@ VENV_BIN = CACHE / "venv" / "bin"
 PYTHON = VENV_BIN / "python"
 COLLECTIONS_ENV = os.environ.get("BENCH_COLLECTIONS_PATH")
 CLUSTER_SH = REPO / "tools" / "localcluster" / "cluster.sh"
-CLUSTER = "bench"
+CLUSTER = os.environ.get("BENCH_CLUSTER", "bench")
 
 NODES = int(os.environ.get("BENCH_NODES", "1000"))
 BASELINE_NODES = int(os.environ.get("BENCH_BASELINE_NODES", str(NODES)))

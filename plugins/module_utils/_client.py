@@ -4,15 +4,81 @@
 """Connection options and the Kubernetes ApiClient built from them. Private to this collection: the interface may change without notice."""
 from __future__ import annotations
 
+import importlib
+import importlib.util
 import os
 import re
+import sys
+import types
 from typing import Any
 
 from ansible_collections.kubeinfer.llm.plugins.module_utils._errors import KubeInferError
 
+
+class _DeferredPackage(types.ModuleType):
+    """A package of the kubernetes library whose ``__init__`` has not run yet.
+
+    ``import kubernetes.client.api_client`` runs ``kubernetes/__init__.py`` and ``kubernetes/client/__init__.py``
+    first, which import every API class, every model (about 800 modules), the dynamic client, kubernetes-validate and
+    jsonschema: about 0.15 s of CPU in every module start, for a collection that only needs the ApiClient, its
+    Configuration and the kubeconfig loader. A deferred package imports its submodules as usual; the first access to
+    anything else (``kubernetes.client.CoreV1Api``, ``kubernetes.client.models.V1Pod``, ``kubernetes.__version__``) runs
+    the real ``__init__`` in the package's namespace, so that code which needs the whole library still gets it.
+    """
+
+    def __getattr__(self, name: str) -> Any:
+        submodule = f"{self.__name__}.{name}"
+        if importlib.util.find_spec(submodule) is not None:
+            return importlib.import_module(submodule)
+        if not self.__dict__.get("_kubeinfer_initialised"):
+            self.__dict__["_kubeinfer_initialised"] = True
+            spec = self.__spec__
+            if spec is None or spec.loader is None:  # pragma: no cover - _defer sets both
+                raise ImportError(f"cannot initialise {self.__name__}: no loader", name=self.__name__)
+            spec.loader.exec_module(self)
+        try:
+            return self.__dict__[name]
+        except KeyError:
+            raise AttributeError(f"module {self.__name__!r} has no attribute {name!r}") from None
+
+
+def _defer(name: str) -> None:
+    """Register package ``name`` as a _DeferredPackage, unless it is imported already (then nothing changes)."""
+    if name in sys.modules:
+        return
+    spec = importlib.util.find_spec(name)
+    if spec is None or spec.submodule_search_locations is None or spec.loader is None:
+        raise ImportError(f"No module named {name!r}", name=name)
+    module = _DeferredPackage(name)
+    module.__spec__ = spec
+    module.__loader__ = spec.loader
+    module.__file__ = spec.origin
+    module.__path__ = list(spec.submodule_search_locations)
+    module.__package__ = name
+    sys.modules[name] = module
+    parent, dot, child = name.rpartition(".")
+    if dot:
+        setattr(sys.modules[parent], child, module)
+
+
+def _import_kubernetes() -> tuple[Any, Any]:
+    """The kubernetes library's ApiClient and Configuration and its kubeconfig loaders, without the rest of the library."""
+    for package in ("kubernetes", "kubernetes.client", "kubernetes.client.api", "kubernetes.client.models", "kubernetes.config"):
+        _defer(package)
+    from kubernetes.client import api_client, configuration  # pylint: disable=import-outside-toplevel
+    client = sys.modules["kubernetes.client"]
+    # kube_config.py reads these two names from kubernetes.client: give them, so that it does not run the whole __init__.
+    if isinstance(client, _DeferredPackage):
+        client.__dict__.setdefault("ApiClient", api_client.ApiClient)
+        client.__dict__.setdefault("Configuration", configuration.Configuration)
+    from kubernetes.config import incluster_config, kube_config  # pylint: disable=import-outside-toplevel
+    return (types.SimpleNamespace(ApiClient=api_client.ApiClient, Configuration=configuration.Configuration),
+            types.SimpleNamespace(load_kube_config=kube_config.load_kube_config, list_kube_config_contexts=kube_config.list_kube_config_contexts,
+                                  load_incluster_config=incluster_config.load_incluster_config))
+
+
 try:
-    from kubernetes import client as k8s_client
-    from kubernetes import config as k8s_config
+    k8s_client, k8s_config = _import_kubernetes()
     HAS_KUBERNETES = True
     KUBERNETES_IMPORT_ERROR: Exception | None = None
 except ImportError as e:  # pragma: no cover - reported by the module

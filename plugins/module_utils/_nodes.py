@@ -233,7 +233,8 @@ def _reconcile_one(kube: Kube, node: dict[str, Any], params: Mapping[str, Any], 
         patch["spec"] = {"taints": new_taints or None}
     if label_patch:
         metadata["labels"] = label_patch
-    kube.patch("v1", "Node", name, patch, dry_run=check_mode)
+    # The answer is not read: it comes back as metadata only, so that the API server does not encode each node's status.
+    kube.patch("v1", "Node", name, patch, dry_run=check_mode, metadata_only=True)
     if not diff:
         return result, None
     return result, {

@@ -124,7 +124,8 @@ def open_stream(api_client: Any, namespace: str, name: str, port: int, timeout: 
     The websocket library offers no connect timeout here, so the handshake runs in a daemon thread and
     is abandoned after ``timeout`` seconds. Returns the kubernetes ``PortForward`` object.
     """
-    from kubernetes import client as k8s_client
+    # CoreV1Api alone: kubernetes.client's __init__ would import every API class and model (see _client._DeferredPackage)
+    from kubernetes.client.api.core_v1_api import CoreV1Api
     from kubernetes.stream import portforward
 
     target = f"pod/{namespace}/{name}:{port}"
@@ -135,9 +136,9 @@ def open_stream(api_client: Any, namespace: str, name: str, port: int, timeout: 
             # kubernetes.stream swaps the request method of the ApiClient it is given while it opens the websocket and puts it
             # back afterwards. On a shared client, two streams opened at once (vllm_canary measures two versions side by side)
             # or a REST call in between can leave the swapped method in place. So each stream gets a client of its own.
-            own = k8s_client.ApiClient(configuration=api_client.configuration)
+            own = type(api_client)(configuration=api_client.configuration)
             own.default_headers.update(api_client.default_headers)
-            api = k8s_client.CoreV1Api(own)
+            api = CoreV1Api(own)
             box["pf"] = portforward(api.connect_get_namespaced_pod_portforward, name, namespace, ports=str(port))
         except Exception as e:  # ApiException(status=0) wraps handshake errors; keep the reason
             box["error"] = e

@@ -17,6 +17,11 @@ from ansible_collections.kubeinfer.llm.plugins.module_utils._errors import KubeI
 FIELD_MANAGER = "kubeinfer.llm"
 MASK = "********"
 NOISE_METADATA = ("managedFields", "resourceVersion", "generation")
+# Asks the API server to answer a write with the object's metadata only (a meta.k8s.io/v1 PartialObjectMetadata),
+# which spares it encoding, and the client decoding, the rest of the object; plain JSON is the fallback. A patch's
+# answer goes through the same transform as a get's (k8s.io/apiserver/pkg/endpoints/handlers/patch.go ->
+# transformResponseObject in response.go). Errors still come as a JSON Status.
+ACCEPT_METADATA = "application/json;as=PartialObjectMetadata;g=meta.k8s.io;v=v1, application/json"
 T = TypeVar("T")
 
 # Kinds the collection uses, so that the common path needs no discovery request.
@@ -82,9 +87,9 @@ class Kube:
     # -- plumbing -----------------------------------------------------------------
     def request(self, method: str, path: str, query: list[tuple[str, Any]] | None = None,
                 body: Any = None, content_type: str | None = None, verb: str | None = None,
-                timeout: float | None = 60) -> Any:
+                timeout: float | None = 60, accept: str = "application/json") -> Any:
         """Send one request and return the decoded JSON body; raise ApiError on a non-2xx answer."""
-        headers = {"Accept": "application/json"}
+        headers = {"Accept": accept}
         if content_type:
             headers["Content-Type"] = content_type
         with self._count_lock:
@@ -168,8 +173,13 @@ class Kube:
                             body=body, content_type="application/apply-patch+yaml", verb="apply")
 
     def patch(self, api_version: str, kind: str, name: str, patch: Any, namespace: str | None = None,
-              patch_type: str = "merge", dry_run: bool = False, subresource: str | None = None) -> dict[str, Any]:
-        """Patch with a merge (default), strategic or JSON patch."""
+              patch_type: str = "merge", dry_run: bool = False, subresource: str | None = None,
+              metadata_only: bool = False) -> dict[str, Any]:
+        """Patch with a merge (default), strategic or JSON patch.
+
+        ``metadata_only``: the answer carries the object's metadata only (see ACCEPT_METADATA), for a caller
+        that does not read the rest; a node's status is most of its size.
+        """
         content_type = {
             "merge": "application/merge-patch+json",
             "strategic": "application/strategic-merge-patch+json",
@@ -179,7 +189,8 @@ class Kube:
         if dry_run:
             query.append(("dryRun", "All"))
         return self.request("PATCH", self.ref(api_version, kind).path(name, namespace, subresource), query=query,
-                            body=patch, content_type=content_type, verb="patch")
+                            body=patch, content_type=content_type, verb="patch",
+                            accept=ACCEPT_METADATA if metadata_only else "application/json")
 
     def create(self, body: dict[str, Any], dry_run: bool = False) -> dict[str, Any]:
         """Create ``body``; a conflict raises ApiError with status 409."""

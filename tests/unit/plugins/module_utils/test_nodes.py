@@ -43,6 +43,9 @@ def test_one_list_and_one_patch_per_changed_node() -> None:
     patch = api.calls[1]
     assert patch["method"] == "PATCH" and patch["path"] == "/api/v1/nodes/gpu-1"
     assert patch["headers"]["Content-Type"] == "application/merge-patch+json"
+    # the answer is not read: the API server is asked for the node's metadata only, not its status
+    assert patch["headers"]["Accept"].startswith("application/json;as=PartialObjectMetadata;g=meta.k8s.io;v=v1")
+    assert api.calls[0]["headers"]["Accept"] == "application/json"
     assert patch["body"] == {"metadata": {"resourceVersion": "7", "labels": {"role": "inference"}},
                              "spec": {"taints": [{"key": "nvidia.com/gpu", "effect": "NoSchedule", "value": "present"}]}}
     assert api.calls[0]["query"] == {"labelSelector": "gpu=true"}
