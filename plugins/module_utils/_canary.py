@@ -55,6 +55,16 @@ def validate(p: dict[str, Any]) -> None:
         check_dns_label(p["httproute"], "httproute", "HTTPRoute name", 253)
 
 
+def check_prefetch(stable: dict[str, Any], changes: dict[str, Any]) -> None:
+    """Refuse a canary of another model or revision on a release that prefetches: its pods load offline what the Job fetched."""
+    prefetched = ((stable.get("modelCache") or {}).get("prefetch") or {}).get("enabled")
+    new_model = changes.get("model") or {}
+    if prefetched and any(new_model.get(k) not in (None, (stable.get("model") or {}).get(k)) for k in ("name", "revision")):
+        raise KubeInferError("changes: the release prefetches its model into the cache and its pods load offline (modelCache.prefetch), "
+                             "so a canary of another model or revision would find nothing to load; roll the new revision out with "
+                             "kubeinfer.llm.vllm_release, which prefetches it first")
+
+
 ROUTE_API = "gateway.networking.k8s.io/v1"
 
 
@@ -143,6 +153,7 @@ def _run(kube: Kube, helm: Helm, p: dict[str, Any], check_mode: bool, diff: bool
     if current.row is None:
         raise KubeInferError(f"name: release {namespace}/{name} is not installed; a canary needs a serving release (kubeinfer.llm.vllm_release)")
     stable = {k: v for k, v in current.values.items() if k != "canary"}
+    check_prefetch(stable, p["changes"])
     promoted = _helm_release.deep_merge(stable, p["changes"])
     with_canary = canary_values(stable, p["changes"], p["replicas"], "httproute" if p["httproute"] else "service")
     result["values"] = {"stable": stable, "canary": with_canary["canary"]["values"]}

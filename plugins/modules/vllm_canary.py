@@ -145,6 +145,8 @@ notes:
     M(kubeinfer.llm.vllm_release) does.
   - The chart's canary Deployment is C(<name>-canary), with the label C(kubeinfer.io/track=canary) on it and on its pods.
   - M(kubeinfer.llm.vllm_release) removes a canary that is still there, because it declares the release without one.
+  - A release that prefetches its model (C(model_cache.prefetch)) refuses a canary of another model or revision. Its pods load
+    offline, and the prefetch Job fills the cache with the release's own revision only.
 seealso:
   - module: kubeinfer.llm.vllm_release
   - module: kubeinfer.llm.completion_check

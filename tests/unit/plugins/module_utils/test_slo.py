@@ -2,7 +2,7 @@ from __future__ import annotations
 
 import pytest
 
-from ansible_collections.kubeinfer.llm.plugins.module_utils._canary import canary_values, validate, weighted_rules
+from ansible_collections.kubeinfer.llm.plugins.module_utils._canary import canary_values, check_prefetch, validate, weighted_rules
 from ansible_collections.kubeinfer.llm.plugins.module_utils._errors import KubeInferError
 from ansible_collections.kubeinfer.llm.plugins.module_utils._slo import Sample, judge, percentile, summarize
 
@@ -73,3 +73,12 @@ def test_route_weights_move_a_share_of_each_backend_of_the_release_only() -> Non
     assert out[0]["backendRefs"] == [{"name": "llama", "port": 8000, "weight": 80}, {"name": "llama-canary", "port": 8000, "weight": 20},
                                      {"name": "other", "port": 8000, "weight": 5}]
     assert out[0]["matches"] == rules[0]["matches"] and rules[0]["backendRefs"][0] == {"name": "llama", "port": 8000}, "the input is kept"
+
+
+def test_a_prefetching_release_refuses_a_canary_of_another_revision_only() -> None:
+    stable = {"model": {"name": "m", "revision": "a"}, "modelCache": {"prefetch": {"enabled": True}}}
+    with pytest.raises(KubeInferError, match="^changes: the release prefetches its model"):
+        check_prefetch(stable, {"model": {"name": "m", "revision": "b"}})
+    check_prefetch(stable, {"vllm": {"extraArgs": ["--enable-chunked-prefill"]}})
+    check_prefetch(stable, {"model": {"name": "m", "revision": "a"}})
+    check_prefetch({"model": {"name": "m", "revision": "a"}}, {"model": {"revision": "b"}})
