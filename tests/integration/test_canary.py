@@ -172,6 +172,7 @@ def gateway_api_crds(api: client.ApiClient) -> Iterator[None]:
     except utils.FailToCreateError as e:
         if not all(getattr(x, "status", None) == 409 for x in e.api_exceptions):
             raise
+
     def established() -> bool:
         status = ext.read_custom_resource_definition("httproutes.gateway.networking.k8s.io").status
         return any(c.type == "Established" and c.status == "True" for c in status.conditions or [])
