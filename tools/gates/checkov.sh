@@ -62,6 +62,8 @@ matrix=(
   "sim-r1-np|sim|on|{engine: sim, replicaCount: 1, networkPolicy: {enabled: true}}"
   "sim-r3-np|sim|on|{engine: sim, replicaCount: 3, networkPolicy: {enabled: true, allowedNamespaces: [gateway]}}"
   "vllm-prefetch|vllm|off|{replicaCount: 1, hfToken: {secretName: hf-token}, model: {revision: 0e9e39f249a16976918f6564b8830bc894c89659}, modelCache: {type: pvc, pvc: {existingClaim: models}, prefetch: {enabled: true}}}"
+  "vllm-canary|vllm|off|{replicaCount: 2, canary: {enabled: true, values: {vllm: {extraArgs: [--enable-chunked-prefill]}}}}"
+  "sim-canary-route-np|sim|on|{engine: sim, replicaCount: 2, networkPolicy: {enabled: true}, canary: {enabled: true, split: httproute, values: {sim: {timeToFirstToken: 2s}}}}"
   "sim-prefetch-np|sim|on|{engine: sim, replicaCount: 2, networkPolicy: {enabled: true}, model: {revision: main}, modelCache: {type: pvc, pvc: {existingClaim: models}, prefetch: {enabled: true}}}"
 )
 

@@ -1030,3 +1030,18 @@ def test_prefetch_pod_gets_a_deny_all_ingress_policy_with_network_policy_on() ->
     assert len(covering) == 1 and covering[0]["metadata"]["name"] == "rel-vllm-prefetch"
     assert covering[0]["spec"]["policyTypes"] == ["Ingress"] and "ingress" not in covering[0]["spec"]
     assert len([d for d in render(VALUES_FILES[0], "networkPolicy.enabled=true") if d["kind"] == "NetworkPolicy"]) == 2
+
+
+def test_an_httproute_canary_has_its_own_service_and_network_policy_and_no_share_of_the_release_service() -> None:
+    argv = [HELM, "template", "t", str(CHART), "--kube-version", KUBE_VERSION, "--set", "model.name=m", "--set", "engine=sim",
+            "--set", "networkPolicy.enabled=true", "--set", "canary.enabled=true", "--set", "canary.split=httproute"]
+    docs = [d for d in yaml.safe_load_all(subprocess.run(argv, capture_output=True, text=True, check=True).stdout) if d]
+    services = {d["metadata"]["name"]: d["spec"]["selector"] for d in docs if d["kind"] == "Service"}
+    policies = {d["metadata"]["name"]: d["spec"]["podSelector"]["matchLabels"] for d in docs if d["kind"] == "NetworkPolicy"}
+    canary_pod = next(d for d in docs if d["kind"] == "Deployment" and d["metadata"]["name"] == "t-vllm-canary")["spec"]["template"]["metadata"]["labels"]
+
+    def selects(selector: dict) -> bool:
+        return all(canary_pod.get(k) == v for k, v in selector.items())
+
+    assert not selects(services["t-vllm"]) and selects(services["t-vllm-canary"])
+    assert selects(policies["t-vllm-canary"]) and not selects(policies["t-vllm"])
