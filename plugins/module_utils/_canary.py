@@ -117,12 +117,12 @@ def canary_values(stable: dict[str, Any], changes: dict[str, Any], replicas: int
     return dict(stable, canary={"enabled": True, "replicas": int(replicas), "split": split, "values": sections})
 
 
-def track_endpoints(kube: Kube, namespace: str, selector: str) -> list[Endpoint]:
-    """A port-forward Endpoint per Ready pod of one version."""
+def track_endpoints(kube: Kube, namespace: str, selector: str, port: int) -> list[Endpoint]:
+    """A port-forward Endpoint per Ready pod of one version (the chart's container port is its Service port)."""
     pods = [x for x in live_pods(kube, namespace, selector) if pod_ready(x)]
     out = []
     for pod in pods:
-        target = PortForwardTarget(kube.api_client, namespace, pod["metadata"]["name"], pod_port(pod, None, None))
+        target = PortForwardTarget(kube.api_client, namespace, pod["metadata"]["name"], pod_port(pod, None, port or None))
         out.append(Endpoint(target, f"localhost:{target.port}", target.via, describe_close=target.error))
     return out
 
@@ -189,7 +189,8 @@ def _run(kube: Kube, helm: Helm, p: dict[str, Any], check_mode: bool, diff: bool
         if route is not None:
             set_route(kube, route, weighted_rules(route["spec"]["rules"], workload["service"], f"{workload['service']}-canary", p["weight"]))
             steps.append(f"HTTPRoute {namespace}/{p['httproute']}: {p['weight']}% to {workload['service']}-canary")
-        tracks = {"stable": track_endpoints(kube, namespace, stable_selector), "canary": track_endpoints(kube, namespace, canary_workload["selector"])}
+        tracks = {"stable": track_endpoints(kube, namespace, stable_selector, workload["port"]),
+                  "canary": track_endpoints(kube, namespace, canary_workload["selector"], workload["port"])}
         samples = measure(tracks, None, p["requests"], p["prompt"], p["max_tokens"], p["timeout"])
         result["measured"] = {k: dict(summarize(v, p["percentile"]), pods=len(tracks[k])) for k, v in samples.items()}
         missed = judge(result["measured"]["stable"], result["measured"]["canary"], p["percentile"], p["max_latency_ratio"],
