@@ -25,9 +25,15 @@ import time
 from datetime import datetime
 from typing import Any
 
+import pytest
 from conftest import PLAYED_MODEL as MODEL
 from conftest import Load, harness, played_release_args, run_task
 from kubernetes import client
+
+
+@pytest.fixture
+def namespace(played_namespace: str) -> str:
+    return played_namespace
 
 
 def release(playbook: Any, args: dict[str, Any]) -> tuple[Any, dict[str, Any]]:
