@@ -342,18 +342,23 @@ def module_pool(api: client.ApiClient) -> Iterator[str]:
     yield from _gpu_pool(api)
 
 
-def _gpu_pool(api: client.ApiClient) -> Iterator[str]:
+def _gpu_pool(api: client.ApiClient, label: str = POOL_LABEL, prefix: str = "it-vllm",
+              pod_cidrs: Sequence[str] = ()) -> Iterator[str]:
+    """Two GPU nodes labelled and tainted ``label=<pool id>``, with the given pod CIDRs (none: kwok's default range)."""
     core = client.CoreV1Api(api)
     pool_id = uuid.uuid4().hex[:8]
-    names = [f"it-vllm-{pool_id}-{i}" for i in range(2)]
-    for name in names:
+    names = [f"{prefix}-{pool_id}-{i}" for i in range(2)]
+    for i, name in enumerate(names):
+        spec: dict[str, Any] = {"taints": [{"key": label, "value": pool_id, "effect": "NoSchedule"}]}
+        if pod_cidrs:
+            spec.update(podCIDR=pod_cidrs[i], podCIDRs=[pod_cidrs[i]])
         core.create_node({
             "apiVersion": "v1", "kind": "Node",
             "metadata": {"name": name, "annotations": {"kwok.x-k8s.io/node": "fake"}, "labels": {
-                "kubernetes.io/hostname": name, "type": "kwok", POOL_LABEL: pool_id,
+                "kubernetes.io/hostname": name, "type": "kwok", label: pool_id,
                 "nvidia.com/gpu.present": "true", "nvidia.com/gpu.product": "NVIDIA-A100-SXM4-80GB",
                 "nvidia.com/gpu.memory": "81920", "nvidia.com/gpu.count": str(GPUS_PER_NODE)}},
-            "spec": {"taints": [{"key": POOL_LABEL, "value": pool_id, "effect": "NoSchedule"}]},
+            "spec": spec,
             "status": {"capacity": {"cpu": "64", "memory": "512Gi", "pods": "110", "nvidia.com/gpu": str(GPUS_PER_NODE)},
                        "allocatable": {"cpu": "64", "memory": "512Gi", "pods": "110", "nvidia.com/gpu": str(GPUS_PER_NODE)}},
         })
@@ -416,34 +421,23 @@ def podkubelet() -> None:
 @pytest.fixture
 def played_pool(api: client.ApiClient, podkubelet: None) -> Iterator[str]:
     """Two GPU nodes whose pod IPs are loopback addresses of this cluster's /12 (so the simulators can listen there)."""
-    core = client.CoreV1Api(api)
-    base = next((n.spec.pod_cidr for n in core.list_node().items if (n.spec.pod_cidr or "").startswith("127.")), None)
+    base = next((n.spec.pod_cidr for n in client.CoreV1Api(api).list_node().items if (n.spec.pod_cidr or "").startswith("127.")), None)
     assert base, "no node of the cluster has a pod CIDR in 127.0.0.0/8 (cluster.sh up gives every node one)"
     top = (int(base.split(".")[1]) // 16) * 16 + 15  # the last /16 of the cluster's /12: far past the CPU pool's nodes
-    pool_id = uuid.uuid4().hex[:8]
-    names = [f"it-played-{pool_id}-{i}" for i in range(2)]
-    for i, name in enumerate(names):
-        cidr = f"127.{top}.{250 + i}.0/24"
-        core.create_node({
-            "apiVersion": "v1", "kind": "Node",
-            "metadata": {"name": name, "annotations": {"kwok.x-k8s.io/node": "fake"}, "labels": {
-                "kubernetes.io/hostname": name, "type": "kwok", PLAYED_POOL_LABEL: pool_id, "nvidia.com/gpu.present": "true",
-                "nvidia.com/gpu.product": "NVIDIA-A100-SXM4-80GB", "nvidia.com/gpu.memory": "81920", "nvidia.com/gpu.count": "8"}},
-            "spec": {"podCIDR": cidr, "podCIDRs": [cidr], "taints": [{"key": PLAYED_POOL_LABEL, "value": pool_id, "effect": "NoSchedule"}]},
-            "status": {"capacity": {"cpu": "64", "memory": "512Gi", "pods": "110", "nvidia.com/gpu": "8"},
-                       "allocatable": {"cpu": "64", "memory": "512Gi", "pods": "110", "nvidia.com/gpu": "8"}},
-        })
-    deadline = time.monotonic() + 60
-    while not all(any(c.type == "Ready" and c.status == "True" for c in (core.read_node(n).status.conditions or [])) for n in names):
-        assert time.monotonic() < deadline, "kwok did not make the pool nodes Ready"
+    yield from _gpu_pool(api, PLAYED_POOL_LABEL, "it-played", [f"127.{top}.{250 + i}.0/24" for i in range(2)])
+
+
+def wait_until(what: str, predicate: Callable[[], Any], timeout: float) -> None:
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        assert time.monotonic() < deadline, f"timed out after {timeout:g} s waiting for {what}"
         time.sleep(0.5)
-    yield pool_id
-    for name in names:
-        try:
-            core.delete_node(name)
-        except ApiException as e:
-            if e.status != 404:
-                raise
+
+
+def route_stats(namespace: str, service: str = "swap") -> dict[str, int]:
+    """Connections podkubelet.py's route of Service ``namespace/service`` sent to each pod."""
+    stats = json.loads(harness("podkubelet.py", "route-stats"))
+    return next((v for k, v in stats.items() if k.startswith(f"{namespace}/{service}:")), {})
 
 
 @pytest.fixture

@@ -30,7 +30,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from conftest import PLAYED_MODEL, Audit, Load, harness, helm_binary, played_release_args, run_task
+from conftest import PLAYED_MODEL, Audit, Load, harness, helm_binary, played_release_args, route_stats, run_task, wait_until
 from kubernetes import client, utils
 from kubernetes.client.rest import ApiException
 
@@ -69,18 +69,6 @@ def deployments(api: client.ApiClient, namespace: str) -> dict[str, list[str]]:
 
 def canary_pods(core: client.CoreV1Api, namespace: str) -> list[str]:
     return [p.metadata.name for p in core.list_namespaced_pod(namespace, label_selector="kubeinfer.io/track=canary").items]
-
-
-def route_stats(namespace: str) -> dict[str, int]:
-    stats = json.loads(harness("podkubelet.py", "route-stats"))
-    return next((v for k, v in stats.items() if k.startswith(f"{namespace}/swap:")), {})
-
-
-def wait_until(what: str, predicate: Any, timeout: float) -> None:
-    deadline = time.monotonic() + timeout
-    while not predicate():
-        assert time.monotonic() < deadline, f"timed out after {timeout:g} s waiting for {what}"
-        time.sleep(0.5)
 
 
 def serve(playbook: Any, namespace: str, pool: str) -> str:

@@ -20,14 +20,13 @@ connection per request, as a client inside the cluster would.
 """
 from __future__ import annotations
 
-import json
 import time
 from datetime import datetime
 from typing import Any
 
 import pytest
 from conftest import PLAYED_MODEL as MODEL
-from conftest import Load, harness, played_release_args, run_task
+from conftest import Load, harness, played_release_args, route_stats, run_task, wait_until
 from kubernetes import client
 
 
@@ -47,18 +46,6 @@ def pods(core: client.CoreV1Api, namespace: str) -> list[client.V1Pod]:
 def ready_at(pod: client.V1Pod) -> datetime | None:
     cond = next((c for c in pod.status.conditions or [] if c.type == "Ready" and c.status == "True"), None)
     return cond.last_transition_time if cond else None
-
-
-def wait_until(what: str, predicate: Any, timeout: float) -> None:
-    deadline = time.monotonic() + timeout
-    while not predicate():
-        assert time.monotonic() < deadline, f"timed out after {timeout:g} s waiting for {what}"
-        time.sleep(0.5)
-
-
-def route_stats(namespace: str) -> dict[str, int]:
-    stats = json.loads(harness("podkubelet.py", "route-stats"))
-    return next((v for k, v in stats.items() if k.startswith(f"{namespace}/swap:")), {})
 
 
 def events(core: client.CoreV1Api, namespace: str, pod: str) -> list[client.CoreV1Event]:

@@ -621,15 +621,7 @@ def main() -> None:
     if a.command == "run":
         loop()
     elif a.command == "start":
-        if PROC.pid():
-            return
-        BEAT.unlink(missing_ok=True)
-        pid = PROC.start([sys.executable, str(Path(__file__).resolve()), "run"])
-        deadline = time.monotonic() + 20
-        while not BEAT.exists() and time.monotonic() < deadline and PROC.pid():
-            time.sleep(0.2)
-        if not BEAT.exists():
-            raise SystemExit(f"gpu_sim started (pid {pid}) but has not completed a pass; see {PROC.logfile}")
+        PROC.start_loop(Path(__file__).resolve(), BEAT)
     elif a.command == "stop":
         PROC.stop(timeout=5)
         BEAT.unlink(missing_ok=True)

@@ -13,6 +13,7 @@ from __future__ import annotations
 import os
 import signal
 import subprocess
+import sys
 import time
 from collections.abc import Mapping, Sequence
 from pathlib import Path
@@ -115,6 +116,19 @@ class HostProcess:
             self._reap(pid)
         self.pidfile.unlink(missing_ok=True)
         return pid is not None
+
+    def start_loop(self, script: Path, beat: Path, timeout: float = 20) -> None:
+        """Start ``python3 script run`` (a harness loop that touches ``beat`` after each pass) unless it runs; wait for
+        its first pass. gpu_sim.py and podkubelet.py start this way."""
+        if self.pid():
+            return
+        beat.unlink(missing_ok=True)
+        pid = self.start([sys.executable, str(script), "run"])
+        deadline = time.monotonic() + timeout
+        while not beat.exists() and time.monotonic() < deadline and self.pid():
+            time.sleep(0.2)
+        if not beat.exists():
+            raise SystemExit(f"{script.name} started (pid {pid}) but has not completed a pass; see {self.logfile}")
 
     @staticmethod
     def _reap(pid: int) -> None:
