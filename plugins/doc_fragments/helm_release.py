@@ -9,6 +9,10 @@ class ModuleDocFragment:
     DOCUMENTATION = r"""
 options: {}
 notes:
+  - The release is read from the object helm keeps each revision in - a Secret C(sh.helm.release.v1.<release>.v<revision>)
+    labelled C(owner=helm) in the release's namespace, or a ConfigMap with C(HELM_DRIVER=configmap) - with one metadata-only
+    list and one get, not through C(helm list) and C(helm get values). The identity needs C(list) and C(get) on C(secrets)
+    there, as helm itself does. With C(HELM_DRIVER=sql) or C(memory) the module asks C(helm list) and C(helm get values).
   - While C(helm upgrade --install) (and an O(atomic) undo) runs, the module holds a C(coordination.k8s.io/v1) Lease
     C(kubeinfer-helm-<release>) in the release's namespace, renewed every 10 seconds and deleted when helm is done. It
     records the revision helm is making. The identity needs C(get), C(create), C(patch) and C(delete) on C(leases).

@@ -274,7 +274,7 @@ def _found_site(kube: Kube, helm: Helm, params: Mapping[str, Any], name: str, de
     if owner is not None:
         helm.require(f"read the values of Helm release {owner[0]}/{owner[1]}, which owns the adapter")
         if current is None or (current.namespace, current.name) != owner:
-            current = _helm_release.read(helm, owner[1], owner[0])
+            current = _helm_release.read(kube, helm, owner[1], owner[0])
         rules = current.values.get("rules") if isinstance(current.values.get("rules"), dict) else {}
         if rules.get("default", True) is False and not rules.get("custom"):
             raise KubeInferError(

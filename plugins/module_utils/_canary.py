@@ -212,5 +212,5 @@ def _run(kube: Kube, helm: Helm, p: dict[str, Any], check_mode: bool, diff: bool
     result["decision"] = "rolled_back" if missed else "promoted"
     steps.append(f"{'rolled back: the canary removed' if missed else 'promoted: the release runs the canary values'}, "
                  f"{workload['deployment']} rolled out")
-    result["release"] = _helm_release.release_view(helm.release(name, namespace), name, namespace)
+    result["release"] = _helm_release.release_view(_helm_release.read(kube, helm, name, namespace).row, name, namespace)
     return result

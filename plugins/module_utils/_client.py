@@ -10,7 +10,7 @@ import os
 import re
 import sys
 import types
-from typing import Any
+from typing import Any, Callable
 
 from ansible_collections.kubeinfer.llm.plugins.module_utils._errors import KubeInferError
 
@@ -61,10 +61,79 @@ def _defer(name: str) -> None:
         setattr(sys.modules[parent], child, module)
 
 
+class _AuthProviderModule(types.ModuleType):
+    """A stand-in, until first use, for a library kube_config.py imports only for an auth provider.
+
+    ``kubernetes/config/kube_config.py`` imports ``google.auth`` and ``google.auth.transport.requests`` (the ``gcp``
+    provider), ``oauthlib.oauth2`` and ``requests_oauthlib`` (``oidc`` token refresh) at the top, about 0.1 s of CPU
+    with cryptography and most of requests, and uses them only inside those providers' refresh functions. The first
+    attribute read of any stand-in imports all four for real, as kube_config would have (so ``google.auth.transport``
+    is there too), and answers from the real module. A stand-in for a package has the real ``__spec__`` and
+    ``__path__`` (found without running it), so that an import of one of its submodules still works.
+    ``from requests_oauthlib import OAuth2Session`` gets a forwarder that does the same and calls the real class
+    (kube_config only calls it). No stand-in is a submodule of a package that is not imported (``requests.utils``
+    would be: a later ``import requests`` would find it half-made).
+    """
+
+    def __init__(self, name: str, forward: tuple[str, ...] = ()) -> None:
+        super().__init__(name)
+        for attr in forward:
+            self.__dict__[attr] = self._forwarder(attr)
+
+    def _forwarder(self, attr: str) -> Callable[..., Any]:
+        def call(*args: Any, **kwargs: Any) -> Any:
+            return getattr(_load_auth_providers()[self.__name__], attr)(*args, **kwargs)
+        return call
+
+    def __getattr__(self, name: str) -> Any:
+        if name.startswith("__"):
+            raise AttributeError(name)
+        return getattr(_load_auth_providers()[self.__name__], name)
+
+
+# (module, forwarded names), in kube_config.py's import order.
+_AUTH_PROVIDER_MODULES = (("google.auth", ()), ("google.auth.transport.requests", ()), ("oauthlib.oauth2", ()),
+                          ("requests_oauthlib", ("OAuth2Session",)))
+
+
+def _load_auth_providers() -> dict[str, types.ModuleType]:
+    """Replace every stand-in with the real module; the real modules by name."""
+    names = [name for name, _forward in _AUTH_PROVIDER_MODULES]
+    for name in names:
+        if isinstance(sys.modules.get(name), _AuthProviderModule):
+            del sys.modules[name]
+    return {name: importlib.import_module(name) for name in names}
+
+
+def _defer_auth_providers() -> None:
+    """Put an _AuthProviderModule in place of each module kube_config imports for an auth provider, unless one of
+    them is imported already or not installed (then kube_config imports them itself, and says what is missing)."""
+    try:
+        if any(name in sys.modules or importlib.util.find_spec(name.split(".", 1)[0]) is None for name, _forward in _AUTH_PROVIDER_MODULES):
+            return
+        # The parents kube_config reads them through: the google namespace package and oauthlib's small __init__.
+        parents = {"google.auth": importlib.import_module("google"), "oauthlib.oauth2": importlib.import_module("oauthlib")}
+        # Where each package is, found without running it (google.auth.transport.requests is a plain module, below a
+        # package that would have to run to be searched).
+        specs = {name: importlib.util.find_spec(name) for name in ("google.auth", "oauthlib.oauth2", "requests_oauthlib")}
+    except (ImportError, ValueError):
+        return
+    for name, forward in _AUTH_PROVIDER_MODULES:
+        module = _AuthProviderModule(name, forward)
+        spec = specs.get(name)
+        if spec is not None and spec.submodule_search_locations is not None:
+            module.__spec__ = spec
+            module.__path__ = list(spec.submodule_search_locations)
+        sys.modules[name] = module
+    for name, parent in parents.items():
+        setattr(parent, name.rsplit(".", 1)[1], sys.modules[name])
+
+
 def _import_kubernetes() -> tuple[Any, Any]:
     """The kubernetes library's ApiClient and Configuration and its kubeconfig loaders, without the rest of the library."""
     for package in ("kubernetes", "kubernetes.client", "kubernetes.client.api", "kubernetes.client.models", "kubernetes.config"):
         _defer(package)
+    _defer_auth_providers()
     from kubernetes.client import api_client, configuration  # pylint: disable=import-outside-toplevel
     client = sys.modules["kubernetes.client"]
     # kube_config.py reads these two names from kubernetes.client: give them, so that it does not run the whole __init__.

@@ -179,7 +179,7 @@ def _namespace(kube: Kube, namespace: str, create: bool, check_mode: bool, resul
 
 def _remove(kube: Kube, helm: Helm, params: Mapping[str, Any], check_mode: bool, diff: bool, result: dict[str, Any]) -> None:
     name, namespace = params["release_name"], params["namespace"]
-    current = _helm_release.read(helm, name, namespace)
+    current = _helm_release.read(kube, helm, name, namespace)
     result["release"] = _helm_release.release_view(current.row, name, namespace)
     if current.row and diff:
         result["diff"] = {"before": {"chart": current.row.get("chart"), "values": current.values}, "after": {}}

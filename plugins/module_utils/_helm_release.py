@@ -7,8 +7,10 @@ Every module that installs a chart goes through it:
 
 - ``read_chart`` resolves the chart to install (one Chart.yaml reader: a local directory or archive is read
   here, any other reference through ``helm show chart``);
-- ``plan`` compares the release ``helm list`` and ``helm get values`` show with the chart and the values
-  wanted (one comparison, as helm stores values: a JSON round trip) and says why an upgrade is needed;
+- ``read`` takes the release's last revision from the Secret helm stores it in (``_helm_storage``): the row
+  ``helm list`` shows, the values ``helm get values`` shows and the rendered manifests;
+- ``plan`` compares that release with the chart and the values wanted (one comparison, as helm stores values:
+  a JSON round trip) and says why an upgrade is needed;
 - ``apply`` runs the one ``helm upgrade --install``, then the caller's wait, and with ``atomic`` undoes a
   failure the one way: back to the revision before this run, or uninstall a release this run created;
 - ``result`` is the shape every such module returns: ``release`` (always a dict), ``helm_commands`` and
@@ -37,6 +39,7 @@ from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from typing import TYPE_CHECKING, Any, Callable, Mapping
 
+from ansible_collections.kubeinfer.llm.plugins.module_utils import _helm_storage
 from ansible_collections.kubeinfer.llm.plugins.module_utils._errors import KubeInferError
 from ansible_collections.kubeinfer.llm.plugins.module_utils._helm import Helm
 
@@ -260,7 +263,7 @@ class Plan:
 
 @dataclass
 class Current:
-    """The release as helm has it now: its ``helm list`` row (None when not installed) and user values.
+    """The release as helm has it now: its ``helm list`` row (None when not installed), user values and manifests.
 
     ``recovered`` says what read_for_upgrade did (or, in check mode, would do) about a pending revision an
     interrupted run left; a plan lists it among its reasons."""
@@ -271,12 +274,21 @@ class Current:
     values: dict[str, Any]
     recovered: str | None = None
     interrupted: bool = False
+    manifest: str | None = None
+    """The revision's rendered manifests, hooks included, when read from helm's storage (None through the helm CLI)."""
 
 
-def read(helm: Helm, name: str, namespace: str) -> Current:
-    """``helm list`` and, when the release exists, ``helm get values``."""
-    row = helm.release(name, namespace)
-    return Current(name, namespace, row, helm.values(name, namespace) if row else {})
+def read(kube: Kube, helm: Helm, name: str, namespace: str) -> Current:
+    """The release's last revision: from the Secret (or ConfigMap) helm stores it in (_helm_storage), or, with a
+    HELM_DRIVER whose releases are not Kubernetes objects, from ``helm list`` and ``helm get values``."""
+    kind = _helm_storage.storage_kind()
+    if kind is None:
+        row = helm.release(name, namespace)
+        return Current(name, namespace, row, helm.values(name, namespace) if row else {})
+    record = _helm_storage.read(kube, name, namespace, kind)
+    if record is None:
+        return Current(name, namespace, None, {})
+    return Current(name, namespace, _helm_storage.list_row(record), record.get("config") or {}, manifest=_helm_storage.manifests(record))
 
 
 def check_upgradable(current: Current) -> None:
@@ -354,15 +366,15 @@ class OperationLease:
 
 
 def read_for_upgrade(kube: Kube, helm: Helm, name: str, namespace: str, check_mode: bool,
-                     wait_seconds: float = LEASE_SECONDS + 10) -> Current:
+                     wait_seconds: float = LEASE_SECONDS + 10, current: Current | None = None) -> Current:
     """``read``, then recover a pending revision an interrupted run of this collection left (see the module docstring).
 
     A pending revision whose Lease is still renewed is another run of this collection at work: wait up to
     ``wait_seconds`` for it to end or expire, then refuse naming its holder. An expired Lease naming the pending
     revision: roll back to the revision before it (``helm rollback``), or uninstall a release whose first install
     was cut off, delete the Lease and read again. In check mode nothing is done: ``recovered`` says what would be.
-    Any other pending release is left for check_upgradable to refuse."""
-    current = read(helm, name, namespace)
+    Any other pending release is left for check_upgradable to refuse. ``current``: the release as the caller read it."""
+    current = current or read(kube, helm, name, namespace)
     status = (current.row or {}).get("status")
     if not current.row or status in UPGRADABLE:
         return current
@@ -380,7 +392,7 @@ def read_for_upgrade(kube: Kube, helm: Helm, name: str, namespace: str, check_mo
                                  f"(Lease {namespace}/{lease_name(name)} renewed at {spec.get('renewTime')}); wait for that run, then run again",
                                  release=release_view(current.row, name, namespace))
         time.sleep(2)
-        current = read(helm, name, namespace)
+        current = read(kube, helm, name, namespace)
         if (current.row or {}).get("status") in UPGRADABLE or not current.row:
             return current
     spec = lease.get("spec") or {}
@@ -395,7 +407,7 @@ def read_for_upgrade(kube: Kube, helm: Helm, name: str, namespace: str, check_mo
     else:
         helm.rollback(name, namespace, revision - 1)
     kube.delete(LEASE_API, "Lease", lease_name(name), namespace)
-    done = read(helm, name, namespace)
+    done = read(kube, helm, name, namespace)
     done.recovered = f"{what}: {'uninstalled it' if first_install else f'rolled back to revision {revision - 1}'}"
     return done
 
@@ -432,17 +444,17 @@ def apply(kube: Kube, helm: Helm, planned: Plan, create_namespace: bool, atomic:
         kube.create({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": planned.namespace}})
     revision = release_view(planned.row, planned.name, planned.namespace)["revision"]
     with OperationLease(kube, planned.name, planned.namespace, revision + 1, "upgrade" if planned.row else "install"):
-        return _apply(helm, planned, create_namespace, atomic, helm_wait, timeout, wait, hook_timeout)
+        return _apply(kube, helm, planned, create_namespace, atomic, helm_wait, timeout, wait, hook_timeout)
 
 
-def _apply(helm: Helm, planned: Plan, create_namespace: bool, atomic: bool, helm_wait: bool, timeout: int,
+def _apply(kube: Kube, helm: Helm, planned: Plan, create_namespace: bool, atomic: bool, helm_wait: bool, timeout: int,
            wait: Callable[[], Any] | None, hook_timeout: int | None = None) -> dict[str, Any]:
     chart = planned.chart
     try:
         helm.upgrade_install(planned.name, chart.ref, planned.namespace, planned.desired, version=chart.version_arg,
                              repo=chart.repo, create_namespace=create_namespace, wait=helm_wait, timeout=timeout,
                              hook_timeout=hook_timeout)
-        row = helm.release(planned.name, planned.namespace)
+        row = read(kube, helm, planned.name, planned.namespace).row
         after = release_view(row, planned.name, planned.namespace)
         if row and not chart.matches(row.get("chart")):
             raise KubeInferError(f"chart_ref: helm installed {row.get('chart')}, but {chart.id} was asked for "

@@ -22,6 +22,7 @@ NOISE_METADATA = ("managedFields", "resourceVersion", "generation")
 # answer goes through the same transform as a get's (k8s.io/apiserver/pkg/endpoints/handlers/patch.go ->
 # transformResponseObject in response.go). Errors still come as a JSON Status.
 ACCEPT_METADATA = "application/json;as=PartialObjectMetadata;g=meta.k8s.io;v=v1, application/json"
+ACCEPT_METADATA_LIST = "application/json;as=PartialObjectMetadataList;g=meta.k8s.io;v=v1, application/json"
 T = TypeVar("T")
 
 # Kinds the collection uses, so that the common path needs no discovery request.
@@ -141,14 +142,18 @@ class Kube:
             raise
 
     def list(self, api_version: str, kind: str, namespace: str | None = None,
-             label_selector: str | None = None, field_selector: str | None = None) -> list[dict[str, Any]]:
-        """Return the items of one list call (no pagination: the collection lists bounded sets)."""
+             label_selector: str | None = None, field_selector: str | None = None, metadata_only: bool = False) -> list[dict[str, Any]]:
+        """Return the items of one list call (no pagination: the collection lists bounded sets).
+
+        ``metadata_only``: each item is the object's metadata only (a PartialObjectMetadata), for a caller that
+        needs names and labels of objects whose data may be large (helm's release Secrets)."""
         query: list[tuple[str, Any]] = []
         if label_selector:
             query.append(("labelSelector", label_selector))
         if field_selector:
             query.append(("fieldSelector", field_selector))
-        result = self.request("GET", self.ref(api_version, kind).path(None, namespace), query=query, verb="list")
+        result = self.request("GET", self.ref(api_version, kind).path(None, namespace), query=query, verb="list",
+                              accept=ACCEPT_METADATA_LIST if metadata_only else "application/json")
         items = result.get("items") or []
         for item in items:  # list items come without apiVersion/kind
             item.setdefault("apiVersion", api_version)

@@ -15,9 +15,9 @@ description:
     O(chart_ref) selects an OCI reference, a mirror repository, a chart archive URL, or a chart directory
     or archive on the controller for air-gapped sites.
   - "Idempotent: the release's chart (the C(chart) column of C(helm list)) and its user values
-    (C(helm get values)) are compared with the computed ones, and C(helm upgrade) only runs when they differ.
-    A run with nothing to change makes no API write and runs only C(helm list) and C(helm get values);
-    RV(helm_commands) and RV(api_requests) show that."
+    (what C(helm get values) shows), read from the release's Secret, are compared with the computed ones, and
+    C(helm upgrade) only runs when they differ. A run with nothing to change makes no API write and runs no helm
+    command; RV(helm_commands) and RV(api_requests) show that."
   - With O(time_slicing_replicas), the device-plugin ConfigMap is created (server-side apply) in the
     release namespace before the release, and the chart is pointed at it.
   - Every input is checked before the first request, so bad input leaves the cluster unchanged.
@@ -160,7 +160,8 @@ options:
     choices: [present, absent]
     default: present
 notes:
-  - Only C(helm list), C(helm get values), C(helm upgrade --install), C(helm rollback) (with O(atomic)) and C(helm uninstall) are run. Helm's own API
+  - Only C(helm upgrade --install), C(helm rollback) (with O(atomic)) and C(helm uninstall) are run (and C(helm show chart) for a chart
+    that is not on the controller). Helm's own API
     requests are not in RV(api_requests), which counts this module's direct requests.
   - O(values) may hold anything the chart accepts. Do not put secrets in them; they are stored in the release.
 seealso:
@@ -269,7 +270,7 @@ helm_commands:
   type: list
   elements: str
   returned: always
-  sample: ["/usr/local/bin/helm list --namespace gpu-operator --all --filter ^gpu-operator$ --output json"]
+  sample: ["/usr/local/bin/helm upgrade --install gpu-operator gpu-operator --namespace gpu-operator --reset-values --version v26.7.0 --values <values-file>"]
 api_requests:
   description: Kubernetes API requests made by the module itself, by verb. A run with nothing to change shows no write verb.
   type: dict

@@ -390,7 +390,7 @@ helm_commands:
   type: list
   elements: str
   returned: always
-  sample: ["helm list --namespace monitoring --all --filter ^prometheus-adapter$ --output json"]
+  sample: ["helm upgrade --install prometheus-adapter /opt/charts/prometheus-adapter-5.3.0.tgz --namespace monitoring --reset-values --values <values-file>"]
 release_would_change:
   description: In check mode, true when the adapter release would be installed or upgraded.
   type: bool

@@ -507,9 +507,13 @@ gpu_nodes:
   returned: when O(state=present)
   sample: [gpu-0, gpu-1]
 validation:
-  description: The kubernetes-validate result of the rendered manifests.
+  description:
+    - The kubernetes-validate result of the rendered manifests.
+    - The chart is rendered and validated when the release would be installed or changed. When the release's last revision
+      is deployed from the same chart version with the same values, the manifests helm stored for it are read instead, and
+      nothing is rendered or validated again.
   type: dict
-  returned: when O(state=present) and the preflight got that far
+  returned: when O(state=present), the chart was rendered and the preflight got that far
   sample: {kube_version: v1.36.3, schema_version: "1.36", validated: [Service/llama, Deployment/llama], skipped: []}
   contains:
     kube_version:
@@ -584,11 +588,12 @@ api_requests:
 helm_commands:
   description:
     - The helm command lines run, secrets masked and the values file shown as C(<values-file>).
-    - A re-run without changes shows no C(helm upgrade).
+    - A re-run without changes runs no helm command but C(helm show chart) for a chart that is not on the controller
+      (the release is read from its Secret, and its stored manifests stand in for C(helm template)).
   type: list
   elements: str
   returned: always
-  sample: ["/usr/local/bin/helm list --namespace vllm --all --filter ^llama$ --output json"]
+  sample: ["/usr/local/bin/helm template llama /opt/charts/vllm --namespace vllm --kube-version v1.36.3 --values <values-file>"]
 diff:
   description: The deployed user-supplied values and the computed ones.
   type: dict

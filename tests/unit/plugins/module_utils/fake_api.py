@@ -21,15 +21,19 @@ class FakeApiException(Exception):
 
 
 class FakeApiClient:
-    """Answers from a dict of (method, path) -> body or exception; records every call."""
+    """Answers from a dict of (method, path) -> body or exception; records every call. A request without an answer goes
+    to ``fallback`` (another fake ApiClient, e.g. a FakeCluster holding helm's release Secrets) when one is set."""
 
     def __init__(self, answers: dict[tuple[str, str], Any] | None = None) -> None:
         self.answers = answers or {}
         self.calls: list[dict[str, Any]] = []
+        self.fallback: Any = None
 
-    def call_api(self, path: str, method: str, query_params=None, header_params=None, body=None, **_: Any) -> FakeResponse:
+    def call_api(self, path: str, method: str, query_params=None, header_params=None, body=None, **kw: Any) -> FakeResponse:
         self.calls.append({"path": path, "method": method, "query": dict(query_params or []),
                            "headers": header_params, "body": body})
+        if self.fallback is not None and (method, path) not in self.answers:
+            return self.fallback.call_api(path, method, query_params=query_params, header_params=header_params, body=body, **kw)
         answer = self.answers.get((method, path))
         if isinstance(answer, Exception):
             raise answer

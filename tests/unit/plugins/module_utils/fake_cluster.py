@@ -16,7 +16,7 @@ from .fake_api import FakeApiException, FakeResponse
 
 PLURALS = {"ConfigMap": "configmaps", "Deployment": "deployments", "Pod": "pods", "HorizontalPodAutoscaler": "horizontalpodautoscalers",
            "APIService": "apiservices", "CustomResourceDefinition": "customresourcedefinitions", "ScaledObject": "scaledobjects",
-           "Node": "nodes", "DaemonSet": "daemonsets", "Namespace": "namespaces"}
+           "Node": "nodes", "DaemonSet": "daemonsets", "Namespace": "namespaces", "Secret": "secrets"}
 
 
 def merge(base: Any, patch: Any) -> Any:

@@ -29,6 +29,7 @@ from ansible_collections.kubeinfer.llm.plugins.module_utils._resources import Ku
 from ansible_collections.kubeinfer.llm.plugins.modules import metrics_adapter
 
 from .fake_cluster import FakeCluster, metric_list
+from .helm_records import keep_in
 from .spec_params import spec_params
 from .test_adapter import adapter_deployment
 
@@ -51,8 +52,8 @@ HELM = (os.environ.get("HELM_BIN") or os.environ.get("HELM_BINARY")
 
 
 class FakeAdapterHelm:
-    """helm list / get values / upgrade --install / uninstall for one release; an install renders what the chart would:
-    the Deployment (mounting rules.existing, or the chart's own ConfigMap) and the APIService, both Helm-owned."""
+    """helm upgrade --install / uninstall for one release, kept in the Secret helm stores it in; an install renders what
+    the chart would: the Deployment (mounting rules.existing, or the chart's own ConfigMap) and the APIService, both Helm-owned."""
 
     def __init__(self, cluster: FakeCluster, values: dict[str, Any] | None = None, chart: str = "prometheus-adapter-5.3.0") -> None:
         self.cluster = cluster
@@ -66,10 +67,6 @@ class FakeAdapterHelm:
     def __call__(self, argv: list[str], environ_update: dict[str, str] | None = None) -> tuple[int, str, str]:
         self.argvs.append(argv)
         verb = argv[1]
-        if verb == "list":
-            return 0, json.dumps([self.release] if self.release else []), ""
-        if verb == "get":
-            return 0, json.dumps(self.values), ""
         if verb == "upgrade":
             with open(argv[argv.index("--values") + 1]) as f:
                 values = json.load(f)
@@ -78,6 +75,7 @@ class FakeAdapterHelm:
             return 0, "", ""
         if verb == "uninstall":
             self.release, self.values = None, {}
+            keep_in(self.cluster, None, None, NS)
             for path in (DEP, APISERVICE):
                 self.cluster.objects.pop(path, None)
             return 0, "", ""
@@ -87,6 +85,7 @@ class FakeAdapterHelm:
         self.values = values
         self.release = {"name": "prometheus-adapter", "namespace": NS, "revision": str(revision), "status": "deployed",
                         "chart": chart, "app_version": "v0.12.0"}
+        keep_in(self.cluster, self.release, values, NS)
         rules = values.get("rules") or {}
         dep = adapter_deployment(configmap=rules.get("existing") or "prometheus-adapter", labels={"app.kubernetes.io/managed-by": "Helm"},
                                  annotations=dict(HELM_OWNED))
@@ -244,7 +243,7 @@ def test_rerun_of_an_installed_adapter_writes_nothing_and_runs_no_upgrade() -> N
     again = run(cluster, helm)
     assert not again["changed"] and len(cluster.writes()) == writes and len(upgrades(helm)) == 1
     assert again["adapter"]["managed"], "auto recognises the release it installed (rules.existing names a ConfigMap it owns)"
-    assert [c.split()[1] for c in again["helm_commands"]] == ["list", "get"]
+    assert again["helm_commands"] == [], "the release is read from the Secret helm stores it in"
 
 
 def test_second_release_rolls_the_adapter_through_its_release() -> None:

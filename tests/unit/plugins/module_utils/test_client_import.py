@@ -84,3 +84,23 @@ def test_a_port_forward_loads_the_core_api_alone(tmp_path: Path) -> None:
     mods = set(out["mods"])
     assert {"kubernetes.client.api.core_v1_api", "kubernetes.stream.ws_client"} <= mods
     assert "kubernetes.client.api.apps_v1_api" not in mods and "kubernetes.client.models.v1_pod" not in mods
+
+
+def test_the_auth_provider_libraries_load_on_first_use(tmp_path: Path) -> None:
+    """kube_config's gcp and oidc providers still reach the real google.auth, oauthlib and requests_oauthlib, which a
+    client for a token kubeconfig never loads; other code importing them (or requests) later gets the real ones."""
+    out = fresh("before = sorted(m for m in sys.modules if m.startswith(('google.auth.', 'oauthlib.oauth2.', 'requests_oauthlib.'))\n"
+                "              and type(sys.modules[m]).__name__ != '_AuthProviderModule')\n"
+                "from kubernetes.config import kube_config as kc\n"
+                "error = kc.oauthlib.oauth2.rfc6749.errors.InvalidClientIdError\n"
+                "session = kc.OAuth2Session(client_id='c', token={'access_token': 'a', 'refresh_token': 'r'})\n"
+                "import requests\n"
+                "import google.auth.compute_engine\n"
+                "bypass = requests.utils.should_bypass_proxies('https://127.0.0.1:1', no_proxy='127.0.0.1')\n"
+                "print(json.dumps({'before': before, 'default': kc.google.auth.default.__module__,"
+                " 'request': kc.google.auth.transport.requests.Request.__module__, 'session': type(session).__module__,"
+                " 'error': error.__module__, 'real': type(sys.modules['google.auth']).__name__, 'bypass': bypass}))", tmp_path)
+    assert out["before"] == [], "nothing of the auth providers is loaded by building a client"
+    assert out["default"] == "google.auth._default" and out["request"] == "google.auth.transport.requests"
+    assert out["session"] == "requests_oauthlib.oauth2_session" and out["error"] == "oauthlib.oauth2.rfc6749.errors"
+    assert out["real"] == "module" and out["bypass"] is True

@@ -18,6 +18,7 @@ from ansible_collections.kubeinfer.llm.plugins.module_utils._resources import Ku
 
 from .fake_api import FakeApiClient
 from .fake_cluster import FakeCluster, answer_probes, pod_succeeded, probe_answer, probe_pods
+from .helm_records import keep_in
 
 REPO = Path(__file__).resolve().parents[4]
 NVIDIA_REPO = "https://helm.ngc.nvidia.com/nvidia"
@@ -42,7 +43,8 @@ def params(**overrides: Any) -> dict[str, Any]:
 
 
 class FakeHelm:
-    """A run_command stand-in that keeps one release and answers helm list / get values / upgrade / rollback / uninstall.
+    """A run_command stand-in that keeps one release and answers helm upgrade / rollback / uninstall; the release's last
+    revision is kept in the Secret helm stores it in, in ``cluster`` (see run).
     ``fail_upgrade`` makes helm upgrade fail after it wrote a new revision, as a timed-out ``--wait`` does."""
 
     def __init__(self, release: dict[str, Any] | None = None, values: dict[str, Any] | None = None, fail_upgrade: bool = False) -> None:
@@ -51,14 +53,20 @@ class FakeHelm:
         self.upgrades: list[dict[str, Any]] = []
         self.fail_upgrade = fail_upgrade
         self.argvs: list[list[str]] = []
+        self.cluster: FakeCluster | None = None
+
+    def keep(self) -> None:
+        if self.cluster is not None:
+            keep_in(self.cluster, self.release, self.values, "gpu-operator")
 
     def __call__(self, argv: list[str], environ_update: dict[str, str] | None = None) -> tuple[int, str, str]:
         self.argvs.append(argv)
+        rc, out, err = self.answer(argv)
+        self.keep()
+        return rc, out, err
+
+    def answer(self, argv: list[str]) -> tuple[int, str, str]:
         verb = argv[1]
-        if verb == "list":
-            return 0, json.dumps([self.release] if self.release else []), ""
-        if verb == "get":
-            return 0, json.dumps(self.values), ""
         if verb == "upgrade":
             with open(argv[argv.index("--values") + 1]) as f:
                 self.values = json.load(f)
@@ -79,8 +87,20 @@ class FakeHelm:
         return 1, "", f"unexpected helm call {argv}"
 
 
+def linked(api: Any, fake: FakeHelm) -> Kube:
+    """A Kube on ``api`` that holds the Secret of ``fake``'s release, as the API server holds what helm stored."""
+    if isinstance(api, FakeCluster):
+        fake.cluster = api
+    elif fake.cluster is None:  # a FakeApiClient of fixed answers: helm's release Secret lives in a cluster behind it
+        fake.cluster = FakeCluster()
+    if isinstance(api, FakeApiClient) and api.fallback is None:
+        api.fallback = fake.cluster
+    fake.keep()
+    return Kube(api)
+
+
 def run(api: Any, fake: FakeHelm, check: bool = False, diff: bool = False, **overrides: Any) -> dict[str, Any]:
-    kube = Kube(api)
+    kube = linked(api, fake)
     helm = Helm(fake, "/bin/helm", {"kubeconfig": "/k"})
     return _gpu_operator.run(kube, helm, params(**overrides), check, diff)
 
@@ -229,7 +249,8 @@ def test_fresh_install_probes_the_gpu_nodes_and_installs_the_driver_where_none_i
     assert result["changes"] == ["release: (none) -> gpu-operator-v26.7.0"]
     assert result["changed_values"] == ["dcgmExporter", "devicePlugin", "driver", "mig", "toolkit"], "a new release: every top-level key"
     # The probe pod (create, delete); the namespace and the operation Lease around the helm upgrade.
-    assert result["api_requests"] == {"list": 2, "create": 2, "delete": 2, "get": 1, "apply": 1}
+    # The release is read from its Secret (a metadata list) before the plan and after the upgrade (list and get).
+    assert result["api_requests"] == {"list": 4, "create": 2, "delete": 2, "get": 2, "apply": 1}
     assert [c["path"].rsplit("/", 1)[-1] for c in cluster.calls if c["method"] in ("PATCH", "DELETE") and "leases" in c["path"]] == \
         ["kubeinfer-helm-gpu-operator", "kubeinfer-helm-gpu-operator"]
 
@@ -284,8 +305,12 @@ def test_rerun_with_same_values_runs_no_upgrade_and_no_api_request() -> None:
     assert again["changed"] is False and again["changes"] == []
     assert len(fake.upgrades) == 1
     assert not any(" upgrade " in c for c in again["helm_commands"])
-    # auto keeps the installed release's driver.enabled, so nothing is probed, not even listed
-    assert again["api_requests"] == {} and cluster.calls == []
+    # auto keeps the installed release's driver.enabled, so nothing is probed, not even listed: the two requests
+    # read the release's last revision from the Secret helm stores it in
+    assert again["api_requests"] == {"list": 1, "get": 1}
+    assert [(c["method"], c["path"]) for c in cluster.calls] == [
+        ("GET", "/api/v1/namespaces/gpu-operator/secrets"), ("GET", "/api/v1/namespaces/gpu-operator/secrets/sh.helm.release.v1.gpu-operator.v1")]
+    assert again["helm_commands"] == []
     assert again["driver_reason"].startswith("auto: kept driver.enabled=true")
     assert "driver_probe" not in again
 
@@ -326,7 +351,8 @@ def test_pending_release_fails_without_upgrade() -> None:
     fake = FakeHelm({"name": "gpu-operator", "chart": "gpu-operator-v26.7.0", "status": "pending-upgrade", "revision": "2"})
     with pytest.raises(KubeInferError, match="is in status pending-upgrade") as err:
         run(FakeApiClient(), fake)
-    assert fake.upgrades == [] and err.value.result["helm_commands"]
+    assert fake.upgrades == [] and fake.argvs == [], "the status is read from the release's Secret"
+    assert err.value.result["release"]["status"] == "pending-upgrade"
 
 
 def test_time_slicing_configmap_is_applied_before_the_release() -> None:
@@ -346,7 +372,7 @@ def test_time_slicing_configmap_is_applied_before_the_release() -> None:
             order.append("helm upgrade")
         return original(argv, environ_update)
 
-    kube, helm = Kube(api), Helm(recording, "/bin/helm", {})
+    kube, helm = linked(api, fake), Helm(recording, "/bin/helm", {})
     result = _gpu_operator.run(kube, helm, params(time_slicing_replicas=4), False, False)
     assert order == ["configmap", "helm upgrade"]
     cm = next(c["body"] for c in api.calls if c["path"] == CM_PATH and c["method"] == "PATCH")
@@ -358,9 +384,10 @@ def test_time_slicing_configmap_is_applied_before_the_release() -> None:
 def test_time_slicing_in_check_mode_with_missing_namespace_writes_nothing() -> None:
     api = FakeApiClient({("GET", NODES_PATH): {"items": []}})
     fake = FakeHelm()
-    result = _gpu_operator.run(Kube(api), Helm(fake, "/bin/helm", {}), params(time_slicing_replicas=2), True, False)
+    result = _gpu_operator.run(linked(api, fake), Helm(fake, "/bin/helm", {}), params(time_slicing_replicas=2), True, False)
     assert result["changed"] is True and result["namespace_created"] is True
-    assert [c["path"] for c in api.calls] == [NS_PATH], "only the namespace read: check mode runs no probe"
+    assert [c["path"] for c in api.calls] == ["/api/v1/namespaces/gpu-operator/secrets", NS_PATH], \
+        "only the release's Secrets and the namespace read: check mode runs no probe"
     assert fake.upgrades == []
 
 

@@ -14,6 +14,8 @@ from ansible_collections.kubeinfer.llm.plugins.module_utils._errors import KubeI
 from ansible_collections.kubeinfer.llm.plugins.module_utils._helm import Helm
 from ansible_collections.kubeinfer.llm.plugins.module_utils._helm_release import Chart, Current, deep_merge, value_changes
 
+from .helm_records import release_record, stored_secret
+
 
 class Recorder:
     def __init__(self, rc: int = 0, out: str = "", err: str = "") -> None:
@@ -121,13 +123,28 @@ def test_release_view_has_one_shape(row: dict[str, Any] | None, view: dict[str, 
 
 
 class LeaseKube:
-    """The few Kube calls the operation lease makes, on an in-memory store: {(kind, name): object}."""
+    """The few Kube calls the operation lease makes, on an in-memory store: {(kind, name): object}; and the reads of the
+    Secret helm keeps ``release``'s last revision in."""
 
-    def __init__(self, objects: dict[tuple[str, str], dict[str, Any]] | None = None) -> None:
+    def __init__(self, objects: dict[tuple[str, str], dict[str, Any]] | None = None, release: Release | None = None) -> None:
         self.objects = dict(objects or {})
         self.calls: list[tuple[str, str]] = []
+        self.release = release
+
+    def stored(self) -> dict[str, dict[str, Any]]:
+        if self.release is None or self.release.row is None:
+            return {}
+        secret = stored_secret(release_record(dict({"name": "r"}, **self.release.row), None, namespace="ns"))
+        return {secret["metadata"]["name"]: secret}
+
+    def list(self, api_version: str, kind: str, namespace: str | None = None, label_selector: str | None = None,
+             metadata_only: bool = False) -> list[dict[str, Any]]:
+        assert (kind, namespace, label_selector, metadata_only) == ("Secret", "ns", "owner=helm,name=r", True)
+        return [{"metadata": s["metadata"]} for s in self.stored().values()]
 
     def get(self, api_version: str, kind: str, name: str, namespace: str | None = None) -> dict[str, Any] | None:
+        if kind == "Secret":
+            return self.stored().get(name)
         return self.objects.get((kind, name))
 
     def create(self, body: dict[str, Any]) -> dict[str, Any]:
@@ -156,7 +173,7 @@ def lease(revision: int, renewed: str, holder: str = "kubeinfer.llm/ops/1") -> d
 
 
 class Release:
-    """run_command for helm that keeps one release; ``fail`` makes the upgrade fail."""
+    """run_command for helm that keeps one release (read from its Secret: LeaseKube); ``fail`` makes the upgrade fail."""
 
     def __init__(self, row: dict[str, Any] | None, fail: bool = False, chart: str = "vllm-0.2.0") -> None:
         self.row, self.fail, self.chart = row, fail, chart
@@ -164,8 +181,6 @@ class Release:
 
     def __call__(self, argv: list[str], environ_update: dict[str, str] | None = None) -> tuple[int, str, str]:
         self.verbs.append(argv[1:])
-        if argv[1] == "list":
-            return 0, json.dumps([self.row] if self.row else []), ""
         if argv[1] == "upgrade":
             self.row = {"chart": self.chart, "status": "failed" if self.fail else "deployed",
                         "revision": str(int((self.row or {}).get("revision", 0)) + 1)}
@@ -182,7 +197,7 @@ def test_apply_upgrades_then_waits() -> None:
     helm = Helm(cli, "helm", {})
     planned = _helm_release.plan(current(cli.row), CHART, {"a": 1})
     waited: list[bool] = []
-    after = _helm_release.apply(LeaseKube(), helm, planned, create_namespace=True, atomic=False, wait=lambda: waited.append(True))
+    after = _helm_release.apply(LeaseKube(release=cli), helm, planned, create_namespace=True, atomic=False, wait=lambda: waited.append(True))
     assert after["revision"] == 2 and after["status"] == "deployed" and waited == [True]
     assert cli.verbs[0][:4] == ["upgrade", "--install", "r", "./vllm"] and "--create-namespace" in cli.verbs[0]
     assert "--wait" not in cli.verbs[0], "the caller's wait, not helm's"
@@ -197,7 +212,7 @@ def test_atomic_undoes_a_failed_upgrade_or_wait(row: dict[str, Any] | None, undo
     cli = Release(row, fail=True)
     helm = Helm(cli, "helm", {})
     with pytest.raises(KubeInferError) as err:
-        _helm_release.apply(LeaseKube(), helm, _helm_release.plan(current(row), CHART, {"a": 1}), False, atomic=True)
+        _helm_release.apply(LeaseKube(release=cli), helm, _helm_release.plan(current(row), CHART, {"a": 1}), False, atomic=True)
     assert err.value.msg == f"helm upgrade failed (rc=1): Error: UPGRADE FAILED; {said}" and err.value.result["rolled_back"] == said
     assert cli.verbs[-1] == undo
 
@@ -206,18 +221,18 @@ def test_atomic_undoes_a_failed_upgrade_or_wait(row: dict[str, Any] | None, undo
 
     cli = Release(row)
     with pytest.raises(KubeInferError) as err:
-        _helm_release.apply(LeaseKube(), Helm(cli, "helm", {}), _helm_release.plan(current(row), CHART, {"a": 1}), False, atomic=True, wait=stuck)
+        _helm_release.apply(LeaseKube(release=cli), Helm(cli, "helm", {}), _helm_release.plan(current(row), CHART, {"a": 1}), False, atomic=True, wait=stuck)
     assert err.value.msg == f"timed out; {said}" and err.value.result["waited"] == 30 and cli.verbs[-1] == undo
     cli = Release(row, fail=True)
     with pytest.raises(KubeInferError):
-        _helm_release.apply(LeaseKube(), Helm(cli, "helm", {}), _helm_release.plan(current(row), CHART, {"a": 1}), False, atomic=False)
+        _helm_release.apply(LeaseKube(release=cli), Helm(cli, "helm", {}), _helm_release.plan(current(row), CHART, {"a": 1}), False, atomic=False)
     assert [v[0] for v in cli.verbs] == ["upgrade"], "without atomic nothing is undone"
 
 
 def test_apply_refuses_a_chart_other_than_the_planned_one() -> None:
     cli = Release(None, chart="vllm-0.1.0")
     with pytest.raises(KubeInferError, match="^chart_ref: helm installed vllm-0.1.0, but vllm-0.2.0 was asked for"):
-        _helm_release.apply(LeaseKube(), Helm(cli, "helm", {}), _helm_release.plan(current(None), CHART, {}), False, atomic=False)
+        _helm_release.apply(LeaseKube(release=cli), Helm(cli, "helm", {}), _helm_release.plan(current(None), CHART, {}), False, atomic=False)
 
 
 def test_read_chart_reads_local_charts_and_asks_helm_for_the_rest(tmp_path: Path) -> None:
@@ -245,9 +260,9 @@ def test_read_chart_reads_local_charts_and_asks_helm_for_the_rest(tmp_path: Path
 
 
 def test_apply_holds_the_operation_lease_while_helm_runs() -> None:
-    kube = LeaseKube()
     seen: list[Any] = []
     cli = Release({"chart": "vllm-0.1.0", "status": "deployed", "revision": "3"})
+    kube = LeaseKube(release=cli)
     helm = Helm(cli, "helm", {})
     _helm_release.apply(kube, helm, _helm_release.plan(current(cli.row), CHART, {"a": 1}), create_namespace=True, atomic=False,  # type: ignore[arg-type]
                         wait=lambda: seen.append(kube.objects.get(("Lease", "kubeinfer-helm-r"))))
@@ -264,14 +279,15 @@ def test_apply_holds_the_operation_lease_while_helm_runs() -> None:
 def test_an_interrupted_run_is_recovered(status: str, revision: int, verb: list[str]) -> None:
     row = {"chart": "vllm-0.2.0", "status": status, "revision": str(revision)}
     # Check mode: nothing is done; the plan says what would be, and goes on.
-    kube, cli = LeaseKube(lease(revision, "2020-01-01T00:00:00.000000Z")), Release(dict(row))
+    cli = Release(dict(row))
+    kube = LeaseKube(lease(revision, "2020-01-01T00:00:00.000000Z"), release=cli)
     seen = _helm_release.read_for_upgrade(kube, Helm(cli, "helm", {}), "r", "ns", check_mode=True)  # type: ignore[arg-type]
     assert seen.interrupted and "by an interrupted run (kubeinfer.llm/ops/1" in str(seen.recovered) and "would" in str(seen.recovered)
-    assert {v[0] for v in cli.verbs} == {"list", "get"} and kube.calls == []
+    assert cli.verbs == [] and kube.calls == [], "the release is read from its Secret"
     assert _helm_release.plan(seen, CHART, {}).reasons[0] == seen.recovered
     # A real run rolls back (or uninstalls the first install), deletes the Lease and plans from what is left.
     done = _helm_release.read_for_upgrade(kube, Helm(cli, "helm", {}), "r", "ns", check_mode=False)  # type: ignore[arg-type]
-    (write,) = [v for v in cli.verbs if v[0] not in ("list", "get")]
+    (write,) = cli.verbs
     assert write[:len(verb)] == verb and kube.calls == [("delete", "Lease")]
     assert not done.interrupted and (done.row is None or done.row["status"] == "deployed")
     _helm_release.check_upgradable(done)
@@ -281,12 +297,12 @@ def test_a_pending_release_without_our_lease_or_with_a_live_one_is_refused() -> 
     row = {"chart": "vllm-0.2.0", "status": "pending-upgrade", "revision": "5"}
     for objects in ({}, lease(4, "2020-01-01T00:00:00.000000Z")):  # none, or one naming another revision
         cli = Release(dict(row))
-        seen = _helm_release.read_for_upgrade(LeaseKube(objects), Helm(cli, "helm", {}), "r", "ns", check_mode=False)  # type: ignore[arg-type]
+        seen = _helm_release.read_for_upgrade(LeaseKube(objects, release=cli), Helm(cli, "helm", {}), "r", "ns", check_mode=False)  # type: ignore[arg-type]
         with pytest.raises(KubeInferError, match="outside this collection"):
             _helm_release.check_upgradable(seen)
-        assert {v[0] for v in cli.verbs} == {"list", "get"}
+        assert cli.verbs == []
     live = lease(5, _helm_release._now(), holder="kubeinfer.llm/awx-7/42")  # pylint: disable=protected-access
     cli = Release(dict(row))
     with pytest.raises(KubeInferError, match="kubeinfer.llm/awx-7/42 is running helm on it"):
-        _helm_release.read_for_upgrade(LeaseKube(live), Helm(cli, "helm", {}), "r", "ns", check_mode=False, wait_seconds=0)  # type: ignore[arg-type]
+        _helm_release.read_for_upgrade(LeaseKube(live, release=cli), Helm(cli, "helm", {}), "r", "ns", check_mode=False, wait_seconds=0)  # type: ignore[arg-type]
     assert "rollback" not in [v[0] for v in cli.verbs]

@@ -18,6 +18,8 @@ from ansible_collections.kubeinfer.llm.plugins.module_utils._errors import KubeI
 from ansible_collections.kubeinfer.llm.plugins.module_utils._helm import Helm
 from ansible_collections.kubeinfer.llm.plugins.modules import vllm_release
 
+from .helm_records import release_record, stored_secret
+
 REPO = Path(__file__).resolve().parents[4]
 
 
@@ -477,6 +479,11 @@ class FakeKube:
                  secrets: dict[str, dict[str, Any]] | None = None) -> None:
         self.nodes, self.pods, self.deployment, self.secrets = nodes, pods, deployment, secrets or {}
         self.requests: Counter[str] = Counter()
+        self.helm: FakeHelmCli | None = None
+        """The fake helm whose release Secret this API server holds (see run)."""
+
+    def helm_secrets(self) -> list[dict[str, Any]]:
+        return self.helm.stored() if self.helm else []
 
     def request(self, method: str, path: str, **kwargs: Any) -> Any:
         self.requests[kwargs.get("verb") or method.lower()] += 1
@@ -484,10 +491,13 @@ class FakeKube:
         return {"gitVersion": "v1.36.3"}
 
     def list(self, api_version: str, kind: str, namespace: str | None = None, label_selector: str | None = None,
-             field_selector: str | None = None) -> list[dict[str, Any]]:
+             field_selector: str | None = None, metadata_only: bool = False) -> list[dict[str, Any]]:
         self.requests["list"] += 1
         if kind == "Node":
             return self.nodes
+        if kind == "Secret":
+            assert label_selector == "owner=helm,name=llama", label_selector
+            return [{"metadata": s["metadata"]} for s in self.helm_secrets()]
         if namespace:
             return [p for p in self.pods if p["metadata"]["namespace"] == namespace]
         return self.pods
@@ -495,7 +505,8 @@ class FakeKube:
     def get(self, api_version: str, kind: str, name: str, namespace: str | None = None) -> dict[str, Any] | None:
         self.requests["get"] += 1
         if kind == "Secret":
-            return self.secrets.get(name)
+            stored = {s["metadata"]["name"]: s for s in self.helm_secrets()}
+            return stored.get(name) or self.secrets.get(name)
         if kind == "Namespace":
             return {"metadata": {"name": name}}
         return self.deployment
@@ -537,8 +548,8 @@ spec:
 
 
 class FakeHelmCli:
-    """A run_command stand-in for helm that keeps one release: show chart, template, list, get values, upgrade,
-    rollback and uninstall, each argv recorded."""
+    """A run_command stand-in for helm that keeps one release: show chart, template, upgrade, rollback and uninstall,
+    each argv recorded. The release's last revision is read from the Secret helm would store (``stored``)."""
 
     def __init__(self, release: dict[str, Any] | None = None, values: dict[str, Any] | None = None) -> None:
         self.release, self.values = release, values or {}
@@ -569,8 +580,15 @@ class FakeHelmCli:
     def verbs(self) -> list[str]:
         return [a[1] for a in self.argvs]
 
+    def stored(self) -> list[dict[str, Any]]:
+        """The release Secret helm would keep for the last revision (its manifests: what template renders)."""
+        if not self.release:
+            return []
+        return [stored_secret(release_record(dict({"name": "llama"}, **self.release), self.values, RENDERED, "serve"))]
+
 
 def run(kube: FakeKube, cli: FakeHelmCli, p: dict[str, Any], check_mode: bool = False, diff: bool = False) -> dict[str, Any]:
+    kube.helm = cli
     return _vllm.run(kube, Helm(cli, "helm", {}), p, check_mode, diff)  # type: ignore[arg-type]
 
 
@@ -602,10 +620,15 @@ def test_run_installs_once_then_reruns_without_a_write() -> None:
     assert first["release"]["installed"] and first["release"]["revision"] == 1 and first["release"]["chart_version"] == "0.1.0"
     assert any(c.startswith("helm upgrade --install llama /c/charts/vllm") and "<values-file>" in c for c in first["helm_commands"])
 
+    assert "template" in cli.verbs() and first["validation"]["validated"] == ["Deployment/llama", "Service/llama"]
+
     again = FakeHelmCli(cli.release, cli.values)
-    second = run(FakeKube([node("g1")], [], rolled_out(1)), again, params(), diff=True)
+    kube = FakeKube([node("g1")], [], rolled_out(1))
+    second = run(kube, again, params(), diff=True)
     assert not second["changed"] and second["change_reasons"] == [] and second["changed_values"] == []
-    assert "upgrade" not in again.verbs()
+    # Converged: the manifests come from the release's Secret, so helm runs only to read the chart (a path here).
+    assert again.verbs() == ["show"] and "validation" not in second
+    assert second["endpoint"] == first["endpoint"]
     assert second["diff"]["before"] == second["diff"]["after"]
 
 
@@ -690,11 +713,11 @@ def test_rollout_timeout_reports_the_scheduler_and_atomic_undoes(monkeypatch: py
 def test_absent_uninstalls_only_an_existing_release() -> None:
     cli = FakeHelmCli({"chart": "vllm-0.1.0", "status": "deployed", "revision": "2"})
     result = run(FakeKube([], []), cli, params(state="absent"))
-    assert result["changed"] and cli.verbs() == ["list", "get", "uninstall"]
+    assert result["changed"] and cli.verbs() == ["uninstall"], "the release is read from the Secret helm stores it in"
     assert result["release"]["installed"] and result["release"]["revision"] == 2
     cli = FakeHelmCli(None)
     result = run(FakeKube([], []), cli, params(state="absent"))
-    assert not result["changed"] and cli.verbs() == ["list"]
+    assert not result["changed"] and cli.verbs() == []
     assert result["release"] == {"name": "llama", "namespace": "serve", "installed": False, "chart": None, "chart_name": None,
                                  "chart_version": None, "app_version": None, "revision": 0, "status": None, "updated": None}
 

@@ -14,7 +14,7 @@ from ansible_collections.kubeinfer.llm.plugins.modules import gpu_node, gpu_oper
 
 from ..module_utils.fake_api import FakeApiClient
 from ..module_utils.fake_cluster import FakeCluster, answer_probes, pod_succeeded, probe_answer, probe_pods
-from ..module_utils.test_gpu_operator import FakeHelm
+from ..module_utils.test_gpu_operator import FakeHelm, linked
 from ..module_utils.test_gpu_verify import answers
 
 NFD_LABEL = "feature.node.kubernetes.io/pci-10de.present"
@@ -26,6 +26,7 @@ def run_main(monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
         {"ANSIBLE_MODULE_ARGS": dict(args, _ansible_check_mode=check_mode, _ansible_diff=True)})))
     monkeypatch.setattr(_module, "build_api_client", lambda params: api)
     if fake_helm is not None:
+        linked(api, fake_helm)
         monkeypatch.setattr(_module, "find_helm", lambda explicit, get_bin_path: "/bin/helm")
         monkeypatch.setattr(_module, "Helm", lambda run_command, binary, params: Helm(fake_helm, binary, params))
     with pytest.raises(SystemExit):
