@@ -150,25 +150,46 @@ if [ "${1:-}" = "--one" ]; then
   exit 0
 fi
 want=("$@"); [ ${#want[@]} -eq 0 ] && want=("${all[@]}")
-start=$(date +%s)
-for c in "${want[@]}"; do
+
+build_one() { # build_one COMPONENT: one line when it really starts, a heartbeat every minute, its time when done
+  local c=$1 t0 rc=0 ticker log_file="$CACHE/logs/build-$1.log"
   t0=$(date +%s)
   # A cold build is silent for many minutes: a ticker says when a component is really being built
   # (still running after 5 s; a cached one returns at once), then every minute what it is compiling
   # (the last package `go build -v` logged).
-  log_file="$CACHE/logs/build-$c.log"
   ( n=0; while sleep 5; do n=$((n + 5))
       if [ "$n" -eq 5 ]; then log "building $c (log $log_file)"
       elif [ $((n % 60)) -eq 0 ]; then log "still building $c (${n}s; at $(tail -n 1 "$log_file" 2>/dev/null | cut -c1-90))"; fi
     done ) &
   ticker=$!
-  rc=0
-  "$0" --one "$c" > "$CACHE/logs/build-$c.log" 2>&1 || rc=$?
+  "$0" --one "$c" > "$log_file" 2>&1 || rc=$?
   kill "$ticker" 2>/dev/null || true
   wait "$ticker" 2>/dev/null || true
   if [ "$rc" -ne 0 ]; then
-    log "FAILED $c; see $CACHE/logs/build-$c.log"; tail -20 "$CACHE/logs/build-$c.log" >&2; exit 1
+    log "FAILED $c; see $log_file"; tail -20 "$log_file" >&2; return 1
   fi
   [ $(( $(date +%s) - t0 )) -lt 2 ] || log "built $c in $(( $(date +%s) - t0 ))s"
+}
+
+# BUILD_JOBS components at a time (default 2), in the order above, so the longest (kubernetes) starts first. On
+# two cores the compilers keep both busy either way; a second build fills the time one spends fetching modules
+# from the proxy or in the linker, which runs on one core.
+jobs_max=${BUILD_JOBS:-2}
+start=$(date +%s)
+failed=0
+running=0
+for c in "${want[@]}"; do
+  if [ "$running" -ge "$jobs_max" ]; then
+    wait -n || failed=1
+    running=$((running - 1))
+  fi
+  [ "$failed" -eq 0 ] || break
+  build_one "$c" &
+  running=$((running + 1))
 done
+while [ "$running" -gt 0 ]; do
+  wait -n || failed=1
+  running=$((running - 1))
+done
+[ "$failed" -eq 0 ] || { log "build failed after $(( $(date +%s) - start ))s"; exit 1; }
 log "done in $(( $(date +%s) - start ))s"
