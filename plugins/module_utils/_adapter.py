@@ -38,7 +38,7 @@ from ansible_collections.kubeinfer.llm.plugins.module_utils._metrics import QUEU
 from ansible_collections.kubeinfer.llm.plugins.module_utils._portforward import PortForwardTarget, find_pod
 from ansible_collections.kubeinfer.llm.plugins.module_utils._promql import RELEASE_SERIES_LABEL, name_matcher, selector
 from ansible_collections.kubeinfer.llm.plugins.module_utils._resources import ApiError, Kube, absent, ensure, retry_on_conflict
-from ansible_collections.kubeinfer.llm.plugins.module_utils._waiter import pod_ready, wait_for
+from ansible_collections.kubeinfer.llm.plugins.module_utils._waiter import pod_ready, poll, wait_for
 
 try:
     import yaml
@@ -258,6 +258,34 @@ def prometheus_series(prometheus_url: str, match: str, timeout: float, validate_
     return data if isinstance(data, list) else []
 
 
+SERIES_WAIT_SECONDS = 60
+"""At most this long, before the adapter restarts, for Prometheus to hold the release's series (wait_for_series)."""
+
+
+def wait_for_series(params: dict[str, Any], metric_names: Sequence[str], timeout: float = SERIES_WAIT_SECONDS) -> dict[str, Any]:
+    """Before this run restarts the adapter: wait until Prometheus holds the release's series.
+
+    prometheus-adapter lists the series it can serve when it starts, then once every ``--metrics-relist-interval``
+    (10 m by default, cmd/adapter/adapter.go; 1 m in the chart's values.yaml), pkg/custom-provider/provider.go
+    ``cachingMetricsLister.RunUntil``. An adapter restarted before Prometheus has scraped the release's new pods serves
+    nothing until its next relist; restarted after, it serves the metric at once. Without ``prometheus_url`` nothing is
+    waited for, nor when Prometheus does not answer (verify then says what is missing); a series that is still missing
+    after ``timeout`` is reported the same way."""
+    if not params["prometheus_url"]:
+        return {"waited_seconds": 0, "found": None, "reason": "no prometheus_url"}
+    series = series_selector(metric_names, params["release"], params["namespace"])
+
+    def found() -> tuple[bool, str]:
+        listed = prometheus_series(params["prometheus_url"], series, params["request_timeout"], params["prometheus_validate_certs"])
+        return bool(listed), f"series {series} not in Prometheus yet"
+
+    try:
+        done, reason, waited = poll(found, timeout, 1.0)
+    except KubeInferError as e:
+        return {"waited_seconds": 0, "found": None, "reason": f"cannot query Prometheus: {e.msg}"}
+    return {"waited_seconds": round(waited, 1), "found": done, "reason": "found" if done else reason}
+
+
 def rule_listed(kube: Kube, custom_metric_name: str) -> bool:
     """Whether the adapter's resource list (GET /apis/custom.metrics.k8s.io/v1beta1) names pods/<metric>."""
     doc = kube.request("GET", CUSTOM_METRICS_API, verb="discovery")
@@ -396,6 +424,9 @@ def _configure(kube: Kube, helm: Helm, params: dict[str, Any], site: Site, prese
     if diff:
         result["diff"] = {"before": {"rules": written["before"]}, "after": {"rules": after}}
     planned = None
+    if present and params["verify"] and not check_mode and written["changed"]:
+        # The adapter is about to restart with the new rule: let Prometheus hold the series first (see wait_for_series).
+        result["series_wait"] = wait_for_series(params, result["metric_names"], min(SERIES_WAIT_SECONDS, params["verify_timeout"]))
     if site.managed:
         planned = _keep_release(kube, helm, params, site, present or bool(after), check_mode, result)
     elif params["restart"] and site.deployment is not None:

@@ -203,7 +203,11 @@ options:
     default: true
   prometheus_url:
     description:
-      - Base URL of Prometheus, only used to tell apart a missing series from a rule that does not match when verification fails.
+      - Base URL of Prometheus. When verification fails, it tells apart a missing series from a rule that does not match.
+      - When this run changed the rule (so the adapter restarts), the module first waits, up to 60 seconds and within
+        O(verify_timeout), until Prometheus holds the release's series. The adapter lists the series it can serve when it
+        starts and then only every C(--metrics-relist-interval) (10 minutes by default, 1 minute in the chart), so an
+        adapter restarted before the first scrape of the release's pods would serve nothing until then.
     type: str
   prometheus_validate_certs:
     description: Verify the TLS certificate of O(prometheus_url).
@@ -345,6 +349,13 @@ restarted:
   type: bool
   returned: always
   sample: true
+series_wait:
+  description:
+    - The wait for the release's series in Prometheus before the adapter restarted (see O(prometheus_url)).
+    - C(found) is V(null) when nothing was waited for (no O(prometheus_url), or Prometheus did not answer; C(reason) says which).
+  type: dict
+  returned: when this run changed the rule, with O(verify) and not in check mode
+  sample: {waited_seconds: 6.1, found: true, reason: found}
 served:
   description: The value the custom metrics API serves, per pod of the release.
   type: dict

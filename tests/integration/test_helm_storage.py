@@ -1,6 +1,6 @@
 """The release as the modules read it from helm's own storage (module_utils/_helm_storage) is what the real helm binary
 shows: ``helm list --all``, ``helm get values``, ``helm get manifest`` and ``helm get hooks``, revision by revision, with the
-default Secret driver and with HELM_DRIVER=configmap. The chart is a small one written here (a ConfigMap and a hook Job),
+default Secret driver and with HELM_DRIVER=configmap. The chart is a small one written here (a ConfigMap and a hook ConfigMap),
 installed by helm itself on the local cluster."""
 from __future__ import annotations
 
@@ -14,9 +14,8 @@ from typing import Any, Iterator
 
 import pytest
 import yaml
-from kubernetes import client
-
 from conftest import helm_binary
+from kubernetes import client
 
 CHART_YAML = "apiVersion: v2\nname: probe\nversion: 1.2.3\nappVersion: \"9.9\"\n"
 TEMPLATES = {

@@ -347,11 +347,14 @@ def test_value_missing_for_one_pod(metrics_text: dict[str, Any]) -> None:
 class _Prometheus(http.server.BaseHTTPRequestHandler):
     series: list[dict[str, str]] = []
     seen: list[dict[str, list[str]]] = []
+    empty_answers = 0
+    """How many /api/v1/series requests get no series before ``series`` is answered (a target not scraped yet)."""
 
     def do_GET(self) -> None:
         parts = urlsplit(self.path)
         type(self).seen.append(parse_qs(parts.query))
-        body = json.dumps({"status": "success", "data": type(self).series}).encode()
+        data = type(self).series if len(type(self).seen) > type(self).empty_answers else []
+        body = json.dumps({"status": "success", "data": data}).encode()
         self.send_response(200 if parts.path == "/api/v1/series" else 404)
         self.send_header("Content-Type", "application/json")
         self.send_header("Content-Length", str(len(body)))
@@ -366,6 +369,7 @@ class _Prometheus(http.server.BaseHTTPRequestHandler):
 def prometheus() -> Iterator[str]:
     server = http.server.HTTPServer(("127.0.0.1", 0), _Prometheus)
     _Prometheus.seen = []
+    _Prometheus.empty_answers = 0
     thread = threading.Thread(target=server.serve_forever, daemon=True)
     thread.start()
     try:
@@ -392,6 +396,41 @@ def test_series_present_points_at_the_rule(metrics_text: dict[str, Any], prometh
     cluster.answers[("GET", DISCOVERY)] = {"kind": "APIResourceList", "resources": []}
     with pytest.raises(KubeInferError, match="rule does not match"):
         run(cluster, prometheus_url=prometheus)
+
+
+SERIES = [{"__name__": "vllm:num_requests_waiting", "pod": "llama-0", "namespace": "llm", "kubeinfer_io_release": "llama"}]
+
+
+def test_the_adapter_restarts_only_once_prometheus_holds_the_series(metrics_text: dict[str, Any], prometheus: str) -> None:
+    """The restarted adapter lists the series at start-up, then only after its relist interval: it restarts after the
+    series is there. A re-run, which changes no rule, asks Prometheus nothing before the check."""
+    _Prometheus.series, _Prometheus.empty_answers = SERIES, 2
+    cluster = make_cluster()
+    order: list[str] = []
+    cluster.on_request.append(lambda method, path: order.append("restart") if method == "PATCH" and path == DEP else None)
+    original = _adapter.prometheus_series
+
+    def counted(*args: Any) -> Any:
+        order.append("series")
+        return original(*args)
+
+    _adapter.prometheus_series = counted  # type: ignore[assignment]
+    try:
+        result = run(cluster, prometheus_url=prometheus, verify_timeout=30)
+        assert result["series_wait"]["found"] is True and result["series_wait"]["waited_seconds"] >= 1.5
+        assert order[:4] == ["series", "series", "series", "restart"], order
+        order.clear()
+        again = run(cluster, prometheus_url=prometheus, verify_timeout=30)
+        assert "series_wait" not in again and "restart" not in order
+    finally:
+        _adapter.prometheus_series = original  # type: ignore[assignment]
+
+
+def test_no_series_wait_without_prometheus_or_when_it_does_not_answer(metrics_text: dict[str, Any]) -> None:
+    result = run(make_cluster(), verify_timeout=30)
+    assert result["series_wait"] == {"waited_seconds": 0, "found": None, "reason": "no prometheus_url"}
+    result = run(make_cluster(), verify_timeout=30, prometheus_url="http://127.0.0.1:9")
+    assert result["series_wait"]["found"] is None and result["series_wait"]["reason"].startswith("cannot query Prometheus")
 
 
 def test_verification_waits_until_served(metrics_text: dict[str, Any], monkeypatch: pytest.MonkeyPatch) -> None:
