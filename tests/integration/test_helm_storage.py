@@ -107,8 +107,8 @@ def test_the_stored_release_is_what_helm_shows(kubeconfig: str, collections_path
     assert _helm_release.read(kube, cli, name, namespace).row is None
 
 
-def test_a_driver_outside_the_cluster_is_read_through_helm(kubeconfig: str, collections_path: str, namespace: str, tmp_path: Path,
-                                                            monkeypatch: pytest.MonkeyPatch) -> None:
+def test_a_driver_outside_the_cluster_is_read_through_helm(kubeconfig: str, collections_path: str, namespace: str,
+                                                           tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """HELM_DRIVER=memory keeps nothing in the cluster: the module asks helm (which then knows no release; helm reads its
     memory driver's releases from HELM_MEMORY_DRIVER_DATA, here an empty file)."""
     _client, _helm_release, Helm, Kube = modules(collections_path)

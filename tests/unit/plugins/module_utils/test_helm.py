@@ -304,5 +304,6 @@ def test_a_pending_release_without_our_lease_or_with_a_live_one_is_refused() -> 
     live = lease(5, _helm_release._now(), holder="kubeinfer.llm/awx-7/42")  # pylint: disable=protected-access
     cli = Release(dict(row))
     with pytest.raises(KubeInferError, match="kubeinfer.llm/awx-7/42 is running helm on it"):
-        _helm_release.read_for_upgrade(LeaseKube(live, release=cli), Helm(cli, "helm", {}), "r", "ns", check_mode=False, wait_seconds=0)  # type: ignore[arg-type]
+        _helm_release.read_for_upgrade(LeaseKube(live, release=cli), Helm(cli, "helm", {}), "r", "ns",  # type: ignore[arg-type]
+                                       check_mode=False, wait_seconds=0)
     assert "rollback" not in [v[0] for v in cli.verbs]
