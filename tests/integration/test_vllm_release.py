@@ -113,6 +113,8 @@ def test_role_installs_a_sim_release_on_gpu_nodes_then_reruns_and_checks_without
     assert second.returncode == 0, second.stdout[-6000:]
     assert second.recap()["changed"] == 0
     assert not again["changed"] and not ran_upgrade(again)
+    # Converged: the release and its manifests come from the Secret helm stores them in; nothing is rendered again.
+    assert again["helm_commands"] == [] and "validation" not in again and again["endpoint"] == result["endpoint"]
     assert not set(again["api_requests"]) & {"apply", "patch", "create", "delete"}
     assert len(helm_history(kubeconfig, "sim", namespace)) == 1
     assert client.AppsV1Api(api).read_namespaced_deployment("sim", namespace).metadata.resource_version == version
