@@ -8,14 +8,12 @@ import json
 import os
 import subprocess
 import sys
-import uuid
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
 import pytest
 import yaml
 from conftest import helm_binary
-from kubernetes import client
 
 CHART_YAML = "apiVersion: v2\nname: probe\nversion: 1.2.3\nappVersion: \"9.9\"\n"
 TEMPLATES = {
@@ -29,11 +27,9 @@ TEMPLATES = {
 
 
 @pytest.fixture
-def namespace(core: client.CoreV1Api) -> Iterator[str]:
-    name = f"it-helm-storage-{uuid.uuid4().hex[:6]}"
-    core.create_namespace({"metadata": {"name": name}})
-    yield name
-    core.delete_namespace(name)
+def namespace(played_namespace: str) -> str:
+    """A fresh namespace, deleted and waited for after the test (conftest's)."""
+    return played_namespace
 
 
 @pytest.fixture

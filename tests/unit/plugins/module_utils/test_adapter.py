@@ -401,7 +401,8 @@ def test_series_present_points_at_the_rule(metrics_text: dict[str, Any], prometh
 SERIES = [{"__name__": "vllm:num_requests_waiting", "pod": "llama-0", "namespace": "llm", "kubeinfer_io_release": "llama"}]
 
 
-def test_the_adapter_restarts_only_once_prometheus_holds_the_series(metrics_text: dict[str, Any], prometheus: str) -> None:
+def test_the_adapter_restarts_only_once_prometheus_holds_the_series(metrics_text: dict[str, Any], prometheus: str,
+                                                                     monkeypatch: pytest.MonkeyPatch) -> None:
     """The restarted adapter lists the series at start-up, then only after its relist interval: it restarts after the
     series is there. A re-run, which changes no rule, asks Prometheus nothing before the check."""
     _Prometheus.series, _Prometheus.empty_answers = SERIES, 2
@@ -414,16 +415,13 @@ def test_the_adapter_restarts_only_once_prometheus_holds_the_series(metrics_text
         order.append("series")
         return original(*args)
 
-    _adapter.prometheus_series = counted  # type: ignore[assignment]
-    try:
-        result = run(cluster, prometheus_url=prometheus, verify_timeout=30)
-        assert result["series_wait"]["found"] is True and result["series_wait"]["waited_seconds"] >= 1.5
-        assert order[:4] == ["series", "series", "series", "restart"], order
-        order.clear()
-        again = run(cluster, prometheus_url=prometheus, verify_timeout=30)
-        assert "series_wait" not in again and "restart" not in order
-    finally:
-        _adapter.prometheus_series = original  # type: ignore[assignment]
+    monkeypatch.setattr(_adapter, "prometheus_series", counted)
+    result = run(cluster, prometheus_url=prometheus, verify_timeout=30)
+    assert result["series_wait"]["found"] is True and result["series_wait"]["waited_seconds"] >= 1.5
+    assert order[:4] == ["series", "series", "series", "restart"], order
+    order.clear()
+    again = run(cluster, prometheus_url=prometheus, verify_timeout=30)
+    assert "series_wait" not in again and "restart" not in order
 
 
 def test_no_series_wait_without_prometheus_or_when_it_does_not_answer(metrics_text: dict[str, Any]) -> None:
