@@ -402,7 +402,7 @@ SERIES = [{"__name__": "vllm:num_requests_waiting", "pod": "llama-0", "namespace
 
 
 def test_the_adapter_restarts_only_once_prometheus_holds_the_series(metrics_text: dict[str, Any], prometheus: str,
-                                                                     monkeypatch: pytest.MonkeyPatch) -> None:
+                                                                    monkeypatch: pytest.MonkeyPatch) -> None:
     """The restarted adapter lists the series at start-up, then only after its relist interval: it restarts after the
     series is there. A re-run, which changes no rule, asks Prometheus nothing before the check."""
     _Prometheus.series, _Prometheus.empty_answers = SERIES, 2
